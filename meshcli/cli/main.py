@@ -1,0 +1,88 @@
+"""The `meshcli` command: the typer app, and main() mapping errors to exit codes.
+
+Exit codes: 0 ok, 1 failure, 2 bad input or usage, 130 interrupted.
+Set MESHCLI_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from meshcli import __version__
+from meshcli.cli import init, lifecycle, render, status, validate
+from meshcli.errors import EXIT_INTERRUPTED, EXIT_USAGE, InvalidFileError, MeshError
+
+app = typer.Typer(
+    name="meshcli",
+    help="A service mesh for Docker Compose: sidecars, traffic rules, faults and mTLS for local dev and CI.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meshcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    pass
+
+
+for module in (init, render, validate, lifecycle, status):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from meshcli.cli import output
+
+    try:
+        app(args=argv, prog_name="meshcli", standalone_mode=False)
+        return 0
+    except InvalidFileError as exc:
+        for d in exc.diagnostics:
+            output.diagnostic(d)
+        errors = sum(1 for d in exc.diagnostics if d.is_error)
+        output.error(f"{errors} error{'s' if errors != 1 else ''}; nothing was changed")
+        return exc.exit_code
+    except MeshError as exc:
+        output.error(exc.message, exc.hint)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        output.error("interrupted")
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception:
+        if os.environ.get("MESHCLI_DEBUG"):
+            raise
+        import traceback
+
+        output.error("unexpected error (set MESHCLI_DEBUG=1 for the traceback): "
+                     + traceback.format_exc().strip().splitlines()[-1])
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,299 @@
+"""The compose rewrite: the user's compose file in, the meshed compose file out.
+
+`render()` is a pure function. For every meshed service it adds a pod container that
+owns the network namespace (and takes over the app's network settings), and a sidecar;
+the app joins the pod's namespace. Everything else in the user's file is kept, with
+relative paths re-based so they point at the same places from the rendered file's
+directory. See ../shared/design/architecture.md, "Pod pattern".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from meshcli.compose_model import ComposeProject
+from meshcli.mesh_config import Mesh
+from meshcli.yaml_source import to_plain
+
+POD_SUFFIX = "-pod"
+SIDECAR_SUFFIX = "-sidecar"
+LABEL_PREFIX = "io.meshcli."
+CONFIG_MOUNT = "/etc/meshcli"
+SIDECAR_UID = 1337
+HEALTH_PORT = 15020
+
+# Settings that belong to the network namespace, so they move from the app to its pod.
+NAMESPACE_KEYS = (
+    "networks", "ports", "expose", "hostname", "domainname", "dns", "dns_search", "dns_opt",
+    "extra_hosts", "mac_address", "links", "external_links", "network_mode",
+)
+HEALTHCHECK_FAST = {"interval": "1s", "timeout": "2s", "retries": 60}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    output: Path  # where the rendered file will be written
+    sidecar_image: str
+    config_dir: Path  # compiled sidecar config, mounted read-only into every sidecar
+
+
+def pod_name(workload: str) -> str:
+    return workload + POD_SUFFIX
+
+
+def sidecar_name(workload: str) -> str:
+    return workload + SIDECAR_SUFFIX
+
+
+def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[str, Any]:
+    """Return the rendered compose file as plain data (ready for yaml.safe_dump)."""
+    src_dir = project.directory.resolve()
+    out_dir = options.output.parent.resolve()
+    data = to_plain(project.doc.data)
+    data["name"] = project.name
+    rebase = _Rebaser(src_dir, out_dir)
+    rebase.top_level(data)
+
+    services: dict[str, Any] = {}
+    for name, service in data["services"].items():
+        rebase.service(service)
+        _retarget_references(service, mesh)
+        services[name] = service
+        workload = mesh.workloads.get(name)
+        if workload is None:
+            continue
+        pod, app = _split_namespace(service)
+        # Callers reach the app by its own name (and a version by its logical name),
+        # so the pod that now owns the network carries those names as aliases.
+        _add_aliases(pod, [name] + ([workload.service] if workload.service != name else []))
+        app["network_mode"] = f"service:{pod_name(name)}"
+        app["depends_on"] = {
+            **_depends_on_mapping(service.get("depends_on")),
+            pod_name(name): {"condition": "service_healthy"},
+            # The app starts once its sidecar is ready, so its first calls are meshed.
+            sidecar_name(name): {"condition": "service_healthy"},
+        }
+        services[name] = app
+        services[pod_name(name)] = _pod_service(name, workload, pod, service, mesh, options.sidecar_image)
+        services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh, out_dir)
+    data["services"] = services
+    return data
+
+
+def _labels(role: str, workload, project: str) -> dict[str, str]:
+    return {
+        LABEL_PREFIX + "role": role,
+        LABEL_PREFIX + "workload": workload.name,
+        LABEL_PREFIX + "service": workload.service,
+        LABEL_PREFIX + "version": workload.version,
+        LABEL_PREFIX + "project": project,
+    }
+
+
+def _split_namespace(service: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod settings, app) - the app keeps everything but its network namespace."""
+    pod = {key: service[key] for key in NAMESPACE_KEYS if key in service}
+    app = {key: value for key, value in service.items() if key not in NAMESPACE_KEYS}
+    sysctls = service.get("sysctls")
+    if sysctls:
+        # net.* sysctls are per network namespace: they must be set on its owner.
+        items = dict(sysctls.items() if isinstance(sysctls, dict) else (s.split("=", 1) for s in sysctls))
+        net = {k: v for k, v in items.items() if str(k).startswith("net.")}
+        if net:
+            pod["sysctls"] = net
+            rest = {k: v for k, v in items.items() if k not in net}
+            if rest:
+                app["sysctls"] = rest
+            else:
+                app.pop("sysctls")
+    return pod, app
+
+
+def _add_aliases(pod: dict[str, Any], new_aliases: list[str]) -> None:
+    if "network_mode" in pod:
+        return  # the default bridge network has no aliases (nor name resolution)
+    networks = pod.get("networks")
+    if networks is None:
+        networks = {"default": None}
+    elif isinstance(networks, list):
+        networks = {name: None for name in networks}
+    for name, settings in list(networks.items()):
+        settings = dict(settings or {})
+        aliases = list(settings.get("aliases") or [])
+        aliases += [alias for alias in new_aliases if alias not in aliases]
+        settings["aliases"] = aliases
+        networks[name] = settings
+    pod["networks"] = networks
+
+
+def _pod_service(name: str, workload, pod: dict[str, Any], app: dict[str, Any], mesh: Mesh,
+                 image: str) -> dict:
+    service: dict[str, Any] = {
+        "image": image,
+        "command": ["pod"],
+        "cap_add": ["NET_ADMIN"],
+        "environment": {"MESH_WORKLOAD": name},
+        "healthcheck": {"test": ["CMD", "test", "-f", "/run/mesh-ready"], **HEALTHCHECK_FAST},
+        "restart": "unless-stopped",
+        "labels": _labels("pod", workload, mesh.project),
+        **pod,
+    }
+    if "container_name" in app:
+        service["container_name"] = f"{app['container_name']}{POD_SUFFIX}"
+    if "profiles" in app:
+        service["profiles"] = app["profiles"]
+    return service
+
+
+def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOptions, mesh: Mesh,
+                     out_dir: Path) -> dict:
+    config_dir = _relative_path(options.config_dir.resolve(), out_dir)
+    service: dict[str, Any] = {
+        "image": options.sidecar_image,
+        "command": ["sidecar"],
+        "user": f"{SIDECAR_UID}:{SIDECAR_UID}",
+        "network_mode": f"service:{pod_name(name)}",
+        "depends_on": {pod_name(name): {"condition": "service_healthy"}},
+        "environment": {
+            "MESH_PROJECT": mesh.project,
+            "MESH_WORKLOAD": name,
+            "MESH_SERVICE": workload.service,
+            "MESH_VERSION": workload.version,
+            "MESH_CONFIG_DIR": CONFIG_MOUNT,
+        },
+        "volumes": [f"{config_dir}:{CONFIG_MOUNT}:ro"],
+        "healthcheck": {
+            "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/healthz/ready"],
+            **HEALTHCHECK_FAST,
+        },
+        "restart": "unless-stopped",
+        "stop_grace_period": "3s",
+        "labels": _labels("sidecar", workload, mesh.project),
+    }
+    if "container_name" in app:
+        service["container_name"] = f"{app['container_name']}{SIDECAR_SUFFIX}"
+    if "profiles" in app:
+        service["profiles"] = app["profiles"]
+    return service
+
+
+def _depends_on_mapping(depends_on: Any) -> dict[str, Any]:
+    if not depends_on:
+        return {}
+    if isinstance(depends_on, dict):
+        return dict(depends_on)
+    return {name: {"condition": "service_started"} for name in depends_on}
+
+
+def _retarget_references(service: dict[str, Any], mesh: Mesh) -> None:
+    """Point namespace references at a meshed service to its pod, which now owns the namespace."""
+    mode = service.get("network_mode")
+    if isinstance(mode, str) and mode.startswith("service:") and mode[8:] in mesh.workloads:
+        service["network_mode"] = f"service:{pod_name(mode[8:])}"
+    if service.get("links"):
+        links = []
+        for link in service["links"]:
+            target, _, alias = str(link).partition(":")
+            if target in mesh.workloads:
+                link = f"{pod_name(target)}:{alias or target}"
+            links.append(link)
+        service["links"] = links
+
+
+def _relative_path(target: Path, out_dir: Path) -> str:
+    rel = os.path.relpath(target, out_dir)
+    rel = PurePosixPath(*Path(rel).parts).as_posix()
+    return rel if rel.startswith((".", "/")) else "./" + rel
+
+
+def _is_local_path(value: Any) -> bool:
+    """A relative filesystem path (not absolute, ~, a URL, a git remote, or a variable)."""
+    if not isinstance(value, str) or not value:
+        return False
+    return not (os.path.isabs(value) or value.startswith(("~", "$", "git@", "github.com/"))
+                or "://" in value)
+
+
+class _Rebaser:
+    """Re-bases relative paths from the user's compose directory to the output directory."""
+
+    def __init__(self, src_dir: Path, out_dir: Path) -> None:
+        self.src_dir = src_dir
+        self.out_dir = out_dir
+
+    def path(self, value: Any) -> Any:
+        if not _is_local_path(value):
+            return value
+        return _relative_path(self.src_dir / value, self.out_dir)
+
+    def top_level(self, data: dict[str, Any]) -> None:
+        for section in ("secrets", "configs"):
+            for entry in (data.get(section) or {}).values():
+                if isinstance(entry, dict) and "file" in entry:
+                    entry["file"] = self.path(entry["file"])
+        include = data.get("include")
+        if include:
+            data["include"] = [self._include(item) for item in include]
+
+    def _include(self, item: Any) -> Any:
+        if isinstance(item, str):
+            return self.path(item)
+        for key in ("path", "env_file"):
+            value = item.get(key)
+            if value is not None:
+                item[key] = [self.path(v) for v in value] if isinstance(value, list) else self.path(value)
+        if "project_directory" in item:
+            item["project_directory"] = self.path(item["project_directory"])
+        return item
+
+    def service(self, service: dict[str, Any]) -> None:
+        build = service.get("build")
+        if isinstance(build, str):
+            service["build"] = self.path(build)
+        elif isinstance(build, dict):
+            # A build without a context builds the compose file's own directory.
+            build["context"] = self.path(build.get("context", "."))
+            contexts = build.get("additional_contexts")
+            if isinstance(contexts, dict):
+                build["additional_contexts"] = {k: self._context(v) for k, v in contexts.items()}
+            elif isinstance(contexts, list):
+                build["additional_contexts"] = [
+                    f"{k}={self._context(v)}" for k, _, v in (str(c).partition("=") for c in contexts)]
+        env_file = service.get("env_file")
+        if isinstance(env_file, str):
+            service["env_file"] = self.path(env_file)
+        elif isinstance(env_file, list):
+            service["env_file"] = [
+                {**e, "path": self.path(e.get("path"))} if isinstance(e, dict) else self.path(e) for e in env_file]
+        if isinstance(service.get("label_file"), (str, list)):
+            files = service["label_file"]
+            service["label_file"] = [self.path(f) for f in files] if isinstance(files, list) else self.path(files)
+        extends = service.get("extends")
+        if isinstance(extends, dict) and "file" in extends:
+            extends["file"] = self.path(extends["file"])
+        if service.get("volumes"):
+            service["volumes"] = [self._volume(v) for v in service["volumes"]]
+        for watch in ((service.get("develop") or {}).get("watch") or []):
+            if isinstance(watch, dict) and "path" in watch:
+                watch["path"] = self.path(watch["path"])
+
+    def _context(self, value: str) -> str:
+        # Named contexts may be images or other services rather than paths.
+        if str(value).startswith(("docker-image://", "service:", "oci-layout://")):
+            return value
+        return self.path(value)
+
+    def _volume(self, volume: Any) -> Any:
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") == "bind" and "source" in volume:
+                volume["source"] = self.path(volume["source"])
+            return volume
+        source, sep, rest = str(volume).partition(":")
+        # Short syntax: only a source starting with "." is a relative bind mount;
+        # a bare name is a named volume.
+        if sep and source.startswith("."):
+            return f"{self.path(source)}:{rest}"
+        return volume

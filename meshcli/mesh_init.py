@@ -1,0 +1,38 @@
+"""`meshcli init`: a starter mesh.yaml for a compose project, with comments on every field."""
+
+from __future__ import annotations
+
+from meshcli.compose_model import ComposeProject
+from meshcli.mesh_config import API_VERSION, DEFAULT_LOAD_BALANCER, LOAD_BALANCERS
+
+HEADER = f"""\
+# meshcli mesh file: the traffic rules for the services of {{compose}}.
+# Edit it while the mesh runs: sidecars pick up every valid change without a restart;
+# `meshcli validate` checks it (every error with file:line:column).
+apiVersion: {API_VERSION}
+
+# One entry per logical service. A service's versions are compose services that
+# implement it: found from the labels mesh.service / mesh.version, or a -vN suffix.
+services:
+"""
+
+
+def starter(project: ComposeProject) -> str:
+    lines = [HEADER.format(compose=project.path.name)]
+    grouped = project.logical_services()
+    if not grouped:
+        lines.append("  {}  # no meshable services found\n")
+    for name, workloads in sorted(grouped.items()):
+        ports = sorted({p for w in workloads for p in w.ports})
+        lines.append(f"  {name}:\n")
+        lines.append("    # version name: the compose service that runs it\n")
+        lines.append("    versions:\n")
+        for workload in sorted(workloads, key=lambda w: w.version):
+            lines.append(f"      {workload.version}: {workload.name}\n")
+        lines.append(f"    # TCP ports the service listens on (informational){'' if ports else ': none found'}\n")
+        lines.append(f"    ports: [{', '.join(str(p) for p in ports)}]\n")
+        lines.append(f"    # how a caller's sidecar picks a version: {' | '.join(LOAD_BALANCERS)}\n")
+        lines.append(f"    loadBalancer: {DEFAULT_LOAD_BALANCER}\n")
+    for name, reason in sorted(project.skipped.items()):
+        lines.append(f"  # {name}: not meshed - {reason}\n")
+    return "".join(lines)

@@ -1,0 +1,100 @@
+"""What is running: per workload, the app's and the sidecar's state, the config version the
+sidecar runs (SYNCED/STALE, like `istioctl proxy-status`) and the published URLs.
+
+Sidecars are asked through `docker exec` (their admin port stays inside the pod).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from meshcli import docker_engine, sidecar_config
+from meshcli.compose_rewrite import pod_name, sidecar_name
+from meshcli.workspace import Loaded
+
+ADMIN_URL = "http://127.0.0.1:15000"
+
+
+@dataclass
+class WorkloadStatus:
+    workload: str
+    service: str
+    version: str
+    app: str  # container state: running, exited, missing...
+    sidecar: str  # running / restarting / missing
+    sidecar_health: str  # healthy / unhealthy / starting / unknown
+    sidecar_restarts: int = 0
+    config_version: str | None = None
+    sync: str = "UNKNOWN"  # SYNCED / STALE / UNKNOWN
+    urls: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _containers(project: str) -> dict[str, object]:
+    engine = docker_engine.client()
+    found = engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+    return {c.labels.get("com.docker.compose.service"): c for c in found}
+
+
+def admin_get(container, path: str) -> dict | None:
+    """GET a sidecar admin endpoint from inside its pod; None when it does not answer."""
+    try:
+        result = container.exec_run(["curl", "-fsS", "--max-time", "3", ADMIN_URL + path])
+    except Exception:  # the container may be restarting; status must still print
+        return None
+    if result.exit_code != 0:
+        return None
+    try:
+        return json.loads(result.output)
+    except ValueError:
+        return None
+
+
+def _urls(pod) -> list[str]:
+    urls = []
+    for port, bindings in sorted((pod.attrs.get("NetworkSettings", {}).get("Ports") or {}).items()):
+        if not port.endswith("/tcp") or not bindings:
+            continue
+        host_ports = sorted({b["HostPort"] for b in bindings})
+        urls += [f"http://localhost:{p}/" for p in host_ports]
+    return urls
+
+
+def collect(loaded: Loaded) -> list[WorkloadStatus]:
+    containers = _containers(loaded.project.name)
+    expected = sidecar_config.current_version(loaded.workspace.config_dir)
+
+    def one(workload) -> WorkloadStatus:
+        app = containers.get(workload.name)
+        sidecar = containers.get(sidecar_name(workload.name))
+        pod = containers.get(pod_name(workload.name))
+        status = WorkloadStatus(
+            workload.name, workload.service, workload.version,
+            app=app.status if app else "missing",
+            sidecar=sidecar.status if sidecar else "missing",
+            sidecar_health=((sidecar.attrs.get("State", {}).get("Health") or {}).get("Status", "unknown")
+                            if sidecar else "unknown"),
+            sidecar_restarts=sidecar.attrs.get("RestartCount", 0) if sidecar else 0,
+            urls=_urls(pod) if pod else [],
+        )
+        if sidecar is not None and sidecar.status == "running":
+            dump = admin_get(sidecar, "/config_dump")
+            if dump is not None:
+                status.config_version = dump.get("config_version")
+                status.sync = "SYNCED" if status.config_version == expected else "STALE"
+        return status
+
+    workloads = sorted(loaded.mesh.workloads.values(), key=lambda w: (w.service, w.version, w.name))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, workloads))
+
+
+def sidecar_stats(loaded: Loaded, workload: str) -> dict | None:
+    """The JSON counters of one workload's sidecar (see proxy/meshproxy/admin.py)."""
+    sidecar = _containers(loaded.project.name).get(sidecar_name(workload))
+    return admin_get(sidecar, "/stats") if sidecar is not None else None
+

@@ -1,0 +1,76 @@
+"""ConfigWatcher: loads the compiled mesh config and re-applies it when the file changes.
+
+The file is replaced atomically by meshcli (write + rename), so a watcher on its
+directory sees every version whole. A bad file is logged and the last good config stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from meshproxy import config
+from meshproxy.config import MeshState
+
+logger = logging.getLogger("meshproxy.config")
+CHANGE_EVENTS = {"created", "modified", "moved", "closed"}
+
+
+class ConfigWatcher:
+    def __init__(self, state: MeshState, path: Path | None = None) -> None:
+        self.state = state
+        self.path = path or config.config_path()
+        self._observer: Observer | None = None
+
+    def load(self, loader) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return  # not written yet: keep running with what we have
+        except OSError as exc:
+            self._reject(f"cannot read {self.path}: {exc}")
+            return
+        try:
+            parsed = config.parse(text)
+        except ValueError as exc:
+            self._reject(f"{self.path}: {exc}")
+            return
+        if parsed.version != self.state.config.version or not self.state.loaded:
+            self.state.apply(parsed)
+            logger.info("config version %s applied", parsed.version)
+
+    def _reject(self, message: str) -> None:
+        self.state.last_error = message
+        logger.error("config rejected, keeping version %s: %s", self.state.config.version or "none", message)
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = self
+
+        class OnChange(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                # Only changes: our own reads fire open/close events that must not loop back.
+                if event.event_type not in CHANGE_EVENTS:
+                    return
+                if Path(getattr(event, "dest_path", "") or event.src_path).name == watcher.path.name:
+                    loop.call_soon_threadsafe(watcher.reload)
+
+        if not self.path.parent.is_dir():
+            logger.error("config directory %s is missing: hot reload is off", self.path.parent)
+            return
+        self._observer = Observer()
+        self._observer.schedule(OnChange(), str(self.path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self.reload()  # catch a change made between load() and the watch starting
+
+    def done(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()

@@ -1,0 +1,141 @@
+"""Telemetry: Istio-named Prometheus metrics, JSON stats and a JSON access log.
+
+Every proxied request and TCP connection is counted from this sidecar's point of view:
+`reporter="source"` on the client side (outbound), `reporter="destination"` on the
+server side (inbound), as in Istio, so one hop shows up in both sidecars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from mitmproxy import http, tcp
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from meshproxy.addons import routing
+from meshproxy.config import MeshState
+
+HTTP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service",
+               "destination_version", "response_code", "request_protocol")
+TCP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
+# Istio's default buckets for request durations, in milliseconds.
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000)
+
+
+class Telemetry:
+    def __init__(self, state: MeshState, access_log=sys.stdout) -> None:
+        self.state = state
+        self.access_log = access_log
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("istio_requests_total", "Requests proxied.", HTTP_LABELS,
+                                registry=self.registry)
+        self.durations = Histogram("istio_request_duration_milliseconds", "Request durations.",
+                                   HTTP_LABELS, buckets=DURATION_BUCKETS, registry=self.registry)
+        self.tcp_opened = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
+                                  TCP_LABELS, registry=self.registry)
+        self.tcp_closed = Counter("istio_tcp_connections_closed_total", "TCP connections closed.",
+                                  TCP_LABELS, registry=self.registry)
+        self.tcp_received = Counter("istio_tcp_received_bytes_total", "Bytes received from clients.",
+                                    TCP_LABELS, registry=self.registry)
+        self.tcp_sent = Counter("istio_tcp_sent_bytes_total", "Bytes sent to clients.",
+                                TCP_LABELS, registry=self.registry)
+
+    # -- HTTP ---------------------------------------------------------------------------
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record(flow, flow.response.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            self._record(flow, 0)
+
+    def _record(self, flow: http.HTTPFlow, status: int) -> None:
+        meta = flow.metadata
+        me = self.state.identity
+        inbound = meta.get(routing.META_DIRECTION) == "inbound"
+        upstream = meta.get(routing.META_UPSTREAM)
+        labels = (
+            "destination" if inbound else "source",
+            meta.get(routing.META_SOURCE, "unknown") if inbound else me.workload,
+            me.workload if inbound else (upstream.host if upstream else flow.request.host),
+            meta.get(routing.META_SERVICE, "unknown"),
+            meta.get(routing.META_VERSION, "unknown"),
+            str(status),
+            "grpc" if flow.request.headers.get("content-type", "").startswith("application/grpc") else "http",
+        )
+        end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
+        duration_ms = (end - flow.request.timestamp_start) * 1000
+        self.requests.labels(*labels).inc()
+        self.durations.labels(*labels).observe(duration_ms)
+        if self.access_log is not None:
+            self._log({
+                "kind": "http",
+                "direction": "inbound" if inbound else "outbound",
+                "workload": me.workload,
+                "source": labels[1],
+                "destination_workload": labels[2],
+                "destination_service": labels[3],
+                "destination_version": labels[4],
+                "method": flow.request.method,
+                "authority": flow.request.host_header,
+                "path": flow.request.path,
+                "protocol": flow.request.http_version,
+                "status": status,
+                "error": flow.error.msg if flow.error else None,
+                "duration_ms": round(duration_ms, 2),
+            })
+
+    # -- TCP ----------------------------------------------------------------------------
+    def _tcp_labels(self, flow: tcp.TCPFlow) -> tuple[str, ...]:
+        labels = flow.metadata.get("meshcli.tcp_labels")
+        if labels is None:
+            me = self.state.identity
+            inbound = flow.client_conn.proxy_mode.listen_port() == routing.INBOUND_PORT
+            destination = "%s:%s" % tuple(flow.server_conn.address or ("unknown", 0))
+            labels = (
+                "destination" if inbound else "source",
+                "unknown" if inbound else me.workload,
+                me.workload if inbound else destination,
+                me.service if inbound else destination,
+            )
+            flow.metadata["meshcli.tcp_labels"] = labels
+        return labels
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self.tcp_opened.labels(*self._tcp_labels(flow)).inc()
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        message = flow.messages[-1]
+        counter = self.tcp_received if message.from_client else self.tcp_sent
+        counter.labels(*self._tcp_labels(flow)).inc(len(message.content))
+        # Counted; a long-lived connection must not keep every chunk in memory.
+        flow.messages.clear()
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        labels = self._tcp_labels(flow)
+        self.tcp_closed.labels(*labels).inc()
+        if self.access_log is not None:
+            self._log({"kind": "tcp", "direction": "inbound" if labels[0] == "destination" else "outbound",
+                       "workload": self.state.identity.workload, "destination": labels[2],
+                       "error": flow.error.msg if flow.error else None})
+
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self.tcp_end(flow)
+
+    def _log(self, entry: dict) -> None:
+        entry["time"] = round(time.time(), 3)
+        self.access_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self.access_log.flush()
+
+    # -- views for the admin endpoints ---------------------------------------------------
+    def stats(self) -> dict:
+        """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
+        result: dict[str, list] = {"requests": [], "tcp": []}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "istio_requests_total":
+                    result["requests"].append({**sample.labels, "count": int(sample.value)})
+                elif sample.name.startswith("istio_tcp_") and sample.name.endswith("_total"):
+                    result["tcp"].append({**sample.labels, "metric": sample.name, "value": int(sample.value)})
+        return result

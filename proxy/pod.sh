@@ -1,0 +1,32 @@
+#!/bin/sh
+# The pod container: owns the network namespace that the app and its sidecar join.
+# It installs the interception rules, reports ready, then only waits, so that the
+# sidecar can be restarted or recreated while the app keeps its network.
+set -eu
+
+INBOUND_PORT=15006
+OUTBOUND_PORT=15001
+SIDECAR_UID=1337
+# The sidecar's own ports (admin, health, metrics...) are never intercepted.
+MESH_PORTS="${MESH_EXCLUDE_INBOUND_PORTS:-15000:15099}"
+
+rule() { iptables -w -t nat "$@"; }
+
+if ! rule -L MESH_INBOUND >/dev/null 2>&1; then
+  rule -N MESH_INBOUND
+  rule -A MESH_INBOUND -p tcp --dport "$MESH_PORTS" -j RETURN
+  rule -A MESH_INBOUND -p tcp -j REDIRECT --to-ports "$INBOUND_PORT"
+  rule -A PREROUTING -p tcp -j MESH_INBOUND
+
+  rule -N MESH_OUTBOUND
+  rule -A MESH_OUTBOUND -o lo -j RETURN
+  rule -A MESH_OUTBOUND -m owner --uid-owner "$SIDECAR_UID" -j RETURN
+  rule -A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports "$OUTBOUND_PORT"
+  rule -A OUTPUT -p tcp -j MESH_OUTBOUND
+fi
+
+touch /run/mesh-ready
+echo "pod ${MESH_WORKLOAD:-?}: interception rules installed (inbound -> $INBOUND_PORT, outbound -> $OUTBOUND_PORT)"
+
+trap 'exit 0' TERM INT
+while :; do sleep 3600 & wait $!; done
