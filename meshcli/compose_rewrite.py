@@ -18,6 +18,7 @@ from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
 from meshcli.yaml_source import to_plain
 
+CONTROLLER = "meshcli-controller"
 POD_SUFFIX = "-pod"
 SIDECAR_SUFFIX = "-sidecar"
 LABEL_PREFIX = "io.meshcli."
@@ -38,6 +39,7 @@ class RenderOptions:
     output: Path  # where the rendered file will be written
     sidecar_image: str
     config_dir: Path  # compiled sidecar config, mounted read-only into every sidecar
+    docker_socket: str = "/var/run/docker.sock"  # for the controller only
 
 
 def pod_name(workload: str) -> str:
@@ -79,8 +81,27 @@ def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[
         services[name] = app
         services[pod_name(name)] = _pod_service(name, workload, pod, service, mesh, options.sidecar_image)
         services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh, out_dir)
+    if mesh.workloads:
+        services[CONTROLLER] = _controller_service(mesh, options, data["services"])
     data["services"] = services
     return data
+
+
+def _controller_service(mesh: Mesh, options: RenderOptions, user_services: dict[str, Any]) -> dict:
+    """Restarts sidecars that die without being stopped (see proxy/meshproxy/controller.py)."""
+    # Depending on the sidecars makes `down` stop the controller before them.
+    always_on = [name for name in mesh.workloads if not user_services[name].get("profiles")]
+    return {
+        "image": options.sidecar_image,
+        "command": ["controller"],
+        "network_mode": "none",
+        "environment": {"MESH_PROJECT": mesh.project},
+        "volumes": [f"{options.docker_socket}:/var/run/docker.sock"],
+        "depends_on": {sidecar_name(name): {"condition": "service_started"} for name in always_on},
+        "restart": "unless-stopped",
+        "stop_grace_period": "1s",
+        "labels": {LABEL_PREFIX + "role": "controller", LABEL_PREFIX + "project": mesh.project},
+    }
 
 
 def _labels(role: str, workload, project: str) -> dict[str, str]:

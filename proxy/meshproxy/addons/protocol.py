@@ -8,7 +8,7 @@ like HTTP (including protocols where the server speaks first) is relayed as raw 
 
 from __future__ import annotations
 
-from mitmproxy.proxy import layer, layers
+from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tls import starts_like_tls_record
 
@@ -53,4 +53,13 @@ class ProtocolDetection:
         elif kind == "h2c":
             # mitmproxy picks its HTTP/2 codec from ALPN; h2c has none, so we set it.
             context.client.alpn = b"h2"
+            # The connection opened eagerly to the original destination must speak it too.
+            if not context.server.tls:
+                context.server.alpn = b"h2"
             nextlayer.layer = layers.HttpLayer(context, HTTPMode.transparent)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # Without ALPN mitmproxy would speak HTTP/1.1 upstream, which gRPC servers refuse:
+        # a client that chose HTTP/2 with prior knowledge gets it on the server side too.
+        if data.client.alpn == b"h2" and not data.server.tls:
+            data.server.alpn = b"h2"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install meshcli (editable, with test extras) into .venv, after making sure this
+# machine has a Docker engine, Compose v2 and a base image (scripts/setup-docker.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-docker.sh >/dev/null
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "[install] meshcli $(.venv/bin/meshcli --version | awk '{print $2}') in $(pwd)/.venv" >&2
