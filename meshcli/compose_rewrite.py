@@ -255,9 +255,19 @@ class _Rebaser:
             for entry in (data.get(section) or {}).values():
                 if isinstance(entry, dict) and "file" in entry:
                     entry["file"] = self.path(entry["file"])
+        for volume in (data.get("volumes") or {}).values():
+            self._bind_volume(volume)
         include = data.get("include")
         if include:
             data["include"] = [self._include(item) for item in include]
+
+    def _bind_volume(self, volume: Any) -> None:
+        # Compose resolves the device of a local volume with `o: bind` like a bind mount's source.
+        if not isinstance(volume, dict) or volume.get("driver") != "local":
+            return
+        opts = volume.get("driver_opts")
+        if isinstance(opts, dict) and opts.get("o") == "bind" and "device" in opts:
+            opts["device"] = self.path(opts["device"])
 
     def _include(self, item: Any) -> Any:
         if isinstance(item, str):

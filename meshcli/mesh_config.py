@@ -90,6 +90,8 @@ class _Collector:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
+    if value == "":
+        return "an empty string"
     for kind, name in ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
                        ((int, float), "a number")):
         if isinstance(value, kind):

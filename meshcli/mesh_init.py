@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import yaml
+
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import API_VERSION, DEFAULT_LOAD_BALANCER, LOAD_BALANCERS
 
@@ -17,6 +21,11 @@ services:
 """
 
 
+def _scalar(name: str) -> str:
+    """A service name as YAML: plain when it reads back as the same string, else quoted."""
+    return name if yaml.safe_load(name) == name else json.dumps(name)
+
+
 def starter(project: ComposeProject) -> str:
     lines = [HEADER.format(compose=project.path.name)]
     grouped = project.logical_services()
@@ -24,11 +33,11 @@ def starter(project: ComposeProject) -> str:
         lines.append("  {}  # no meshable services found\n")
     for name, workloads in sorted(grouped.items()):
         ports = sorted({p for w in workloads for p in w.ports})
-        lines.append(f"  {name}:\n")
+        lines.append(f"  {_scalar(name)}:\n")
         lines.append("    # version name: the compose service that runs it\n")
         lines.append("    versions:\n")
         for workload in sorted(workloads, key=lambda w: w.version):
-            lines.append(f"      {workload.version}: {workload.name}\n")
+            lines.append(f"      {_scalar(workload.version)}: {_scalar(workload.name)}\n")
         lines.append(f"    # TCP ports the service listens on (informational){'' if ports else ': none found'}\n")
         lines.append(f"    ports: [{', '.join(str(p) for p in ports)}]\n")
         lines.append(f"    # how a caller's sidecar picks a version: {' | '.join(LOAD_BALANCERS)}\n")

@@ -17,6 +17,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
+from ruamel.yaml.scalarint import ScalarInt
 
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError
@@ -80,20 +82,36 @@ def load(path: Path, text: str | None = None) -> YamlDocument:
 
 
 def to_plain(value: Any) -> Any:
-    """Round-trip YAML nodes -> plain dict/list/str/int/float/bool/None."""
+    """Round-trip YAML nodes -> plain dict/list/str/int/float/bool/None, as Compose reads them."""
     if isinstance(value, dict):
         return {to_plain(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, ScalarBoolean):  # an anchored boolean (`&flag true`) is an int subclass
+        return bool(value)
     if isinstance(value, int):
-        return int(value)
+        return _compose_int(value)
     if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
         return str(value)
     return value
+
+
+def _compose_int(value: int) -> int:
+    """An integer as Compose sees it: Go's yaml.v3 reads a leading zero as octal.
+
+    ruamel (YAML 1.2) reads `mode: 0440` as 440 and keeps the digit count in `_width`;
+    Compose reads the same text as 0o440, so that is the value to pass on.
+    """
+    width = getattr(value, "_width", None)
+    if type(value) is ScalarInt and width:
+        digits = str(abs(int(value))).zfill(width)
+        if digits.startswith("0") and set(digits) <= set("01234567"):
+            return int(digits, 8) * (-1 if value < 0 else 1)
+    return int(value)
 
 
 def dump_round_trip(data: Any) -> str:

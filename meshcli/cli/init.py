@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             output.diagnostic(d)
         text = mesh_init.starter(project)
         if stdout:
-            output.out.print(text, end="", markup=False)
+            output.emit_text(text)
             return
         target = output_file or located.compose_file.parent / workspace.MESH_FILE
         if target.exists() and not force:

@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from meshcli.cli import output
 
     try:
-        app(args=argv, prog_name="meshcli", standalone_mode=False)
-        return 0
+        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        code = app(args=argv, prog_name="meshcli", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except InvalidFileError as exc:
         for d in exc.diagnostics:
             output.diagnostic(d)

@@ -16,8 +16,10 @@ from rich.markup import escape
 
 from meshcli.diagnostics import Diagnostic, Level
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# Off a terminal (CI logs, pipes) rich would wrap at 80 columns and split file:line:col
+# diagnostics and table rows; give it room instead.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 LEVEL_STYLE = {Level.ERROR: "bold red", Level.WARNING: "yellow", Level.INFO: "cyan"}
 
@@ -42,6 +44,12 @@ def success(message: str) -> None:
 
 def diagnostic(d: Diagnostic) -> None:
     err.print(f"{escape(d.location)}: [{LEVEL_STYLE[d.level]}]{d.level.value} {d.code}[/]: {escape(d.message)}")
+
+
+def emit_text(text: str) -> None:
+    """Raw text on stdout (a file's content): never wrapped or styled."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def emit_json(data: object) -> None:

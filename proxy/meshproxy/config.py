@@ -14,6 +14,7 @@ from typing import Callable
 
 CONFIG_FILE = "sidecar.json"
 SCHEMA = 1
+LOAD_BALANCERS = ("round-robin", "random", "least-request")  # the policies balancer.py implements
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,14 @@ def parse(text: str) -> SidecarConfig:
     try:
         for name, body in data["services"].items():
             versions = tuple(Version(v["name"], v["host"]) for v in body["versions"])
-            services[name] = Service(name, versions, tuple(body.get("ports", ())),
-                                     body.get("loadBalancer", "round-robin"))
+            load_balancer = body.get("loadBalancer", "round-robin")
+            # Checked here, not when the balancers are built: a config is applied whole or not at all.
+            if not versions:
+                raise ValueError(f"service {name!r} has no versions")
+            if load_balancer not in LOAD_BALANCERS:
+                raise ValueError(f"service {name!r}: unknown loadBalancer {load_balancer!r}; "
+                                 f"expected one of {', '.join(LOAD_BALANCERS)}")
+            services[name] = Service(name, versions, tuple(body.get("ports", ())), load_balancer)
         version = str(data["version"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed sidecar config: missing or bad {exc}") from exc

@@ -45,6 +45,8 @@ class ConfigWatcher:
         if parsed.version != self.state.config.version or not self.state.loaded:
             self.state.apply(parsed)
             logger.info("config version %s applied", parsed.version)
+        else:
+            self.state.last_error = None  # the running version is back on disk: the rejection is over
 
     def _reject(self, message: str) -> None:
         self.state.last_error = message
@@ -74,3 +76,5 @@ class ConfigWatcher:
     def done(self) -> None:
         if self._observer is not None:
             self._observer.stop()
+            # Joined, so no late event reaches an event loop that is closing.
+            self._observer.join(timeout=2)

@@ -68,10 +68,10 @@ class Routing:
         authority = flow.request.host_header
         name = host_name(authority)
         service = self.state.config.by_host.get(name)
-        flow.request.headers[SOURCE_HEADER] = self.state.identity.workload
         if service is None:
             meta[META_SERVICE] = name or flow.request.host
-            return
+            return  # leaving the mesh: no mesh headers for outside hosts
+        flow.request.headers[SOURCE_HEADER] = self.state.identity.workload
         chosen = self._balancers[service.name].pick()
         meta[META_SERVICE] = service.name
         meta[META_VERSION] = chosen.name

@@ -47,8 +47,9 @@ class Telemetry:
         self._record(flow, flow.response.status_code)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._record(flow, 0)
+        # mitmproxy fires either response or error for a flow, never both. An error may come
+        # after the response headers (the server died mid-body): it still counts, as failed.
+        self._record(flow, 0)
 
     def _record(self, flow: http.HTTPFlow, status: int) -> None:
         meta = flow.metadata

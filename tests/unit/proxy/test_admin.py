@@ -1,0 +1,176 @@
+"""The sidecar's admin endpoints, served on free loopback ports."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import tflow, tutils
+
+from meshproxy import admin, config
+from meshproxy.addons import routing
+from meshproxy.addons.telemetry import Telemetry
+from meshproxy.config import Identity, MeshState
+
+# Bypass any *_proxy settings: every call here targets loopback.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+CONFIG = config.parse(json.dumps({
+    "schema": 1, "version": "abc123",
+    "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"}], "ports": [8080],
+                             "loadBalancer": "random"}},
+}))
+
+
+def get(server, path: str) -> tuple[int, str, bytes]:
+    port = server.server_address[1]
+    try:
+        with OPENER.open(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers["Content-Type"], error.read()
+
+
+@pytest.fixture
+def servers():
+    """Shut down every server a test starts, whatever happens."""
+    started = []
+    yield started
+    # shutdown() waits up to serve_forever's poll interval (0.5 s): stop them all at once
+    stoppers = [threading.Thread(target=server.shutdown) for server in started]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper, server in zip(stoppers, started):
+        stopper.join()
+        server.server_close()
+
+
+def test_serve_routes_and_404(servers):
+    server = admin.serve(0, {"/hello": lambda: (201, "text/plain", b"hi\n")}, host="127.0.0.1")
+    servers.append(server)
+
+    assert get(server, "/hello") == (201, "text/plain", b"hi\n")
+    assert get(server, "/hello?verbose=1") == (201, "text/plain", b"hi\n")
+    assert get(server, "/nope") == (404, "text/plain", b"not found\n")
+    assert get(server, "/hello/")[0] == 404
+
+
+def test_json_route(servers):
+    server = admin.serve(0, {"/j": admin.json_route(lambda: (503, {"ready": False}))}, host="127.0.0.1")
+    servers.append(server)
+
+    status, ctype, body = get(server, "/j")
+
+    assert (status, ctype, json.loads(body)) == (503, "application/json", {"ready": False})
+
+
+class Sidecar:
+    def __init__(self, servers, monkeypatch) -> None:
+        # start() binds Istio's fixed ports; 0 lets each test get free ones.
+        for name in ("HEALTH_PORT", "ADMIN_PORT", "METRICS_PORT"):
+            monkeypatch.setattr(admin, name, 0)
+        self.state = MeshState(Identity("shop", "web-v1", "web", "v1"))
+        self.telemetry = Telemetry(self.state, access_log=None)
+        self.listening = False
+        self.health, self.admin, self.metrics = admin.start(self.state, self.telemetry, lambda: self.listening)
+        servers.extend([self.health, self.admin, self.metrics])
+
+    def record_request(self) -> None:
+        flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=8080), resp=True)
+        flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+        flow.metadata.update({routing.META_DIRECTION: "outbound", routing.META_SERVICE: "payment",
+                              routing.META_VERSION: "v1", routing.META_UPSTREAM: CONFIG.services["payment"].versions[0]})
+        self.telemetry.response(flow)
+
+
+@pytest.fixture
+def sidecar(servers, monkeypatch):
+    return Sidecar(servers, monkeypatch)
+
+
+def ready(server) -> tuple[int, dict]:
+    status, ctype, body = get(server, "/healthz/ready")
+    assert ctype == "application/json"
+    return status, json.loads(body)
+
+
+def test_each_server_has_its_own_port(sidecar):
+    ports = {s.server_address[1] for s in (sidecar.health, sidecar.admin, sidecar.metrics)}
+
+    assert len(ports) == 3
+    assert 0 not in ports
+
+
+def test_ready_needs_a_listener_and_a_config(sidecar):
+    assert ready(sidecar.health) == (503, {"ready": False, "listening": False, "config_loaded": False})
+
+    sidecar.listening = True
+    assert ready(sidecar.health) == (503, {"ready": False, "listening": True, "config_loaded": False})
+
+    sidecar.state.apply(CONFIG)
+    assert ready(sidecar.health) == (200, {"ready": True, "listening": True, "config_loaded": True})
+    assert ready(sidecar.admin)[0] == 200  # the admin port answers the probe too
+
+    sidecar.listening = False
+    assert ready(sidecar.health)[0] == 503
+
+
+def test_config_dump(sidecar):
+    sidecar.state.apply(CONFIG)
+    sidecar.state.last_error = "sidecar.json: not JSON"
+
+    status, ctype, body = get(sidecar.admin, "/config_dump")
+
+    assert (status, ctype) == (200, "application/json")
+    assert json.loads(body) == {
+        "identity": {"project": "shop", "workload": "web-v1", "service": "web", "version": "v1"},
+        "config_version": "abc123",
+        "last_error": "sidecar.json: not JSON",
+        "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"}], "ports": [8080],
+                                 "loadBalancer": "random"}},
+    }
+
+
+def test_stats_json(sidecar):
+    sidecar.state.apply(CONFIG)
+    sidecar.record_request()
+
+    status, ctype, body = get(sidecar.admin, "/stats")
+
+    assert (status, ctype) == (200, "application/json")
+    stats = json.loads(body)
+    assert stats["workload"] == "web-v1"
+    assert stats["config_version"] == "abc123"
+    assert stats["tcp"] == []
+    assert stats["requests"] == [{
+        "reporter": "source", "source_workload": "web-v1", "destination_workload": "payment-v1",
+        "destination_service": "payment", "destination_version": "v1", "response_code": "200",
+        "request_protocol": "http", "count": 1}]
+
+
+def test_prometheus(sidecar):
+    status, ctype, body = get(sidecar.metrics, "/stats/prometheus")
+    assert status == 200
+    assert ctype.startswith("text/plain")
+    assert b"istio_requests_total{" not in body  # nothing recorded yet
+
+    sidecar.record_request()
+    text = get(sidecar.metrics, "/stats/prometheus")[2].decode()
+
+    assert ('istio_requests_total{destination_service="payment",destination_version="v1",'
+            'destination_workload="payment-v1",reporter="source",request_protocol="http",'
+            'response_code="200",source_workload="web-v1"} 1.0') in text
+    assert "istio_request_duration_milliseconds_bucket{" in text
+    assert get(sidecar.metrics, "/metrics")[2].decode() == text
+
+
+def test_unknown_paths_are_404(sidecar):
+    sidecar.listening = True
+    sidecar.state.apply(CONFIG)  # so a 404 cannot be confused with "not ready"
+    unknown = [("health", "/stats"), ("health", "/"), ("admin", "/stats/prometheus"), ("admin", "/healthz"),
+               ("metrics", "/healthz/ready"), ("metrics", "/config_dump")]
+
+    assert {(which, path): get(getattr(sidecar, which), path)[0] for which, path in unknown} == {
+        key: 404 for key in unknown}
