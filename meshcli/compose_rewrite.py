@@ -162,11 +162,7 @@ def _pod_service(name: str, workload, pod: dict[str, Any], app: dict[str, Any], 
         "labels": _labels("pod", workload, mesh.project),
         **pod,
     }
-    if "container_name" in app:
-        service["container_name"] = f"{app['container_name']}{POD_SUFFIX}"
-    if "profiles" in app:
-        service["profiles"] = app["profiles"]
-    return service
+    return _inherit_from_app(service, app, POD_SUFFIX)
 
 
 def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOptions, mesh: Mesh,
@@ -194,8 +190,13 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
         "stop_grace_period": "3s",
         "labels": _labels("sidecar", workload, mesh.project),
     }
+    return _inherit_from_app(service, app, SIDECAR_SUFFIX)
+
+
+def _inherit_from_app(service: dict[str, Any], app: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """Pod and sidecar follow their app: same profiles, a recognisable container name."""
     if "container_name" in app:
-        service["container_name"] = f"{app['container_name']}{SIDECAR_SUFFIX}"
+        service["container_name"] = f"{app['container_name']}{suffix}"
     if "profiles" in app:
         service["profiles"] = app["profiles"]
     return service

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from meshcli import docker_engine, images, workspace as ws
+from meshcli import compose_model, docker_engine, images, workspace as ws
 from meshcli.workspace import Loaded, Workspace
 
 Progress = Callable[[str], None]
@@ -22,10 +22,6 @@ def _compose_env(workspace: Workspace) -> dict[str, str]:
 
 def _compose_args(workspace: Workspace) -> list[str]:
     return ["--env-file", str(workspace.env_file)] if workspace.env_file else []
-
-
-def _files(workspace: Workspace) -> list[Path]:
-    return [workspace.rendered_file]
 
 
 @dataclass
@@ -45,18 +41,22 @@ def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build:
     args = _compose_args(workspace) + ["up", "-d", "--remove-orphans", "--wait", "--wait-timeout", str(wait_timeout)]
     if build:
         args.append("--build")
-    docker_engine.compose(loaded.project.name, _files(workspace), args, env=_compose_env(workspace))
+    docker_engine.compose(loaded.project.name, [workspace.rendered_file], args, env=_compose_env(workspace))
     return UpResult(loaded, rendered, image)
 
 
 def down(workspace: Workspace, progress: Progress, volumes: bool = True) -> str:
-    """Remove every container, network (and volume) of the project; return its name."""
-    loaded = ws.load(workspace)
-    if not workspace.rendered_file.is_file():
-        ws.render(loaded, images.sidecar_image_tag())
-    progress(f"removing project {loaded.project.name}")
-    args = _compose_args(workspace) + ["down", "--remove-orphans", "--timeout", "5"]
+    """Remove every container, network (and volume) of the project; return its name.
+
+    Needs only the project's name: a half-edited mesh.yaml must never stop a teardown,
+    and nothing is rendered just to be deleted.
+    """
+    name = compose_model.load(workspace.compose_file, workspace.project_name).name
+    # Without the rendered file compose finds the project's containers by their labels.
+    files = [workspace.rendered_file] if workspace.rendered_file.is_file() else []
+    progress(f"removing project {name}")
+    args = (_compose_args(workspace) if files else []) + ["down", "--remove-orphans", "--timeout", "5"]
     if volumes:
         args.append("-v")
-    docker_engine.compose(loaded.project.name, _files(workspace), args, env=_compose_env(workspace))
-    return loaded.project.name
+    docker_engine.compose(name, files, args, env=_compose_env(workspace))
+    return name

@@ -10,7 +10,7 @@ from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import API_VERSION, DEFAULT_LOAD_BALANCER, LOAD_BALANCERS
 
 HEADER = f"""\
-# meshcli mesh file: the traffic rules for the services of {{compose}}.
+# meshcli mesh file: how the services of {{compose}} are grouped into versions and balanced.
 # Edit it while the mesh runs: sidecars pick up every valid change without a restart;
 # `meshcli validate` checks it (every error with file:line:column).
 apiVersion: {API_VERSION}

@@ -36,7 +36,8 @@ class WorkloadStatus:
 
 def _containers(project: str) -> dict[str, object]:
     engine = docker_engine.client()
-    found = engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+    found = engine.containers.list(all=True, filters={"label": [f"com.docker.compose.project={project}",
+                                                                      "com.docker.compose.oneoff=False"]})
     return {c.labels.get("com.docker.compose.service"): c for c in found}
 
 

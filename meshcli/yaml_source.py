@@ -21,7 +21,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarint import ScalarInt
 
 from meshcli.diagnostics import Diagnostic
-from meshcli.errors import InvalidFileError
+from meshcli.errors import InvalidFileError, MeshError
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,12 @@ def dump_round_trip(data: Any) -> str:
 
 def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
     """Write `text` to `path` so readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(exist_ok=True)  # .mesh/ itself, never a whole missing tree
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise MeshError(f"cannot write {path}: {exc.strerror or exc}",
+                        hint="check that the directory exists and is writable") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -10,16 +10,19 @@ import os
 import sys
 from typing import Optional
 
-import click
 import typer
 
 from meshcli import __version__
 from meshcli.cli import init, lifecycle, render, status, validate
 from meshcli.errors import EXIT_INTERRUPTED, EXIT_USAGE, InvalidFileError, MeshError
 
+# Recent typer vendors its own click: catch the usage errors it really raises.
+ClickException = getattr(getattr(typer, "_click", None), "ClickException", None) or __import__("click").ClickException
+
 app = typer.Typer(
     name="meshcli",
-    help="A service mesh for Docker Compose: sidecars, traffic rules, faults and mTLS for local dev and CI.",
+    help="A service mesh for Docker Compose: transparent sidecars, load balancing across versions, "
+         "metrics and access logs per hop, for local development and CI.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -60,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     except MeshError as exc:
         output.error(exc.message, exc.hint)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         output.error("interrupted")
         return EXIT_INTERRUPTED
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except ClickException as exc:
+        exc.show()  # usage errors, including a bare `meshcli` (help, then exit 2)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         output.error("interrupted")
         return EXIT_INTERRUPTED

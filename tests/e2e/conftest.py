@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MESHCLI = [sys.executable, "-m", "meshcli.cli.main"]
@@ -105,11 +106,30 @@ class Demo:
         return found
 
 
+def add_h2c_workload(compose_file: Path) -> None:
+    """A meshed HTTP/2-only (h2c) server, to prove HTTP/2 crosses both sidecars.
+
+    The sample apps speak HTTP/1.1 only; this one runs tests/e2e/h2c_server.py in the
+    sidecar image, which has the h2 library.
+    """
+    from meshcli import images
+
+    data = yaml.safe_load(compose_file.read_text())
+    data["services"]["h2echo"] = {
+        "image": images.sidecar_image_tag(),
+        "command": ["/opt/meshcli/venv/bin/python", "/h2c/h2c_server.py"],
+        "volumes": [f"{Path(__file__).parent}:/h2c:ro"],
+        "expose": ["8080"],
+    }
+    compose_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, request) -> Demo:
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
     shutil.copytree(REPO / "sample-apps", root / "sample-apps", ignore=shutil.ignore_patterns("__pycache__"))
+    add_h2c_workload(root / "compose" / "compose.yaml")
     project = f"meshe2e-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {**os.environ, "FRONTEND_PORT": str(port)}

@@ -95,15 +95,19 @@ def test_tcp_server_speaks_first_through_the_mesh(demo):
     assert opened(demo.sidecar_stats("greeter-client"), "source") >= 1
 
 
-def test_http2_prior_knowledge_is_proxied(demo):
+def test_http2_prior_knowledge_crosses_both_sidecars(demo):
     result = demo.exec("frontend", "curl", "-sS", "--http2-prior-knowledge", "-m", "5",
-                       "-w", "\\n%{http_version}", "http://orders:8080/")
+                       "-w", "\\n%{http_version}", "http://h2echo:8080/grpc.like/Call")
     if result.returncode == 127 or "executable file not found" in result.stderr:
         pytest.skip("the sample image has no curl")
     body, _, version = result.stdout.rpartition("\n")
     assert result.returncode == 0, result.stderr
     assert version == "2"
-    assert json.loads(body)["service"] == "orders"
+    assert json.loads(body) == {"service": "h2echo", "protocol": "HTTP/2", "path": "/grpc.like/Call"}
+    outbound = [json.loads(line) for line in demo.logs("frontend-sidecar").splitlines() if '"h2echo"' in line]
+    inbound = [json.loads(line) for line in demo.logs("h2echo-sidecar").splitlines() if line.startswith("{")]
+    assert any(e["direction"] == "outbound" and e["protocol"] == "HTTP/2.0" for e in outbound)
+    assert any(e["direction"] == "inbound" and e["protocol"] == "HTTP/2.0" and e["status"] == 200 for e in inbound)
 
 
 def test_killed_sidecar_comes_back_and_app_keeps_running(demo):
@@ -157,13 +161,15 @@ def test_status_json_reports_every_workload(demo):
         time.sleep(1)
     assert result.returncode == 0, result.stdout
     workloads = {w["workload"]: w for w in data["workloads"]}
-    assert set(workloads) == {"frontend", "orders", "payment-v1", "payment-v2", "greeter", "greeter-client"}
+    assert set(workloads) == {"frontend", "orders", "payment-v1", "payment-v2", "greeter", "greeter-client",
+                              "h2echo"}
     assert {w["sidecar_health"] for w in workloads.values()} == {"healthy"}
     assert {w["sync"] for w in workloads.values()} == {"SYNCED"}
     assert workloads["payment-v2"]["service"] == "payment" and workloads["payment-v2"]["version"] == "v2"
     assert workloads["frontend"]["urls"] == [demo.url]
 
 
-def test_down_leaves_nothing_behind(demo):
+def test_down_leaves_nothing_behind_even_with_a_broken_mesh_file(demo):
+    (demo.directory / "compose" / "mesh.yaml").write_text("services: [unclosed\n")
     demo.cli("down", "-p", demo.project)
     assert demo.project_resources() == {"containers": [], "networks": [], "volumes": []}

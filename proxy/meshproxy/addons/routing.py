@@ -26,6 +26,7 @@ META_SERVICE = "meshcli.service"
 META_VERSION = "meshcli.version"
 META_UPSTREAM = "meshcli.upstream"
 META_SOURCE = "meshcli.source"
+META_BALANCER = "meshcli.balancer"
 
 
 def direction_of(flow: http.HTTPFlow) -> str:
@@ -72,7 +73,9 @@ class Routing:
             meta[META_SERVICE] = name or flow.request.host
             return  # leaving the mesh: no mesh headers for outside hosts
         flow.request.headers[SOURCE_HEADER] = self.state.identity.workload
-        chosen = self._balancers[service.name].pick()
+        lb = self._balancers[service.name]
+        chosen = lb.pick()
+        meta[META_BALANCER] = lb  # released on this one even if a reload replaces it meanwhile
         meta[META_SERVICE] = service.name
         meta[META_VERSION] = chosen.name
         meta[META_UPSTREAM] = chosen
@@ -88,6 +91,6 @@ class Routing:
 
     def _release(self, flow: http.HTTPFlow) -> None:
         chosen = flow.metadata.get(META_UPSTREAM)
-        lb = self._balancers.get(flow.metadata.get(META_SERVICE, ""))
+        lb = flow.metadata.get(META_BALANCER)
         if chosen is not None and lb is not None:
             lb.done(chosen)

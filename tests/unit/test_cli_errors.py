@@ -1,4 +1,4 @@
-"""`meshcli up` says clearly what to do when Docker is not there (exit 1, a hint)."""
+"""Exit codes and messages for usage errors and for a missing Docker engine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,3 +35,11 @@ def test_up_without_docker_command_explains_what_to_do(tmp_path):
     result = run_meshcli("up", "-f", str(tmp_path / "compose.yaml"), env=env)
     assert result.returncode == 1
     assert "Docker" in result.stderr and "hint:" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["up", "--bogus"], ["up", "--timeout", "abc"], ["nosuch"], []])
+def test_usage_errors_exit_2_without_a_traceback(argv, capsys):
+    from meshcli.cli.main import main
+
+    assert main(argv) == 2
+    assert "unexpected error" not in capsys.readouterr().err
