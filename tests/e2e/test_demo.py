@@ -46,6 +46,11 @@ def delta(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, Co
     return {w: after[w] - before[w] for w in after}
 
 
+def http_log(demo, container: str) -> list[dict]:
+    entries = [json.loads(line) for line in demo.logs(container).splitlines() if line.startswith("{")]
+    return [e for e in entries if e["kind"] == "http"]
+
+
 def test_every_hop_goes_through_both_sidecars(demo):
     before = snapshot(demo)
     answers = [get(demo.url) for _ in range(200)]
@@ -73,9 +78,7 @@ def test_every_hop_goes_through_both_sidecars(demo):
 def test_access_log_records_each_direction(demo):
     status, _ = get(demo.url)
     assert status == 200
-    out = demo.logs("orders-sidecar", tail=50)
-    entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    directions = {(e["direction"], e["destination_service"]) for e in entries if e["kind"] == "http"}
+    directions = {(e["direction"], e["destination_service"]) for e in http_log(demo, "orders-sidecar")}
     assert ("inbound", "orders") in directions and ("outbound", "payment") in directions
 
 
@@ -104,8 +107,8 @@ def test_http2_prior_knowledge_crosses_both_sidecars(demo):
     assert result.returncode == 0, result.stderr
     assert version == "2"
     assert json.loads(body) == {"service": "h2echo", "protocol": "HTTP/2", "path": "/grpc.like/Call"}
-    outbound = [json.loads(line) for line in demo.logs("frontend-sidecar").splitlines() if '"h2echo"' in line]
-    inbound = [json.loads(line) for line in demo.logs("h2echo-sidecar").splitlines() if line.startswith("{")]
+    outbound = [e for e in http_log(demo, "frontend-sidecar") if e["destination_service"] == "h2echo"]
+    inbound = http_log(demo, "h2echo-sidecar")
     assert any(e["direction"] == "outbound" and e["protocol"] == "HTTP/2.0" for e in outbound)
     assert any(e["direction"] == "inbound" and e["protocol"] == "HTTP/2.0" and e["status"] == 200 for e in inbound)
 

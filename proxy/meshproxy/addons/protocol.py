@@ -15,10 +15,17 @@ from mitmproxy.proxy.layers.tls import starts_like_tls_record
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+def _is_h2_server_preface(data: bytes) -> bool:
+    """A SETTINGS frame on stream 0: type 0x04 at byte 3, stream id 0 in bytes 5-8."""
+    return len(data) >= 9 and data[3] == 0x04 and data[5:9] == b"\x00\x00\x00\x00"
+
+
 def classify(data_client: bytes, data_server: bytes) -> str | None:
     """'http1', 'h2c', 'tcp', or None when more client bytes are needed to tell."""
-    if data_server:
-        return "tcp"  # the server spoke first: not HTTP
+    # The server spoke first: not HTTP - unless it is an h2c server, which greets with
+    # SETTINGS at once; then the client's bytes decide.
+    if data_server and not _is_h2_server_preface(data_server):
+        return "tcp"
     if not data_client:
         return None
     if starts_like_tls_record(data_client):

@@ -26,6 +26,9 @@ H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize(("client", "server", "expected"), [
+    # an h2c server's SETTINGS greeting must not make an h2c client's connection "tcp"
+    (b"", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64", None),
+    (H2_PREFACE, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64", "h2c"),
     (b"GET /pay HTTP/1.1\r\nHost: payment:8080\r\n\r\n", b"", "http1"),
     (b"POST /pay HTTP/1.0\r\n", b"", "http1"),
     (b"GET /pay HTTP/1.1\r\n", b"", "http1"),  # headers not complete yet: the request line is enough
