@@ -39,6 +39,7 @@ class Telemetry:
                                   TCP_LABELS, registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes_total", "Bytes received from clients.",
                                     TCP_LABELS, registry=self.registry)
+        self._http_children: dict[tuple[str, ...], tuple] = {}
         self.tcp_sent = Counter("istio_tcp_sent_bytes_total", "Bytes sent to clients.",
                                 TCP_LABELS, registry=self.registry)
 
@@ -67,8 +68,14 @@ class Telemetry:
         )
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
         duration_ms = (end - flow.request.timestamp_start) * 1000
-        self.requests.labels(*labels).inc()
-        self.durations.labels(*labels).observe(duration_ms)
+        children = self._http_children.get(labels)
+        if children is None:
+            # prometheus_client validates labels and takes a lock on every .labels() call;
+            # resolve each label set once.
+            children = self._http_children[labels] = (self.requests.labels(*labels),
+                                                      self.durations.labels(*labels))
+        children[0].inc()
+        children[1].observe(duration_ms)
         if self.access_log is not None:
             self._log({
                 "kind": "http",
