@@ -1,13 +1,17 @@
-"""Bringing a meshed project up and down: render, build what is missing, run compose."""
+"""Bringing a meshed project up and down: render, build what is missing, run compose,
+and run the hot-reload watcher (meshcli/watcher.py) while the project is up."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from meshcli import compose_model, docker_engine, images, workspace as ws
+from meshcli import compose_model, control_plane, docker_engine, images, status, watcher, workspace as ws
+from meshcli.errors import InvalidFileError
+from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
 
 Progress = Callable[[str], None]
@@ -29,20 +33,80 @@ class UpResult:
     loaded: Loaded
     rendered: Path
     sidecar_image: str
+    statuses: list[WorkloadStatus] = field(default_factory=list)
+    watcher_pid: int | None = None  # the hot-reload watcher (meshcli/watcher.py)
+
+    @property
+    def ready(self) -> bool:
+        return ready(self.statuses)
 
 
-def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build: bool = False) -> UpResult:
+def ready(statuses: list[WorkloadStatus]) -> bool:
+    """Every app runs and every sidecar is healthy and runs the config on disk."""
+    return all(s.app == "running" and s.sidecar_health == "healthy" and s.sync == "SYNCED" for s in statuses)
+
+
+def not_ready(statuses: list[WorkloadStatus]) -> list[str]:
+    """What keeps the mesh from being ready, one phrase per workload ("payment-v1: sidecar unhealthy")."""
+    problems = []
+    for s in statuses:
+        if s.app != "running":
+            problems.append(f"{s.workload}: app {s.app}")
+        elif s.sidecar_health != "healthy":
+            problems.append(f"{s.workload}: sidecar {s.sidecar if s.sidecar != 'running' else s.sidecar_health}")
+        elif s.sync != "SYNCED":
+            problems.append(f"{s.workload}: config {s.sync}")
+    return problems
+
+
+def wait_ready(loaded: Loaded, deadline: float, progress: Progress, interval: float = 0.5) -> list[WorkloadStatus]:
+    """Poll the workloads until ready() or time.monotonic() passes deadline; return the last statuses."""
+    while True:
+        statuses = status.collect(loaded)
+        if ready(statuses) or time.monotonic() >= deadline:
+            return statuses
+        progress("waiting for " + ", ".join(not_ready(statuses)))
+        time.sleep(interval)
+
+
+def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build: bool = False,
+       wait: bool = True) -> UpResult:
+    """Render, build the sidecar image if missing and start the project.
+
+    With `wait`, compose waits up to `wait_timeout` seconds for every container to be
+    healthy, then the workloads are polled until ready() within the same budget; the
+    result's statuses say whether they made it. Without it, nothing is waited for.
+    """
     progress("validating compose and mesh files")
     loaded = ws.load(workspace)
     progress("checking the sidecar image")
     image = images.build_sidecar_image(progress)
     rendered = ws.render(loaded, image)
     progress(f"starting {len(loaded.mesh.workloads)} meshed workloads with docker compose")
-    args = _compose_args(workspace) + ["up", "-d", "--remove-orphans", "--wait", "--wait-timeout", str(wait_timeout)]
+    args = _compose_args(workspace) + ["up", "-d", "--remove-orphans"]
+    if wait:
+        args += ["--wait", "--wait-timeout", str(wait_timeout)]
     if build:
         args.append("--build")
+    started = time.monotonic()
     docker_engine.compose(loaded.project.name, [workspace.rendered_file], args, env=_compose_env(workspace))
-    return UpResult(loaded, rendered, image)
+    progress("starting the hot-reload watcher")
+    watcher_pid = watcher.start(workspace)
+    _apply_edits_made_meanwhile(workspace)
+    if not wait:
+        return UpResult(loaded, rendered, image, status.collect(loaded), watcher_pid)
+    progress("checking that every sidecar is healthy and runs the current config")
+    return UpResult(loaded, rendered, image, wait_ready(loaded, started + wait_timeout, progress), watcher_pid)
+
+
+def _apply_edits_made_meanwhile(workspace: Workspace) -> None:
+    """Apply once more: mesh.yaml or the faults may have changed while compose was starting,
+    before the watcher watched. An invalid file is recorded for `meshcli status` (the sidecars
+    keep the rendered config), not fatal: the project is up."""
+    try:
+        control_plane.apply(workspace)
+    except InvalidFileError:
+        pass
 
 
 def down(workspace: Workspace, progress: Progress, volumes: bool = True) -> str:
@@ -52,6 +116,8 @@ def down(workspace: Workspace, progress: Progress, volumes: bool = True) -> str:
     and nothing is rendered just to be deleted.
     """
     name = compose_model.load(workspace.compose_file, workspace.project_name).name
+    if watcher.stop(workspace) is not None:
+        progress("stopped the hot-reload watcher")
     # Without the rendered file compose finds the project's containers by their labels.
     files = [workspace.rendered_file] if workspace.rendered_file.is_file() else []
     progress(f"removing project {name}")

@@ -1,4 +1,5 @@
-"""`meshcli init`: a starter mesh.yaml for a compose project, with comments on every field."""
+"""`meshcli init`: a starter mesh.yaml for a compose project, with comments on every field
+and commented-out examples of the traffic rules (docs/mesh-file.md has them all)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ def _scalar(name: str) -> str:
     return name if yaml.safe_load(name) == name else json.dumps(name)
 
 
+def _rule_examples(versions: list[str]) -> str:
+    """Commented-out traffic rules, with this service's own version names in the split."""
+    lines = []
+    if len(versions) > 1:
+        first, last = _scalar(versions[0]), _scalar(versions[-1])
+        lines.append(f"    # split: {{{first}: 90, {last}: 10}}   # percent per version, sum 100; or `to: {last}`\n")
+    lines.append("    # timeout: 2s   # the whole request, retries included; more rules: docs/mesh-file.md\n")
+    lines.append("    # retries: {attempts: 3, perTryTimeout: 500ms, retryOn: [5xx, connect-failure]}\n")
+    return "".join(lines)
+
+
 def starter(project: ComposeProject) -> str:
     lines = [HEADER.format(compose=project.path.name)]
     grouped = project.logical_services()
@@ -42,6 +54,7 @@ def starter(project: ComposeProject) -> str:
         lines.append(f"    ports: [{', '.join(str(p) for p in ports)}]\n")
         lines.append(f"    # how a caller's sidecar picks a version: {' | '.join(LOAD_BALANCERS)}\n")
         lines.append(f"    loadBalancer: {DEFAULT_LOAD_BALANCER}\n")
+        lines.append(_rule_examples([w.version for w in sorted(workloads, key=lambda w: w.version)]))
     for name, reason in sorted(project.skipped.items()):
         lines.append(f"  # {name}: not meshed - {reason}\n")
     return "".join(lines)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from meshcli import docker_engine, sidecar_config
+from meshcli import docker_engine, sidecar_config, workspace as ws
 from meshcli.compose_rewrite import pod_name, sidecar_name
-from meshcli.workspace import Loaded
+from meshcli.errors import InvalidFileError
+from meshcli.workspace import Loaded, Workspace
 
 ADMIN_URL = "http://127.0.0.1:15000"
 
@@ -26,7 +27,8 @@ class WorkloadStatus:
     sidecar: str  # running / restarting / missing
     sidecar_health: str  # healthy / unhealthy / starting / unknown
     sidecar_restarts: int = 0
-    config_version: str | None = None
+    config_version: str | None = None  # what the sidecar runs
+    config_generation: int | None = None
     sync: str = "UNKNOWN"  # SYNCED / STALE / UNKNOWN
     urls: list[str] = field(default_factory=list)
 
@@ -39,6 +41,28 @@ def _containers(project: str) -> dict[str, object]:
     found = engine.containers.list(all=True, filters={"label": [f"com.docker.compose.project={project}",
                                                                       "com.docker.compose.oneoff=False"]})
     return {c.labels.get("com.docker.compose.service"): c for c in found}
+
+
+def load(workspace: Workspace) -> tuple[Loaded, InvalidFileError | None]:
+    """The project to show. When the mesh file is invalid (the sidecars then keep the last
+    good config), its workloads come from the compose file alone, with the error."""
+    try:
+        return ws.load(workspace), None
+    except InvalidFileError as exc:
+        if workspace.mesh_file is None:
+            raise  # the compose file itself is invalid: nothing to show
+        return ws.load(replace(workspace, mesh_file=None)), exc
+
+
+def project_running(project: str) -> bool:
+    """Whether any container of the project runs. False, not an error, without a Docker engine:
+    then there is nothing to wait for."""
+    try:
+        engine = docker_engine.client()
+        return bool(engine.containers.list(limit=1, filters={"status": "running",
+                                                             "label": f"com.docker.compose.project={project}"}))
+    except Exception:  # no engine (DockerError), or it went away mid-call (SDK and requests errors)
+        return False
 
 
 def admin_get(container, path: str) -> dict | None:
@@ -86,6 +110,7 @@ def collect(loaded: Loaded) -> list[WorkloadStatus]:
             dump = admin_get(sidecar, "/config_dump")
             if dump is not None:
                 status.config_version = dump.get("config_version")
+                status.config_generation = dump.get("generation")
                 status.sync = "SYNCED" if status.config_version == expected else "STALE"
         return status
 

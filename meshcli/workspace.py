@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from meshcli import compose_model, compose_rewrite, mesh_config, resources, sidecar_config
+from meshcli import compose_model, compose_rewrite, mesh_config, resources, sidecar_config, yaml_source
 from meshcli.compose_model import ComposeProject
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InputError
@@ -81,8 +81,8 @@ def locate(compose_file: Path | None = None, mesh_file: Path | None = None, proj
 def load(workspace: Workspace) -> Loaded:
     """Read and validate both files; raise InvalidFileError listing every problem."""
     project = compose_model.load(workspace.compose_file, workspace.project_name)
-    config = mesh_config.load(workspace.mesh_file) if workspace.mesh_file else None
-    mesh = mesh_config.resolve(config, project)
+    doc = yaml_source.load(workspace.mesh_file) if workspace.mesh_file else None
+    config, mesh = mesh_config.parse_and_resolve(doc, project)
     return Loaded(workspace, project, config, mesh, list(project.diagnostics))
 
 

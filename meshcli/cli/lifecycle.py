@@ -1,14 +1,54 @@
-"""`meshcli up` and `meshcli down`."""
+"""`meshcli up` and `meshcli down`.
+
+Both are made for scripts and CI as much as for people: `--json` prints one JSON object
+on stdout (also when they fail, with `"ok": false` and the error), and the exit code says
+what happened: 0 ok, 1 the mesh did not become ready in time or compose failed, 2 bad input.
+"""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
 from meshcli.cli import common, output
+
+
+@contextmanager
+def _json_failure(as_json: bool, command: str) -> Iterator[None]:
+    """With --json, a failure still prints one JSON object; main() then prints the error and exits."""
+    from meshcli.errors import MeshError
+
+    try:
+        yield
+    except MeshError as exc:
+        if as_json:
+            output.emit_json({"ok": False, "command": command, "error": exc.message, "hint": exc.hint,
+                              "exit_code": exc.exit_code})
+        raise
+
+
+def up_json(result, seconds: float, waited: bool) -> dict:
+    """What `meshcli up --json` prints: `ok` is false when --wait saw the mesh not ready in time."""
+    from meshcli import lifecycle, sidecar_config
+
+    statuses = result.statuses
+    config = sidecar_config.current(result.loaded.workspace.config_dir)
+    return {
+        "ok": lifecycle.ready(statuses) or not waited,
+        "project": result.loaded.project.name,
+        "seconds": round(seconds, 1),
+        "healthy": lifecycle.ready(statuses),
+        "not_ready": lifecycle.not_ready(statuses),
+        "rendered": str(result.rendered),
+        "sidecar_image": result.sidecar_image,
+        "config": {"version": config.version, "generation": config.generation} if config else None,
+        "urls": {s.workload: s.urls for s in statuses if s.urls},
+        "workloads": [s.to_json() for s in statuses],
+    }
 
 
 def register(app: typer.Typer) -> None:
@@ -17,32 +57,43 @@ def register(app: typer.Typer) -> None:
         compose_file: Optional[Path] = common.ComposeFile,
         mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName,
-        timeout: int = typer.Option(180, "--timeout", help="Seconds to wait for every container to be healthy."),
+        wait: bool = typer.Option(True, "--wait/--no-wait",
+                                  help="Wait until every app runs and every sidecar is healthy and runs the "
+                                       "current config (exit 1 if that takes longer than --timeout)."),
+        timeout: int = typer.Option(180, "--timeout", min=1,
+                                    help="Seconds --wait waits for the workloads (image builds not counted)."),
         build: bool = typer.Option(False, "--build", help="Rebuild the app images (docker compose up --build)."),
         as_json: bool = common.Json,
     ) -> None:
-        """Render the meshed compose file, build what is missing, start it and wait until healthy."""
-        from meshcli import lifecycle, status as core
-        from meshcli.cli.status import healthy, print_table
+        """Render the meshed compose file, build what is missing, start it and wait until ready."""
+        from meshcli import lifecycle
+        from meshcli.cli.status import print_table
 
-        located = common.locate(compose_file, mesh_file, project)
-        if located.is_demo and not as_json:
-            output.info(f"no compose file here: running the bundled demo ({located.compose_file})")
-        started = time.monotonic()
-        with output.progress("starting the mesh") as progress:
-            result = lifecycle.up(located, progress, wait_timeout=timeout, build=build)
+        with _json_failure(as_json, "up"):
+            located = common.locate(compose_file, mesh_file, project)
+            if located.is_demo and not as_json:
+                output.info(f"no compose file here: running the bundled demo ({located.compose_file})")
+            started = time.monotonic()
+            with output.progress("starting the mesh") as progress:
+                result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait)
         elapsed = time.monotonic() - started
-        statuses = core.collect(result.loaded)
+        ready = lifecycle.ready(result.statuses)
         if as_json:
-            output.emit_json({"project": result.loaded.project.name, "seconds": round(elapsed, 1),
-                              "rendered": str(result.rendered), "sidecar_image": result.sidecar_image,
-                              "healthy": healthy(statuses), "workloads": [s.to_json() for s in statuses]})
+            output.emit_json(up_json(result, elapsed, wait))
         else:
             for d in result.loaded.diagnostics:
                 output.diagnostic(d)
-            print_table(statuses)
-            output.success(f"project {result.loaded.project.name} is up in {elapsed:.1f}s")
-        if not healthy(statuses):
+            print_table(result.statuses)
+            name = result.loaded.project.name
+            if ready:
+                output.success(f"project {name} is up in {elapsed:.1f}s")
+            elif wait:
+                output.error(f"project {name} is not ready after {timeout}s: "
+                             + "; ".join(lifecycle.not_ready(result.statuses)),
+                             hint=f"see `docker compose -p {name} logs`, or raise --timeout")
+            else:
+                output.info(f"project {name} started in {elapsed:.1f}s (not waiting: --no-wait)")
+        if wait and not ready:
             raise typer.Exit(1)
 
     @app.command("down")
@@ -56,10 +107,13 @@ def register(app: typer.Typer) -> None:
         """Stop and remove every container, network and volume the project created."""
         from meshcli import lifecycle
 
-        located = common.locate(compose_file, mesh_file, project)
-        with output.progress("stopping the mesh") as progress:
-            name = lifecycle.down(located, progress, volumes=not keep_volumes)
+        with _json_failure(as_json, "down"):
+            located = common.locate(compose_file, mesh_file, project)
+            started = time.monotonic()
+            with output.progress("stopping the mesh") as progress:
+                name = lifecycle.down(located, progress, volumes=not keep_volumes)
+        elapsed = time.monotonic() - started
         if as_json:
-            output.emit_json({"project": name, "removed": True})
+            output.emit_json({"ok": True, "project": name, "removed": True, "seconds": round(elapsed, 1)})
         else:
-            output.success(f"project {name} removed")
+            output.success(f"project {name} removed in {elapsed:.1f}s")

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from meshcli import __version__
-from meshcli.cli import init, lifecycle, render, status, validate
+from meshcli.cli import fault, init, lifecycle, render, schema, status, traffic, validate, watch
 from meshcli.errors import EXIT_INTERRUPTED, EXIT_USAGE, InvalidFileError, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
@@ -43,7 +43,7 @@ def _root(
     pass
 
 
-for module in (init, render, validate, lifecycle, status):
+for module in (init, render, validate, schema, lifecycle, status, fault, traffic, watch):
     module.register(app)
 
 

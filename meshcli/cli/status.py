@@ -1,4 +1,5 @@
-"""`meshcli status`: every workload, its sidecar's health and config sync, its URLs."""
+"""`meshcli status`: every workload, its sidecar's health and config sync (generation and
+version, like `istioctl proxy-status`), its URLs; a rejected mesh.yaml; the hot-reload watcher."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def print_table(statuses) -> None:
         table.add_column(column)
     for s in statuses:
         sidecar = s.sidecar if s.sidecar != "running" else s.sidecar_health
-        config = f"{s.sync} {s.config_version or ''}".strip()
+        config = " ".join(part for part in (s.sync, f"gen {s.config_generation}" if s.config_generation else "",
+                                            s.config_version or "") if part)
         table.add_row(Text(s.service), Text(s.version), Text(s.workload), _cell(s.app), _cell(sidecar),
-                      str(s.sidecar_restarts), _cell(config) if s.sync != "SYNCED" else Text(config, style="green"),
+                      str(s.sidecar_restarts), Text(config, style=STATE_STYLE.get(s.sync, "")),
                       Text(" ".join(s.urls)))
     output.out.print(table)
 
@@ -45,14 +47,54 @@ def register(app: typer.Typer) -> None:
         as_json: bool = common.Json,
     ) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
-        from meshcli import status as core, workspace
+        from meshcli import control_plane, sidecar_config, status as core, watcher
 
-        loaded = workspace.load(common.locate(compose_file, mesh_file, project))
+        located = common.locate(compose_file, mesh_file, project)
+        loaded, mesh_error = core.load(located)
         statuses = core.collect(loaded)
+        on_disk = sidecar_config.current(located.config_dir)
+        rejected = control_plane.rejection(located)
+        watcher_pid = watcher.running_pid(located)
         if as_json:
-            output.emit_json({"project": loaded.project.name, "healthy": healthy(statuses),
-                              "workloads": [s.to_json() for s in statuses]})
+            output.emit_json({
+                "project": loaded.project.name, "healthy": healthy(statuses),
+                "config": {"version": on_disk.version, "generation": on_disk.generation} if on_disk else None,
+                "rejected": rejected,
+                "mesh_errors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
+                "watcher": {"running": watcher_pid is not None, "pid": watcher_pid},
+                "workloads": [s.to_json() for s in statuses]})
         else:
             print_table(statuses)
+            _print_config(on_disk, watcher_pid, located)
+            _print_rejection(rejected, mesh_error)
         if not healthy(statuses):
             raise typer.Exit(1)
+
+
+def _print_config(on_disk, watcher_pid: int | None, located) -> None:
+    config = f"generation {on_disk.generation} ({on_disk.version})" if on_disk else "none compiled yet"
+    output.info(f"config: {config}, in {located.config_dir}")
+    if watcher_pid is not None:
+        output.info(f"hot reload: watcher running (pid {watcher_pid}), log in {located.state_dir / 'watcher.log'}")
+    else:
+        output.warning("hot reload: no watcher runs; edits of mesh.yaml reach the sidecars with "
+                       "`meshcli up`, `meshcli watch` or the `meshcli split`/`route` commands")
+
+
+def _print_rejection(rejected: dict | None, mesh_error) -> None:
+    """The errors that keep mesh.yaml from the sidecars, impossible to miss."""
+    from rich.panel import Panel
+
+    if rejected:
+        keeping = rejected.get("keeping") or {}
+        kept = (f"generation {keeping['generation']} ({keeping.get('version')})" if keeping.get("generation")
+                else "their current config")
+        title = f"{Path(str(rejected.get('file'))).name} rejected: the sidecars keep {kept}"
+        errors = rejected.get("errors") or []
+    elif mesh_error is not None:
+        title = "the mesh file has errors (not applied)"
+        errors = [f"{d.location}: {d.message}" for d in mesh_error.diagnostics if d.is_error]
+    else:
+        return
+    output.err.print(Panel(Text("\n".join(errors)), title=Text(title, style="bold red"), border_style="red",
+                           title_align="left", expand=False))

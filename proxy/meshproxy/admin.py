@@ -62,9 +62,11 @@ def start(state, telemetry, is_listening: Callable[[], bool]) -> list[ThreadingH
         return 200, {
             "identity": vars(state.identity),
             "config_version": config.version,
+            "generation": config.generation,
             "last_error": state.last_error,
-            "services": {name: {"versions": [vars(v) for v in s.versions], "ports": list(s.ports),
-                                "loadBalancer": s.load_balancer} for name, s in config.services.items()},
+            # the last rejected config and why, when MeshState keeps it
+            "rejection": getattr(state, "rejection", None),
+            "config": config.raw,
         }
 
     def stats() -> tuple[int, object]:

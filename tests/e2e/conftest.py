@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,16 @@ def docker_available() -> bool:
         return False
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: run after every other end-to-end test (it takes the demo down)")
+    # The plugin's `mesh` fixture attaches to the demo below instead of bringing up a second project.
+    config.option.mesh_attach = True
+
+
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
+    # Every e2e file shares one demo project; the test that removes it must run last.
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     e2e = [item for item in items if here in Path(str(item.fspath)).parents]
     for item in e2e:
         item.add_marker(pytest.mark.e2e)
@@ -96,6 +105,31 @@ class Demo:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    @property
+    def mesh_file(self) -> Path:
+        return self.directory / "compose" / "mesh.yaml"
+
+    def behave(self, workload: str, **changes) -> dict:
+        """Make one sample app slow or failing (its /admin/behavior), from inside its container."""
+        script = ("import json, sys, urllib.request as u; r = u.Request('http://127.0.0.1:8080/admin/' + sys.argv[1], "
+                  "data=sys.argv[2].encode(), method='POST'); print(u.urlopen(r, timeout=5).read().decode())")
+        path, body = ("reset", "{}") if not changes else ("behavior", json.dumps(changes))
+        result = self.exec(workload, "python3", "-c", script, path, body)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "-p", self.project, "--json", check=False).stdout)
+
+    def wait_synced(self, timeout: float = 30) -> dict:
+        """Wait until every sidecar runs the config on disk; return the status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.status()
+            if {w["sync"] for w in data["workloads"]} == {"SYNCED"} or time.monotonic() > deadline:
+                return data
+            time.sleep(0.3)
+
     def project_resources(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={self.project}"
         found = {}
@@ -148,3 +182,30 @@ def demo(tmp_path_factory, request) -> Demo:
         if down.returncode != 0:  # never leave containers behind, even if our own down is broken
             subprocess.run(["docker", "compose", "-p", project, "down", "-v", "--remove-orphans", "-t", "1"],
                            capture_output=True)
+
+
+@pytest.fixture
+def pristine_rules(demo):
+    """The test may change mesh.yaml, faults and app behaviour; put everything back afterwards."""
+    original = demo.mesh_file.read_text()
+    yield demo
+    demo.cli("fault", "clear", "-p", demo.project, check=False)
+    if demo.mesh_file.read_text() != original:
+        demo.mesh_file.write_text(original)
+        demo.cli("apply", "-p", demo.project, check=False)
+    for workload in ("payment-v1", "payment-v2", "orders", "frontend"):
+        demo.behave(workload)
+    assert {w["sync"] for w in demo.wait_synced()["workloads"]} == {"SYNCED"}
+
+
+# meshcli's pytest plugin (meshcli/pytest_plugin.py), in --mesh-attach mode, uses the demo
+# brought up above: its `mesh` and `mesh_rules` fixtures drive that project (test_faults.py).
+@pytest.fixture(scope="session")
+def mesh_compose_file(demo) -> Path:
+    return demo.directory / "compose" / "compose.yaml"
+
+
+@pytest.fixture(scope="session")
+def mesh_project_name(demo) -> str:
+    return demo.project
+

@@ -172,6 +172,7 @@ def test_status_json_reports_every_workload(demo):
     assert workloads["frontend"]["urls"] == [demo.url]
 
 
+@pytest.mark.last
 def test_down_leaves_nothing_behind_even_with_a_broken_mesh_file(demo):
     (demo.directory / "compose" / "mesh.yaml").write_text("services: [unclosed\n")
     demo.cli("down", "-p", demo.project)

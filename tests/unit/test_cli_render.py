@@ -134,7 +134,7 @@ def test_validate_json_lists_every_error(capsys, files, compose):
     report = json.loads(out)
     assert report["valid"] is False
     assert sorted((d["code"], d["line"], d["column"]) for d in report["diagnostics"]) == [
-        ("MESH0102", 4, 13), ("MESH0104", 1, 1)]
+        ("MESH0102", 4, 13), ("MESH0104", 1, 1), ("MESH0201", 3, 3)]  # the file's shape and its services at once
     assert all(d["level"] == "error" and d["file"] == str(files.root / "mesh.yaml") for d in report["diagnostics"])
 
 

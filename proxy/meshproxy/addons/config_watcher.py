@@ -2,11 +2,17 @@
 
 The file is replaced atomically by meshcli (write + rename), so a watcher on its
 directory sees every version whole. A bad file is logged and the last good config stays.
+
+meshcli never compiles an invalid mesh.yaml; it writes `rejected.json` beside
+sidecar.json instead (meshcli/control_plane.py). The watcher logs each rejection once,
+with every error, and keeps it in `state.rejection` for /config_dump, until meshcli
+removes the file on the next good apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -18,16 +24,39 @@ from meshproxy.config import MeshState
 
 logger = logging.getLogger("meshproxy.config")
 CHANGE_EVENTS = {"created", "modified", "moved", "closed"}
+REJECTED_FILE = "rejected.json"
 
 
 class ConfigWatcher:
     def __init__(self, state: MeshState, path: Path | None = None) -> None:
         self.state = state
         self.path = path or config.config_path()
+        self.rejected_path = self.path.parent / REJECTED_FILE
         self._observer: Observer | None = None
+        self.state.rejection = None
 
     def load(self, loader) -> None:
         self.reload()
+        self._reload_rejection()
+
+    def _reload_rejection(self) -> None:
+        try:
+            rejection = json.loads(self.rejected_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            rejection = None
+        except (OSError, ValueError) as exc:
+            rejection = {"errors": [f"{self.rejected_path}: unreadable: {exc}"]}
+        if not isinstance(rejection, dict):
+            rejection = None if rejection is None else {"errors": [f"{self.rejected_path}: not an object"]}
+        if rejection == self.state.rejection:
+            return  # each rejection is logged once, however many events its write fires
+        self.state.rejection = rejection
+        if rejection is None:
+            return
+        name = Path(str(rejection.get("file") or "mesh.yaml")).name
+        generation = (rejection.get("keeping") or {}).get("generation")
+        for error in rejection.get("errors") or ["(no details)"]:
+            logger.error("%s rejected, keeping generation %s: %s", name, generation, error)
 
     def reload(self) -> None:
         try:
@@ -59,10 +88,13 @@ class ConfigWatcher:
         class OnChange(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 # Only changes: our own reads fire open/close events that must not loop back.
-                if event.event_type not in CHANGE_EVENTS:
+                if event.event_type not in CHANGE_EVENTS | {"deleted"}:
                     return
-                if Path(getattr(event, "dest_path", "") or event.src_path).name == watcher.path.name:
+                name = Path(getattr(event, "dest_path", "") or event.src_path).name
+                if name == watcher.path.name:
                     loop.call_soon_threadsafe(watcher.reload)
+                elif name == REJECTED_FILE:
+                    loop.call_soon_threadsafe(watcher._reload_rejection)
 
         if not self.path.parent.is_dir():
             logger.error("config directory %s is missing: hot reload is off", self.path.parent)
@@ -72,6 +104,7 @@ class ConfigWatcher:
         self._observer.daemon = True
         self._observer.start()
         self.reload()  # catch a change made between load() and the watch starting
+        self._reload_rejection()
 
     def done(self) -> None:
         if self._observer is not None:

@@ -4,11 +4,16 @@ Replaces mitmproxy's NextLayer for the mesh: TLS the app started itself is passe
 through untouched (we hold no certificate the app would trust), HTTP/2 with prior
 knowledge (h2c, e.g. gRPC) is spoken on both sides, and anything that does not look
 like HTTP (including protocols where the server speaks first) is relayed as raw TCP.
+A connection that gets a TCP fault (see faults.py) is relayed as raw TCP whatever it
+carries, so the fault applies to HTTP traffic too.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from mitmproxy.proxy import layer, layers, server_hooks
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tls import starts_like_tls_record
 
@@ -45,12 +50,18 @@ def classify(data_client: bytes, data_server: bytes) -> str | None:
 class ProtocolDetection:
     name = "nextlayer"  # it takes the place of mitmproxy's NextLayer, which proxyserver checks for
 
+    def __init__(self, tcp_fault_for: Callable[[Context], object | None] | None = None) -> None:
+        self.tcp_fault_for = tcp_fault_for  # Faults.tcp_fault_for: a TCP fault forces raw TCP
+
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer:
             return
         context = nextlayer.context
         if context.client.transport_protocol != "tcp":
             nextlayer.layer = layers.UDPLayer(context)
+            return
+        if self.tcp_fault_for is not None and self.tcp_fault_for(context) is not None:
+            nextlayer.layer = layers.TCPLayer(context)
             return
         kind = classify(nextlayer.data_client(), nextlayer.data_server())
         if kind == "tcp":

@@ -2,7 +2,9 @@
 
 Every proxied request and TCP connection is counted from this sidecar's point of view:
 `reporter="source"` on the client side (outbound), `reporter="destination"` on the
-server side (inbound), as in Istio, so one hop shows up in both sidecars.
+server side (inbound), as in Istio, so one hop shows up in both sidecars. A request is
+counted once, whatever its retries; `meshcli_upstream_attempts_total` counts the tries
+per route, `meshcli_mirrored_requests_total` the copies Mirroring sent.
 """
 
 from __future__ import annotations
@@ -15,19 +17,27 @@ from mitmproxy import http, tcp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from meshproxy.addons import routing
+from meshproxy.addons.mirroring import META_MIRRORED
+from meshproxy.addons.resilience import META_ATTEMPTS
 from meshproxy.config import MeshState
+from meshproxy.outlier import Outliers
 
 HTTP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service",
-               "destination_version", "response_code", "request_protocol")
+               "destination_version", "response_code", "request_protocol", "response_flags")
+ROUTE_LABELS = ("destination_service", "route")
+MIRROR_LABELS = ("destination_service", "destination_version")
+# Flags of requests answered locally before any upstream try.
+LOCAL_ANSWER_FLAGS = frozenset({"FI", "UT"})
 TCP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
 # Istio's default buckets for request durations, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000)
 
 
 class Telemetry:
-    def __init__(self, state: MeshState, access_log=sys.stdout) -> None:
+    def __init__(self, state: MeshState, access_log=sys.stdout, outliers: Outliers | None = None) -> None:
         self.state = state
         self.access_log = access_log
+        self.outliers = outliers
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("istio_requests_total", "Requests proxied.", HTTP_LABELS,
                                 registry=self.registry)
@@ -39,9 +49,18 @@ class Telemetry:
                                   TCP_LABELS, registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes_total", "Bytes received from clients.",
                                     TCP_LABELS, registry=self.registry)
-        self._http_children: dict[tuple[str, ...], tuple] = {}
         self.tcp_sent = Counter("istio_tcp_sent_bytes_total", "Bytes sent to clients.",
                                 TCP_LABELS, registry=self.registry)
+        self.route_requests = Counter("meshcli_route_requests_total", "Requests per route (client side).",
+                                      ROUTE_LABELS, registry=self.registry)
+        self.attempts = Counter("meshcli_upstream_attempts_total", "Upstream tries per route, retries included.",
+                                ROUTE_LABELS, registry=self.registry)
+        self.mirrored = Counter("meshcli_mirrored_requests_total", "Copies sent to mirror versions.",
+                                MIRROR_LABELS, registry=self.registry)
+        # prometheus_client validates labels and takes a lock on every .labels() call;
+        # each label set is resolved once.
+        self._http_children: dict[tuple[str, ...], tuple] = {}
+        self._route_children: dict[tuple[str, ...], tuple] = {}
 
     # -- HTTP ---------------------------------------------------------------------------
     def response(self, flow: http.HTTPFlow) -> None:
@@ -57,6 +76,8 @@ class Telemetry:
         me = self.state.identity
         inbound = meta.get(routing.META_DIRECTION) == "inbound"
         upstream = meta.get(routing.META_UPSTREAM)
+        flags = meta.get(routing.META_FLAGS)
+        response_flags = ",".join(flags) if flags else "-"
         labels = (
             "destination" if inbound else "source",
             meta.get(routing.META_SOURCE, "unknown") if inbound else me.workload,
@@ -65,17 +86,24 @@ class Telemetry:
             meta.get(routing.META_VERSION, "unknown"),
             str(status),
             "grpc" if flow.request.headers.get("content-type", "").startswith("application/grpc") else "http",
+            response_flags,
         )
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
         duration_ms = (end - flow.request.timestamp_start) * 1000
         children = self._http_children.get(labels)
         if children is None:
-            # prometheus_client validates labels and takes a lock on every .labels() call;
-            # resolve each label set once.
             children = self._http_children[labels] = (self.requests.labels(*labels),
                                                       self.durations.labels(*labels))
         children[0].inc()
         children[1].observe(duration_ms)
+        route = meta.get(routing.META_ROUTE)
+        attempts = None
+        if route is not None:
+            attempts = meta.get(META_ATTEMPTS, 0 if flags and not LOCAL_ANSWER_FLAGS.isdisjoint(flags) else 1)
+            self._count_route(labels[3], route.name, attempts)
+            mirrored = meta.get(META_MIRRORED)
+            if mirrored is not None:
+                self.mirrored.labels(labels[3], mirrored).inc()
         if self.access_log is not None:
             self._log({
                 "kind": "http",
@@ -90,9 +118,20 @@ class Telemetry:
                 "path": flow.request.path,
                 "protocol": flow.request.http_version,
                 "status": status,
+                "response_flags": response_flags,
+                "route": route.name if route is not None else None,
+                "attempts": attempts,
                 "error": flow.error.msg if flow.error else None,
                 "duration_ms": round(duration_ms, 2),
             })
+
+    def _count_route(self, service: str, route: str, attempts: int) -> None:
+        key = (service, route)
+        children = self._route_children.get(key)
+        if children is None:
+            children = self._route_children[key] = (self.route_requests.labels(*key), self.attempts.labels(*key))
+        children[0].inc()
+        children[1].inc(attempts)
 
     # -- TCP ----------------------------------------------------------------------------
     def _tcp_labels(self, flow: tcp.TCPFlow) -> tuple[str, ...]:
@@ -139,11 +178,22 @@ class Telemetry:
     # -- views for the admin endpoints ---------------------------------------------------
     def stats(self) -> dict:
         """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
-        result: dict[str, list] = {"requests": [], "tcp": []}
+        result: dict = {"requests": [], "tcp": [], "routes": [], "mirrored": []}
+        routes: dict[tuple, dict] = {}
         for metric in self.registry.collect():
             for sample in metric.samples:
                 if sample.name == "istio_requests_total":
                     result["requests"].append({**sample.labels, "count": int(sample.value)})
                 elif sample.name.startswith("istio_tcp_") and sample.name.endswith("_total"):
                     result["tcp"].append({**sample.labels, "metric": sample.name, "value": int(sample.value)})
+                elif sample.name in ("meshcli_route_requests_total", "meshcli_upstream_attempts_total"):
+                    entry = routes.setdefault((sample.labels["destination_service"], sample.labels["route"]),
+                                              {**sample.labels, "requests": 0, "attempts": 0})
+                    entry["requests" if sample.name == "meshcli_route_requests_total" else "attempts"] = \
+                        int(sample.value)
+                elif sample.name == "meshcli_mirrored_requests_total":
+                    result["mirrored"].append({**sample.labels, "count": int(sample.value)})
+        result["routes"] = [{**entry, "retries": max(0, entry["attempts"] - entry["requests"])}
+                            for _, entry in sorted(routes.items())]
+        result["outliers"] = self.outliers.stats() if self.outliers is not None else {}
         return result

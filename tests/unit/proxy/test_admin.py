@@ -17,7 +17,7 @@ from meshproxy.config import Identity, MeshState
 # Bypass any *_proxy settings: every call here targets loopback.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CONFIG = config.parse(json.dumps({
-    "schema": 1, "version": "abc123",
+    "schema": 2, "version": "abc123",
     "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"}], "ports": [8080],
                              "loadBalancer": "random"}},
 }))
@@ -127,10 +127,21 @@ def test_config_dump(sidecar):
     assert json.loads(body) == {
         "identity": {"project": "shop", "workload": "web-v1", "service": "web", "version": "v1"},
         "config_version": "abc123",
+        "generation": 0,
         "last_error": "sidecar.json: not JSON",
-        "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"}], "ports": [8080],
-                                 "loadBalancer": "random"}},
+        "rejection": None,
+        "config": json.loads(json.dumps(CONFIG.raw)),
     }
+
+
+def test_config_dump_shows_a_rejection_when_the_state_keeps_one(sidecar):
+    sidecar.state.apply(CONFIG)
+    sidecar.state.rejection = {"version": "bad1", "error": "services.payment: unknown version 'v9'"}
+
+    dump = json.loads(get(sidecar.admin, "/config_dump")[2])
+
+    assert dump["rejection"] == {"version": "bad1", "error": "services.payment: unknown version 'v9'"}
+    assert dump["config_version"] == "abc123"
 
 
 def test_stats_json(sidecar):
@@ -147,7 +158,7 @@ def test_stats_json(sidecar):
     assert stats["requests"] == [{
         "reporter": "source", "source_workload": "web-v1", "destination_workload": "payment-v1",
         "destination_service": "payment", "destination_version": "v1", "response_code": "200",
-        "request_protocol": "http", "count": 1}]
+        "request_protocol": "http", "response_flags": "-", "count": 1}]
 
 
 def test_prometheus(sidecar):
@@ -161,7 +172,7 @@ def test_prometheus(sidecar):
 
     assert ('istio_requests_total{destination_service="payment",destination_version="v1",'
             'destination_workload="payment-v1",reporter="source",request_protocol="http",'
-            'response_code="200",source_workload="web-v1"} 1.0') in text
+            'response_code="200",response_flags="-",source_workload="web-v1"} 1.0') in text
     assert "istio_request_duration_milliseconds_bucket{" in text
     assert get(sidecar.metrics, "/metrics")[2].decode() == text
 

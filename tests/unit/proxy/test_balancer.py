@@ -101,3 +101,54 @@ def test_empty_versions_are_rejected(policy):
 
 def test_config_accepts_exactly_the_implemented_policies():
     assert set(config.LOAD_BALANCERS) == set(balancer.POLICIES)
+
+
+def test_smooth_weighted_gives_exact_shares_interleaved():
+    lb = balancer.make_split("round-robin", [(V1, 90), (V2, 10)])
+
+    picks = [lb.pick() for _ in range(1000)]
+
+    assert collections.Counter(picks) == {V1: 900, V2: 100}
+    assert all(picks[i:i + 10].count(V2) == 1 for i in range(0, 1000, 10))  # one v2 in every ten
+
+
+def test_smooth_weighted_three_ways_and_zero_weights():
+    lb = balancer.make_split("least-request", [(V1, 50), (V2, 30), (V3, 20), (Version("v4", "x"), 0)])
+
+    assert collections.Counter(lb.pick() for _ in range(100)) == {V1: 50, V2: 30, V3: 20}
+
+
+def test_smooth_weighted_skips_avoided_versions():
+    lb = balancer.make_split("round-robin", [(V1, 90), (V2, 10)])
+
+    assert {lb.pick(avoid={V1}) for _ in range(20)} == {V2}
+    assert collections.Counter(lb.pick() for _ in range(100)) == {V1: 90, V2: 10}
+
+
+def test_weighted_random_follows_the_weights():
+    lb = balancer.make_split("random", [(V1, 80), (V2, 20)])
+
+    counts = collections.Counter(lb.pick() for _ in range(5000))
+
+    assert 3800 <= counts[V1] <= 4200, counts
+    assert {lb.pick(avoid={V1}) for _ in range(20)} == {V2}
+
+
+def test_a_split_needs_a_positive_weight():
+    with pytest.raises(ValueError, match="positive weight"):
+        balancer.make_split("round-robin", [(V1, 0)])
+
+
+@pytest.mark.parametrize("policy", sorted(balancer.POLICIES))
+def test_every_policy_skips_avoided_versions(policy):
+    lb = balancer.make(policy, [V1, V2, V3])
+
+    picks = {lb.pick(avoid={V1, V3}) for _ in range(20)}
+
+    assert picks == {V2}
+
+
+def test_round_robin_continues_after_an_avoided_version():
+    lb = balancer.make("round-robin", [V1, V2, V3])
+
+    assert [lb.pick(), lb.pick(avoid={V2}), lb.pick()] == [V1, V3, V1]

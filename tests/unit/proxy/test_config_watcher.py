@@ -14,7 +14,7 @@ HOT_RELOAD_TIMEOUT = 2.0
 
 
 def sidecar_json(version: str, host: str = "payment-v1") -> str:
-    return json.dumps({"schema": 1, "version": version,
+    return json.dumps({"schema": 2, "version": version,
                        "services": {"payment": {"versions": [{"name": "v1", "host": host}]}}})
 
 
@@ -53,7 +53,7 @@ def test_invalid_file_is_rejected_and_the_last_good_config_stays(path, state):
     watcher.load(None)
     good = state.config
 
-    path.write_text('{"schema": 1, "version": "v-two", "services": {"payment": {"versions": [{"name": "v1"}]}}}')
+    path.write_text('{"schema": 2, "version": "v-two", "services": {"payment": {"versions": [{"name": "v1"}]}}}')
     watcher.reload()
 
     assert state.config is good
@@ -251,3 +251,47 @@ def test_missing_directory_turns_hot_reload_off(tmp_path, state):
     run_watching(watcher, scenario)
     assert watcher._observer is None
     assert not state.loaded
+
+
+# --- rejected.json: meshcli's record of an invalid mesh.yaml -----------------------------
+
+def rejection_json(*errors: str, generation: int = 4) -> str:
+    return json.dumps({"time": 1.0, "file": "/src/shop/mesh.yaml", "errors": list(errors),
+                       "keeping": {"version": "v-one", "generation": generation}})
+
+
+def test_a_rejection_is_logged_once_per_error_and_kept_in_the_state(path, state, caplog):
+    path.write_text(sidecar_json("v-one"))
+    (path.parent / "rejected.json").write_text(rejection_json("/src/shop/mesh.yaml:4:14: bad duration",
+                                                              "/src/shop/mesh.yaml:5:5: unknown field"))
+    watcher = ConfigWatcher(state, path)
+
+    watcher.load(None)
+    watcher._reload_rejection()  # a second event for the same write
+
+    assert state.rejection["errors"][0] == "/src/shop/mesh.yaml:4:14: bad duration"
+    logged = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert logged == ["mesh.yaml rejected, keeping generation 4: /src/shop/mesh.yaml:4:14: bad duration",
+                      "mesh.yaml rejected, keeping generation 4: /src/shop/mesh.yaml:5:5: unknown field"]
+    assert state.config.version == "v-one"  # the config itself is untouched
+
+
+def test_no_rejection_file_means_no_rejection(path, state):
+    ConfigWatcher(state, path).load(None)
+
+    assert state.rejection is None
+
+
+def test_a_rejection_written_and_removed_while_running(path, state):
+    path.write_text(sidecar_json("v-one"))
+    watcher = ConfigWatcher(state, path)
+    watcher.load(None)
+    rejected = path.parent / "rejected.json"
+
+    async def scenario():
+        atomic_write(rejected, rejection_json("/src/shop/mesh.yaml:2:1: broken"))
+        assert await wait_for(lambda: state.rejection is not None)
+        rejected.unlink()  # meshcli removes it when a good mesh.yaml is applied
+        assert await wait_for(lambda: state.rejection is None)
+
+    run_watching(watcher, scenario)

@@ -15,6 +15,7 @@ LIFECYCLE = {"load", "configure", "running", "done"}
 NOT_HOOKS = {
     ("ConfigWatcher", "reload"),  # the watchdog thread and load()/running() call it
     ("Telemetry", "stats"),  # the /stats admin endpoint reads it
+    ("Faults", "tcp_fault_for"),  # ProtocolDetection asks it per connection
 }
 
 
@@ -32,7 +33,8 @@ def test_the_pipeline_is_mitmproxys_core_then_ours():
     pipeline = addons(MeshState(Identity("shop", "web-v1", "web", "v1")))
 
     assert [type(a).__name__ for a in pipeline] == [
-        "Core", "Proxyserver", "ConfigWatcher", "ProtocolDetection", "Routing", "Telemetry"]
+        "Core", "Proxyserver", "ConfigWatcher", "ProtocolDetection", "Routing", "Faults", "Mirroring", "Resilience",
+        "Telemetry"]
 
 
 def test_lifecycle_methods_are_hooks_too():
@@ -75,6 +77,9 @@ def test_the_expected_hooks_are_there():
         "ConfigWatcher": {"load", "running", "done"},
         "ProtocolDetection": {"next_layer", "server_connect"},
         "Routing": {"request", "response", "error"},
+        "Faults": {"running", "done", "client_disconnected", "request", "tcp_start", "tcp_message"},
+        "Mirroring": {"request", "done"},
+        "Resilience": {"request", "done"},
         "Telemetry": {"response", "error", "tcp_start", "tcp_message", "tcp_end", "tcp_error"},
     }
 

@@ -8,7 +8,7 @@ from meshproxy import config
 from meshproxy.config import Identity, MeshState, Service, SidecarConfig, Version
 
 VALID = {
-    "schema": 1,
+    "schema": 2,
     "project": "shop",
     "version": "abc123",
     "services": {
@@ -62,16 +62,16 @@ def test_empty_services_is_valid():
 @pytest.mark.parametrize(("text", "message"), [
     ("", "not JSON"),
     ("{'schema': 1}", "not JSON"),
-    ("[1, 2]", "expected a mapping with schema 1"),
-    (json.dumps({**VALID, "schema": 2}), "expected a mapping with schema 1"),
-    (json.dumps({k: v for k, v in VALID.items() if k != "schema"}), "expected a mapping with schema 1"),
-    (json.dumps({k: v for k, v in VALID.items() if k != "services"}), "'services'"),
+    ("[1, 2]", "expected a mapping with schema 2"),
+    (json.dumps({**VALID, "schema": 1}), "expected a mapping with schema 2"),
+    (json.dumps({k: v for k, v in VALID.items() if k != "schema"}), "expected a mapping with schema 2"),
+    (json.dumps({k: v for k, v in VALID.items() if k != "services"}), "config: missing 'services'"),
     (json.dumps({k: v for k, v in VALID.items() if k != "version"}), "'version'"),
-    (json.dumps({**VALID, "services": ["payment"]}), "malformed sidecar config"),
+    (json.dumps({**VALID, "services": ["payment"]}), "config: 'services' has the wrong type"),
     (with_changes(payment={"ports": [8080]}), "'versions'"),
     (with_changes(payment={"versions": [{"name": "v1"}]}), "'host'"),
     (with_changes(payment={"versions": [{"host": "payment-v1"}]}), "'name'"),
-    (with_changes(payment={"versions": "v1"}), "malformed sidecar config"),
+    (with_changes(payment={"versions": "v1"}), "services.payment: 'versions' has the wrong type"),
     (with_changes(payment={"versions": []}), "service 'payment' has no versions"),
     (with_changes(payment={"versions": [{"name": "v1", "host": "payment-v1"}], "loadBalancer": "fastest"}),
      "unknown loadBalancer 'fastest'"),

@@ -19,7 +19,7 @@ V2 = Version("v2", "payment-v2")
 
 def mesh_config(load_balancer="round-robin", versions=(V1, V2), version="abc123") -> config.SidecarConfig:
     return config.parse(json.dumps({
-        "schema": 1,
+        "schema": 2,
         "version": version,
         "services": {
             "payment": {"versions": [{"name": v.name, "host": v.host} for v in versions],
@@ -138,6 +138,7 @@ def test_inbound_takes_the_source_and_does_not_reroute():
     assert flow.request.headers["Host"] == "payment:8080"
     assert routing.SOURCE_HEADER not in flow.request.headers  # the app never sees it
     assert flow.metadata == {
+        routing.META_FLAGS: [],
         routing.META_DIRECTION: "inbound",
         routing.META_SOURCE: "checkout-v1",
         routing.META_SERVICE: "web",
@@ -154,7 +155,8 @@ def test_inbound_without_source_header():
 
 
 def in_flight(addon: Routing) -> dict:
-    return dict(addon._balancers["payment"]._active)
+    config, pickers = addon._table
+    return dict(pickers[id(config.services["payment"].routes[-1])].policy._active)
 
 
 @pytest.mark.parametrize("outcome", [{"resp": True}, {"err": True}])
@@ -250,3 +252,161 @@ def test_before_any_config_nothing_is_routed():
 ])
 def test_host_name(authority, name):
     assert host_name(authority) == name
+
+
+# -- routes, splits, ejections -------------------------------------------------------------
+
+def routed_state(routes: list, load_balancer="round-robin", versions=(V1, V2), **service) -> MeshState:
+    state = MeshState(Identity("shop", "web-v1", "web", "v1"))
+    state.apply(config.parse(json.dumps({"schema": 2, "version": "r1", "services": {"payment": {
+        "versions": [{"name": v.name, "host": v.host} for v in versions], "loadBalancer": load_balancer,
+        "routes": routes, **service}}})))
+    return state
+
+
+def test_a_90_10_split_is_exact_over_1000_requests():
+    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v1", "weight": 90},
+                                                                {"version": "v2", "weight": 10}]}]))
+    counts = {"v1": 0, "v2": 0}
+
+    for _ in range(1000):
+        flow = flow_to()
+        addon.request(flow)
+        counts[flow.metadata[routing.META_VERSION]] += 1
+
+    assert counts == {"v1": 900, "v2": 100}
+
+
+def test_a_random_split_is_close():
+    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v1", "weight": 90},
+                                                                {"version": "v2", "weight": 10}]}], "random"))
+    v2 = 0
+    for _ in range(2000):
+        flow = flow_to()
+        addon.request(flow)
+        v2 += flow.metadata[routing.META_VERSION] == "v2"
+
+    assert 140 <= v2 <= 260
+
+
+CANARY = {"name": "canary", "match": [{"headers": [{"name": "X-Canary", "kind": "exact", "value": "true"}]},
+                                      {"query": [{"name": "canary", "kind": "present"}]}],
+          "split": [{"version": "v2", "weight": 100}], "timeoutMs": 250}
+API_GET = {"name": "api-get", "match": [{"path": {"kind": "prefix", "value": "/api"}, "methods": ["GET"],
+                                         "source": "web"}], "split": [{"version": "v1", "weight": 100}]}
+REGEX = {"name": "orders", "match": [{"path": {"kind": "regex", "value": "/orders/[0-9]+"}}],
+         "split": [{"version": "v2", "weight": 100}]}
+
+
+@pytest.mark.parametrize(("request_kwargs", "headers", "route", "version"), [
+    ({}, ((b"x-canary", b"true"),), "canary", "v2"),
+    ({}, ((b"x-canary", b"TRUE"),), "default", "v1"),  # exact is exact
+    ({"path": b"/pay?canary"}, (), "canary", "v2"),  # OR between match entries
+    ({"path": b"/api/items?x=1"}, (), "api-get", "v1"),
+    ({"path": b"/api/items", "method": b"POST"}, (), "default", "v1"),  # AND inside an entry
+    ({"path": b"/orders/17"}, (), "orders", "v2"),
+    ({"path": b"/orders/17/lines"}, (), "default", "v1"),  # a regex matches the whole path
+])
+def test_the_first_matching_route_decides(request_kwargs, headers, route, version):
+    addon = Routing(routed_state([CANARY, API_GET, REGEX, {"name": "default"}]))
+    flow = flow_to(headers=headers, **request_kwargs)
+
+    addon.request(flow)
+
+    assert flow.metadata[routing.META_ROUTE].name == route
+    assert flow.metadata[routing.META_VERSION] == version
+
+
+def test_a_source_match_only_takes_that_callers_requests():
+    state = routed_state([API_GET, {"name": "default", "split": [{"version": "v2", "weight": 100}]}])
+    state.identity = Identity("shop", "admin-v1", "admin", "v1")
+    flow = flow_to(path=b"/api/items")
+
+    Routing(state).request(flow)
+
+    assert flow.metadata[routing.META_ROUTE].name == "default"
+
+
+def test_route_metadata_for_the_addons_that_follow():
+    state = routed_state([CANARY, {"name": "default"}])
+    flow = flow_to(headers=((b"x-canary", b"true"),))
+    before = routing.now()
+
+    Routing(state).request(flow)
+
+    meta = flow.metadata
+    assert meta[routing.META_SERVICE_CONFIG] is state.config.services["payment"]
+    assert meta[routing.META_ROUTE] is state.config.services["payment"].routes[0]
+    assert meta[routing.META_FLAGS] == []
+    assert meta[routing.META_UPSTREAM] == V2
+    assert before + 0.25 <= meta[routing.META_DEADLINE] <= routing.now() + 0.25
+    assert flow.request.host == "payment-v2"
+
+
+def test_no_route_timeout_means_no_deadline():
+    flow = flow_to()
+
+    Routing(make_state()).request(flow)
+
+    assert flow.metadata[routing.META_DEADLINE] is None
+
+
+def eject(addon: Routing, version: Version) -> None:
+    health = addon.outliers.services["payment"]
+    for _ in range(5):
+        health.record(version.host, 503)
+    assert version.host in health.ejected_hosts()
+
+
+OUTLIER = {"outlierDetection": {"consecutive5xxErrors": 5, "baseEjectionTimeMs": 60000, "maxEjectionPercent": 100}}
+
+
+def test_ejected_versions_are_skipped():
+    addon = Routing(routed_state([{"name": "default"}], **OUTLIER))
+    eject(addon, V1)
+    flows = [flow_to() for _ in range(4)]
+
+    for flow in flows:
+        addon.request(flow)
+
+    assert [f.metadata[routing.META_VERSION] for f in flows] == ["v2"] * 4
+
+
+def test_panic_mode_when_every_candidate_is_ejected():
+    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v2", "weight": 100}]}], **OUTLIER))
+    eject(addon, V2)
+    flow = flow_to()
+
+    addon.request(flow)
+
+    assert flow.metadata[routing.META_VERSION] == "v2"  # Envoy's panic: better than nothing
+
+
+def test_pick_again_prefers_untried_versions_and_releases_the_previous_one():
+    addon = Routing(routed_state([{"name": "default"}], "least-request"))
+    flow = flow_to()
+    addon.request(flow)
+    first = flow.metadata[routing.META_UPSTREAM]
+
+    second = routing.pick_again(flow, [first])
+
+    assert second != first
+    assert flow.request.host == second.host
+    assert flow.request.headers["Host"] == "payment:8080"
+    assert in_flight(addon) == {first: 0, second: 1}
+    assert routing.pick_again(flow, [V1, V2]) in (V1, V2)  # everything tried: any will do
+    routing.release(flow)
+    assert in_flight(addon) == {V1: 0, V2: 0}
+
+
+def test_pickers_are_built_once_per_config():
+    state = routed_state([CANARY, {"name": "default"}])
+    addon = Routing(state)
+    table = addon._table
+
+    for _ in range(3):
+        addon.request(flow_to())
+
+    assert addon._table is table
+    state.apply(mesh_config(version="def456"))
+    assert addon._table is not table

@@ -11,12 +11,14 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from meshproxy import config
 from meshproxy.addons import routing
+from meshproxy.addons.resilience import META_ATTEMPTS
 from meshproxy.addons.routing import Routing
 from meshproxy.addons.telemetry import Telemetry
 from meshproxy.config import Identity, MeshState
+from meshproxy.outlier import Outliers
 
 CONFIG = config.parse(json.dumps({
-    "schema": 1,
+    "schema": 2,
     "version": "abc123",
     "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"},
                                           {"name": "v2", "host": "payment-v2"}]}},
@@ -25,7 +27,7 @@ WEB = Identity("shop", "web-v1", "web", "v1")
 PAYMENT = Identity("shop", "payment-v1", "payment", "v1")
 LOG_FIELDS = {"kind", "direction", "workload", "source", "destination_workload", "destination_service",
               "destination_version", "method", "authority", "path", "protocol", "status", "error",
-              "duration_ms", "time"}
+              "duration_ms", "time", "response_flags", "route", "attempts"}
 
 
 class Sidecar:
@@ -66,10 +68,10 @@ def http_flow(port=routing.OUTBOUND_PORT, headers=(), resp=True, err=False) -> h
 
 OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_workload="payment-v1",
                        destination_service="payment", destination_version="v1", response_code="200",
-                       request_protocol="http")
+                       request_protocol="http", response_flags="-")
 INBOUND_LABELS = dict(reporter="destination", source_workload="web-v1", destination_workload="payment-v1",
                       destination_service="payment", destination_version="v1", response_code="200",
-                      request_protocol="http")
+                      request_protocol="http", response_flags="-")
 
 
 def test_outbound_request_is_counted_by_the_source():
@@ -114,7 +116,7 @@ def test_call_outside_the_mesh():
 
     assert web.count(reporter="source", source_workload="web-v1", destination_workload="10.0.0.9",
                      destination_service="example.com", destination_version="unknown",
-                     response_code="200", request_protocol="http") == 1
+                     response_code="200", request_protocol="http", response_flags="-") == 1
 
 
 def test_grpc_is_labelled():
@@ -185,6 +187,7 @@ def test_access_log_lines_are_json():
         "destination_workload": "payment-v1", "destination_service": "payment", "destination_version": "v1",
         "method": "GET", "authority": "payment:8080", "path": "/path", "protocol": "HTTP/1.1",
         "status": 200, "error": None, "duration_ms": 3000.0,
+        "response_flags": "-", "route": "default", "attempts": 1,
     }
     assert isinstance(first["time"], float)
     assert second["destination_workload"] == "payment-v2"
@@ -223,7 +226,7 @@ def test_stats_json():
 
     stats = json.loads(json.dumps(web.telemetry.stats()))
 
-    assert sorted(stats) == ["requests", "tcp"]
+    assert sorted(stats) == ["mirrored", "outliers", "requests", "routes", "tcp"]
     assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
         ("payment-v1", 2), ("payment-v2", 1)]
     assert stats["requests"][0]["reporter"] == "source"
@@ -233,7 +236,8 @@ def test_stats_json():
 
 
 def test_stats_when_nothing_happened():
-    assert Telemetry(MeshState(WEB), access_log=None).stats() == {"requests": [], "tcp": []}
+    assert Telemetry(MeshState(WEB), access_log=None).stats() == {
+        "requests": [], "tcp": [], "routes": [], "mirrored": [], "outliers": {}}
 
 
 # -- TCP ---------------------------------------------------------------------------------
@@ -335,4 +339,46 @@ def test_metric_names_follow_istio():
     names = {metric.name for metric in Sidecar(WEB).telemetry.registry.collect()}
 
     assert names == {"istio_requests", "istio_request_duration_milliseconds", "istio_tcp_connections_opened",
-                     "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes"}
+                     "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
+                     # meshcli's own, beside Istio's
+                     "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests"}
+
+
+def test_retries_are_attempts_not_requests():
+    web = Sidecar(WEB)
+    flow = http_flow(resp=tutils.tresp(status_code=503))
+    web.routing.request(flow)
+    flow.metadata[META_ATTEMPTS] = 3
+    flow.metadata[routing.META_FLAGS].append("URX")
+    web.telemetry.response(flow)
+    web.run(http_flow())  # v2, one try
+
+    labels = {**OUTBOUND_LABELS, "response_code": "503", "response_flags": "URX"}
+    assert web.count(**labels) == 1
+    assert web.telemetry.stats()["routes"] == [
+        {"destination_service": "payment", "route": "default", "requests": 2, "attempts": 4, "retries": 2}]
+    first = web.log_lines()[0]
+    assert (first["route"], first["response_flags"], first["attempts"]) == ("default", "URX", 3)
+
+
+def test_a_fault_answered_locally_made_no_attempt():
+    web = Sidecar(WEB)
+    flow = http_flow(resp=tutils.tresp(status_code=503))
+    web.routing.request(flow)
+    flow.metadata[routing.META_FLAGS].append("FI")
+    web.telemetry.response(flow)
+
+    assert web.log_lines()[0]["attempts"] == 0
+    assert web.telemetry.stats()["routes"][0]["attempts"] == 0
+
+
+def test_outliers_are_in_the_stats():
+    state = MeshState(WEB)
+    state.apply(config.parse(json.dumps({"schema": 2, "version": "x", "services": {"payment": {
+        "versions": [{"name": "v1", "host": "payment-v1"}], "outlierDetection": {"consecutive5xxErrors": 1}}}})))
+    outliers = Outliers(state)
+    outliers.services["payment"].record("payment-v1", 503)
+
+    stats = Telemetry(state, access_log=None, outliers=outliers).stats()
+
+    assert [e["version"] for e in stats["outliers"]["payment"]["ejected"]] == ["v1"]

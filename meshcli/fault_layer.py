@@ -1,0 +1,286 @@
+"""Runtime faults (`meshcli fault`): a layer of faults on top of the mesh file.
+
+They live in `.mesh/faults.json`, never in mesh.yaml: the user's file stays theirs,
+and clearing a fault leaves no trace. Each fault targets one service (optionally only
+the calls of one source service) at one layer, HTTP (Istio's delay/abort) or TCP
+(Toxiproxy's toxics); a new fault for the same service, source and layer replaces the
+old one. A fault set `--for` a while carries its end time (`until`), so the sidecars
+stop applying it by themselves. `compiled_faults()` is the "faults" list of
+sidecar.json (see meshcli/sidecar_config.py and proxy/meshproxy/config.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import string
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from meshcli import durations, sidecar_config
+from meshcli.diagnostics import did_you_mean
+from meshcli.errors import InputError, MeshError
+from meshcli.mesh_config import TCP_FAULT_FIELDS, TCP_FAULT_REQUIRED, Abort, Delay, Mesh, TcpFault
+from meshcli.mesh_config import Fault as HttpFault
+from meshcli.workspace import Workspace
+from meshcli.yaml_source import atomic_write
+
+FILE_NAME = "faults.json"
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    service: str
+    source: str | None = None  # only calls made by this service; None: every caller
+    http: HttpFault | None = None
+    tcp: TcpFault | None = None
+    created: float = 0.0  # epoch seconds
+    until: float | None = None  # epoch seconds; None: until cleared
+
+    @property
+    def layer(self) -> str:
+        return "tcp" if self.tcp is not None else "http"
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def seconds_left(self, now: float) -> float | None:
+        return None if self.until is None else max(0.0, self.until - now)
+
+    def compiled(self) -> dict:
+        """The entry of sidecar.json's "faults" list."""
+        return {"id": self.id, "service": self.service, "source": self.source,
+                "http": sidecar_config.compile_http_fault(self.http) if self.http else None,
+                "tcp": sidecar_config.compile_tcp_fault(self.tcp) if self.tcp else None,
+                "until": self.until}
+
+    def to_json(self) -> dict:
+        return {**self.compiled(), "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Fault:
+        http = tcp = None
+        if h := data.get("http"):
+            d, a = h.get("delay"), h.get("abort")
+            http = HttpFault(Delay(d["ms"], float(d["percent"])) if d else None,
+                             Abort(a.get("status"), bool(a.get("reset", False)), float(a["percent"])) if a else None)
+        if t := data.get("tcp"):
+            tcp = TcpFault(t["kind"], t["latencyMs"], t["jitterMs"], int(t["rateBytesPerSecond"]), int(t["bytes"]),
+                           float(t["percent"]))
+        until = data.get("until")
+        return cls(str(data["id"]), str(data["service"]), data.get("source"), http, tcp,
+                   float(data.get("created", 0.0)), None if until is None else float(until))
+
+    def describe(self) -> str:
+        """'abort 503 on 10% of requests' - what the fault does, without its duration."""
+        parts = []
+        delay, abort = (self.http.delay, self.http.abort) if self.http else (None, None)
+        if delay:
+            parts.append(f"delay {format_ms(delay.ms)} on {_percent(delay.percent)} of requests")
+        if abort:
+            what = "reset" if abort.reset else f"abort {abort.status}"
+            parts.append(f"{what} on {_percent(abort.percent)} of requests")
+        if self.tcp:
+            t = self.tcp
+            detail = {
+                "latency": f" {format_ms(t.latency_ms)}" + (f" ± {format_ms(t.jitter_ms)}" if t.jitter_ms else ""),
+                "bandwidth": f" {t.rate} bytes/s",
+                "limit-data": f" after {t.bytes} bytes",
+                "slicer": f" into {t.bytes}-byte slices" + (f" {format_ms(t.latency_ms)} apart" if t.latency_ms else ""),
+            }.get(t.kind, "")
+            parts.append(f"tcp {t.kind}{detail} on {_percent(t.percent)} of connections")
+        text = ", ".join(parts)
+        return text + (f" (calls from {self.source})" if self.source else "")
+
+
+def format_ms(ms: int | float) -> str:
+    """250 -> '250 ms', 2000 -> '2 s', 1500 -> '1.5 s'."""
+    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:g} s"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Time left, rounded up: 29.2 -> '30 s', 90 -> '1 min 30 s'; None -> 'until cleared'."""
+    if seconds is None:
+        return "until cleared"
+    whole = math.ceil(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if minutes and rest else f"{minutes} min" if minutes else f"{rest} s"
+
+
+def _percent(value: float) -> str:
+    return f"{value:g}%"
+
+
+# --- building a fault from command-line values --------------------------------------------
+
+def parse_rate(text: str) -> int:
+    """'64KB/s' -> 64000 bytes per second; a plain number is bytes per second."""
+    try:
+        rate = durations.parse_rate(int(text) if text.strip().isdigit() else text.strip())
+    except ValueError as exc:
+        raise InputError(f"--rate: {exc}") from None
+    if rate <= 0:
+        raise InputError(f"--rate: must be more than 0 bytes per second, got {text!r}")
+    return rate
+
+
+def _duration_ms(text: str, option: str) -> int | float:
+    try:
+        return durations.parse_ms(text)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}") from None
+
+
+def check_service(mesh: Mesh, name: str, option: str = "service") -> None:
+    if name not in mesh.services:
+        raise InputError(f"unknown {option} {name!r}{did_you_mean(name, mesh.services)}",
+                         hint=f"services of this mesh: {', '.join(sorted(mesh.services))}")
+
+
+def _check_percent(value: float) -> float:
+    if not 0 <= value <= 100:
+        raise InputError(f"--percent: expected a number from 0 to 100, got {value:g}")
+    return float(value)
+
+
+def build(mesh: Mesh, service: str, *, delay: str | None = None, abort: str | None = None, tcp: str | None = None,
+          latency: str | None = None, jitter: str | None = None, rate: str | None = None, size: int | None = None,
+          percent: float = 100.0, duration: str | None = None, source: str | None = None,
+          now: float | None = None) -> Fault:
+    """A new fault from the values of `meshcli fault`; InputError for anything wrong."""
+    now = time.time() if now is None else now
+    check_service(mesh, service)
+    if source is not None:
+        check_service(mesh, source, "--source service")
+    percent = _check_percent(percent)
+    tcp_values = {"latency": latency, "jitter": jitter, "rate": rate, "bytes": size}
+    if tcp is not None and (delay is not None or abort is not None):
+        raise InputError("a fault is either HTTP (--delay/--abort) or TCP (--tcp), not both",
+                         hint="run `meshcli fault` twice to set one of each")
+    if tcp is None and delay is None and abort is None:
+        raise InputError("nothing to inject: give --delay, --abort or --tcp",
+                         hint="e.g. `meshcli fault payment --abort 503 --percent 10`")
+    until = None
+    if duration is not None:
+        ms = _duration_ms(duration, "--for")
+        if ms <= 0:
+            raise InputError(f"--for: must be longer than 0, got {duration!r}")
+        until = round(now + ms / 1000.0, 3)
+    fault = Fault(id="", service=service, source=source, created=round(now, 3), until=until)
+    if tcp is None:
+        given = [f"--{name}" for name, value in tcp_values.items() if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} only go with --tcp")
+        return replace(fault, http=HttpFault(
+            Delay(_duration_ms(delay, "--delay"), percent) if delay is not None else None,
+            _abort(abort, percent) if abort is not None else None))
+    return replace(fault, tcp=_tcp(tcp, tcp_values, percent))
+
+
+def _abort(text: str, percent: float) -> Abort:
+    if text.strip().lower() == "reset":
+        return Abort(reset=True, percent=percent)
+    try:
+        status = int(text)
+    except ValueError:
+        raise InputError(f"--abort: expected an HTTP status (200-599) or 'reset', got {text!r}") from None
+    if not 200 <= status <= 599:
+        raise InputError(f"--abort: expected an HTTP status from 200 to 599, got {status}")
+    return Abort(status=status, percent=percent)
+
+
+def _tcp(kind: str, values: dict, percent: float) -> TcpFault:
+    if kind not in TCP_FAULT_FIELDS:
+        raise InputError(f"--tcp: unknown kind {kind!r}{did_you_mean(kind, TCP_FAULT_FIELDS)}",
+                         hint=f"expected one of {', '.join(TCP_FAULT_FIELDS)}")
+    allowed = TCP_FAULT_FIELDS[kind]
+    extra = [f"--{name}" for name, value in values.items() if value is not None and name not in allowed]
+    if extra:
+        takes = f"takes only {', '.join('--' + a for a in allowed)}" if allowed else "takes no other values"
+        raise InputError(f"--tcp {kind} {takes}, not {', '.join(extra)}")
+    missing = [f"--{name}" for name in TCP_FAULT_REQUIRED.get(kind, ()) if values[name] is None]
+    if missing:
+        raise InputError(f"--tcp {kind} needs {' and '.join(missing)}")
+    size = values["bytes"] or 0
+    if size < (1 if kind == "slicer" else 0):
+        raise InputError(f"--bytes: expected {'at least 1' if kind == 'slicer' else 'a positive number'}, got {size}")
+    return TcpFault(
+        kind,
+        latency_ms=_duration_ms(values["latency"], "--latency") if values["latency"] is not None else 0,
+        jitter_ms=_duration_ms(values["jitter"], "--jitter") if values["jitter"] is not None else 0,
+        rate=parse_rate(values["rate"]) if values["rate"] is not None else 0,
+        bytes=size,
+        percent=percent,
+    )
+
+
+# --- the file -----------------------------------------------------------------------------
+
+def path(workspace: Workspace) -> Path:
+    return workspace.state_dir / FILE_NAME
+
+
+def _read(workspace: Workspace) -> list[Fault]:
+    file = path(workspace)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return [Fault.from_json(item) for item in data["faults"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MeshError(f"{file}: not a faults file meshcli can read ({exc.__class__.__name__}: {exc})",
+                        hint="run `meshcli fault clear` to start over") from None
+
+
+def _write(workspace: Workspace, faults: list[Fault]) -> None:
+    text = json.dumps({"faults": [f.to_json() for f in faults]}, indent=2) + "\n"
+    atomic_write(path(workspace), text)
+
+
+def _new_id(taken: set[str]) -> str:
+    while True:
+        candidate = "f-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+        if candidate not in taken:
+            return candidate
+
+
+def add(workspace: Workspace, fault: Fault, now: float | None = None) -> Fault:
+    """Store `fault` with a new id; it replaces any fault for the same service, source and layer."""
+    now = time.time() if now is None else now
+    kept = [f for f in _read(workspace) if f.active(now)
+            and (f.service, f.source, f.layer) != (fault.service, fault.source, fault.layer)]
+    stored = replace(fault, id=_new_id({f.id for f in kept}))
+    _write(workspace, kept + [stored])
+    return stored
+
+
+def clear(workspace: Workspace, service: str | None = None, fault_id: str | None = None,
+          now: float | None = None) -> list[Fault]:
+    """Remove the faults of `service` and/or with `fault_id` (all when neither); return the active ones removed."""
+    now = time.time() if now is None else now
+    if service is None and fault_id is None:
+        try:
+            removed = _read(workspace)
+        except MeshError:
+            removed = []  # an unreadable file is what `clear` is for
+        _write(workspace, [])
+        return [f for f in removed if f.active(now)]
+    faults = _read(workspace)
+    removed = [f for f in faults if (service is None or f.service == service) and (fault_id is None or f.id == fault_id)]
+    _write(workspace, [f for f in faults if f not in removed and f.active(now)])
+    return [f for f in removed if f.active(now)]
+
+
+def active(workspace: Workspace, now: float | None = None) -> list[Fault]:
+    """The faults still in force, oldest first."""
+    now = time.time() if now is None else now
+    return [f for f in _read(workspace) if f.active(now)]
+
+
+def compiled_faults(workspace: Workspace, now: float | None = None) -> list[dict]:
+    """sidecar.json's "faults": every fault still in force, in the order they were set."""
+    return [f.compiled() for f in active(workspace, now)]

@@ -1,0 +1,448 @@
+"""A typed Python API to drive a meshed Compose project from tests: what the pytest plugin's
+fixtures hand out, usable on its own from any test runner.
+
+    with Mesh.up("compose.yaml", project="ci-42") as mesh:
+        with mesh.fault("payment", abort=503):
+            ...                                   # every sidecar runs the fault here
+        before = mesh.stats("payment")
+        with mesh.split("payment", v2=100):
+            ...
+        assert (mesh.stats("payment") - before).count(version="v1") == 0
+
+`Mesh.up()` starts a project (and `down()` removes it); `Mesh.attach()` drives one that is
+already running. Rules are applied through the same core as the CLI: runtime faults
+through `meshcli.fault_layer`, traffic rules as edits of mesh.yaml through
+`meshcli.control_plane.edit()`, so they are validated, applied and synced like `meshcli
+apply`. Each returns a `Rule` only once every sidecar runs it; leaving its `with` block
+(or `Rule.undo()`) removes it again and waits for the sidecars too, also on exceptions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from meshcli import lifecycle, status as status_core, workspace as ws
+from meshcli.errors import InputError, MeshError
+from meshcli.status import WorkloadStatus
+from meshcli.workspace import Loaded, Workspace
+
+log = logging.getLogger("meshcli.testing")
+
+PathLike = str | Path
+
+
+def _progress(message: str) -> None:
+    # pytest captures log records and shows them with a failing test.
+    log.info(message)
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """Requests a service's own sidecars received (the inbound, server side of each hop).
+
+    Counters are totals since the sidecars started; subtract an earlier snapshot to get
+    what happened in between: `mesh.stats("payment") - before`.
+    """
+
+    service: str
+    by_status: dict[int, int] = field(default_factory=dict)  # status code -> requests; 0: no answer
+    by_version: dict[str, int] = field(default_factory=dict)  # version -> requests
+    by_version_status: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_status.values())
+
+    def count(self, *, status: int | None = None, version: str | None = None) -> int:
+        """Requests with this status code and/or served by this version."""
+        return sum(n for (v, s), n in self.by_version_status.items()
+                   if (status is None or s == status) and (version is None or v == version))
+
+    @property
+    def errors(self) -> int:
+        """Requests answered 5xx or not answered at all."""
+        return sum(n for s, n in self.by_status.items() if s == 0 or s >= 500)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def share(self, version: str) -> float:
+        """The fraction of requests this version served (0.0 without requests)."""
+        return self.by_version.get(version, 0) / self.requests if self.requests else 0.0
+
+    def __sub__(self, earlier: ServiceStats) -> ServiceStats:
+        """What happened since `earlier`."""
+        if earlier.service != self.service:
+            raise ValueError(f"cannot subtract stats of {earlier.service} from stats of {self.service}")
+        return _stats_from(self.service, Counter(self.by_version_status) - Counter(earlier.by_version_status))
+
+
+def _stats_from(service: str, by_version_status: Counter) -> ServiceStats:
+    by_status: Counter = Counter()
+    by_version: Counter = Counter()
+    for (version, code), n in by_version_status.items():
+        by_status[code] += n
+        by_version[version] += n
+    return ServiceStats(service, dict(by_status), dict(by_version), dict(by_version_status))
+
+
+# -- applied rules ------------------------------------------------------------------------
+
+
+class Rule:
+    """A fault or traffic rule that every sidecar runs; `undo()` or leaving `with` removes it."""
+
+    def __init__(self, mesh: Mesh, description: str, remove: Callable[[], None]) -> None:
+        self.mesh = mesh
+        self.description = description
+        self._remove = remove
+        self.active = True
+
+    def undo(self) -> None:
+        """Remove the rule and wait until every sidecar runs without it; idempotent."""
+        if not self.active:
+            return
+        self.active = False
+        self.mesh._forget(self)
+        log.info("undoing %s", self.description)
+        self._remove()
+
+    def __enter__(self) -> Rule:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.undo()
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.description}{'' if self.active else ' (undone)'}>"
+
+
+# -- the mesh -----------------------------------------------------------------------------
+
+
+class Mesh:
+    """A meshed Compose project: its status, URLs, sidecar statistics, faults and rules."""
+
+    def __init__(self, workspace: Workspace, *, owned: bool, sync_timeout: float = 30.0) -> None:
+        """Prefer `Mesh.up()` or `Mesh.attach()`. `owned`: leaving `with` takes it down."""
+        self.workspace = workspace
+        self.owned = owned
+        self.sync_timeout = sync_timeout
+        self._rules: list[Rule] = []
+        self._urls: dict[str, list[str]] = {}
+        self.project = ws.load(workspace).project.name
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def up(cls, compose_file: PathLike | None = None, mesh_file: PathLike | None = None,
+           project: str | None = None, timeout: int = 120, *, build: bool = False,
+           keep_on_failure: bool = False) -> Mesh:
+        """Bring the project up with the mesh and wait until it is ready, like `meshcli up --wait`.
+
+        Defaults as for the CLI: compose.yaml in the current directory (else the bundled
+        demo), mesh.yaml beside it, the compose file's project name. Raises MeshError when
+        it is not ready within `timeout` seconds; the project is then taken down again
+        unless `keep_on_failure` (to look at it).
+        """
+        workspace = _locate(compose_file, mesh_file, project)
+        try:
+            result = lifecycle.up(workspace, _progress, wait_timeout=timeout, build=build)
+            if not result.ready:
+                raise MeshError(f"project {result.loaded.project.name} is not ready after {timeout}s: "
+                                + "; ".join(lifecycle.not_ready(result.statuses)),
+                                hint=f"see `docker compose -p {result.loaded.project.name} logs`")
+        except BaseException:
+            if not keep_on_failure:
+                _down_quietly(workspace)
+            raise
+        return cls(workspace, owned=True)
+
+    @classmethod
+    def attach(cls, compose_file: PathLike | None = None, mesh_file: PathLike | None = None,
+               project: str | None = None, timeout: float = 30.0) -> Mesh:
+        """Drive a project that is already up (e.g. `meshcli up` in an earlier CI step).
+
+        Waits up to `timeout` seconds for it to be ready; raises MeshError when it is
+        not running at all, or not ready in time. Leaving `with` does not take it down.
+        """
+        workspace = _locate(compose_file, mesh_file, project)
+        loaded = ws.load(workspace)
+        statuses = status_core.collect(loaded)
+        if statuses and all(s.app == "missing" for s in statuses):
+            raise MeshError(f"project {loaded.project.name} is not running",
+                            hint=f"start it first: meshcli up -f {workspace.compose_file} -p {loaded.project.name}")
+        statuses = lifecycle.wait_ready(loaded, time.monotonic() + timeout, _progress)
+        if not lifecycle.ready(statuses):
+            raise MeshError(f"project {loaded.project.name} is not ready: "
+                            + "; ".join(lifecycle.not_ready(statuses)))
+        return cls(workspace, owned=False)
+
+    def down(self) -> None:
+        """Undo the rules still applied (mesh.yaml is the user's file), then remove every
+        container, network and volume of the project (`meshcli down`)."""
+        _all_of([self.reset, lambda: lifecycle.down(self.workspace, _progress)])
+        self.owned = False
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.owned:
+            self.down()
+
+    def __repr__(self) -> str:
+        return f"<Mesh {self.project} ({self.workspace.compose_file})>"
+
+    # -- what is running ------------------------------------------------------------------
+    @property
+    def loaded(self) -> Loaded:
+        """The compose and mesh files as they are now (mesh.yaml changes with rules)."""
+        return ws.load(self.workspace)
+
+    def status(self) -> list[WorkloadStatus]:
+        """Every workload: app and sidecar state, config sync, published URLs (`meshcli status`)."""
+        return status_core.collect(self.loaded)
+
+    def workloads(self, service: str) -> list[str]:
+        """The workloads (compose services) of a logical service, or the workload itself."""
+        mesh = self.loaded.mesh
+        if service in mesh.services:
+            return [v.workload for v in mesh.services[service].versions]
+        if service in mesh.workloads:
+            return [service]
+        known = sorted(set(mesh.services) | set(mesh.workloads))
+        raise InputError(f"no service or workload named {service!r} in project {self.project}",
+                         hint="known: " + ", ".join(known))
+
+    def urls(self, service_or_workload: str) -> list[str]:
+        """Every URL the service's (or workload's) published ports answer on, from the host."""
+        names = self.workloads(service_or_workload)
+        if not all(name in self._urls for name in names):  # ports do not change while it runs
+            self._urls.update({s.workload: s.urls for s in self.status()})
+        return [url for name in names for url in self._urls.get(name, [])]
+
+    def url(self, service_or_workload: str) -> str:
+        """The published URL of a service or workload, e.g. "http://localhost:8080/"."""
+        urls = self.urls(service_or_workload)
+        if not urls:
+            raise InputError(f"{service_or_workload} publishes no port in project {self.project}",
+                             hint="add `ports: [\"8080:8080\"]` to it in the compose file")
+        return urls[0]
+
+    def stats(self, service: str) -> ServiceStats:
+        """Requests the service's sidecars received (their /stats), by status code and version."""
+        loaded = self.loaded
+        counts: Counter = Counter()
+        for workload in self.workloads(service):
+            version = loaded.mesh.workloads[workload].version
+            stats = status_core.sidecar_stats(loaded, workload)
+            if stats is None:
+                raise MeshError(f"the sidecar of {workload} does not answer", hint="see `meshcli status`")
+            for row in stats.get("requests", []):
+                if row.get("reporter") != "destination":
+                    continue
+                row_version = row.get("destination_version")
+                key = (row_version if row_version not in (None, "", "unknown") else version,
+                       int(row.get("response_code", 0)))
+                counts[key] += int(row.get("count", 0))
+        return _stats_from(service, counts)
+
+    # -- rules ----------------------------------------------------------------------------
+    def fault(self, service: str, *, abort: int | str | None = None, delay: str | None = None,
+              percent: float = 100.0, source: str | None = None, tcp: str | None = None,
+              latency: str | None = None, jitter: str | None = None, rate: str | None = None,
+              size: int | str | None = None, duration: str | None = None) -> Rule:
+        """Inject a fault into the calls to `service`, like `meshcli fault` (a runtime fault:
+        mesh.yaml is not touched). It replaces the service's fault at the same layer.
+
+        abort: an HTTP status (503) or "reset"; delay: a duration ("2s", "250ms"); percent:
+        the share of requests (TCP: connections) affected; source: only calls made by this
+        service. tcp: a TCP fault kind (latency, bandwidth, reset, blackhole, limit-data,
+        slicer) with its values: latency/jitter ("100ms"), rate ("64KB/s"), size (bytes).
+        duration: the sidecars drop the fault by themselves after this long ("30s").
+        """
+        from meshcli import fault_layer
+
+        fault = fault_layer.build(
+            self.loaded.mesh, service, delay=delay, abort=None if abort is None else str(abort), tcp=tcp,
+            latency=latency, jitter=jitter, rate=rate, size=None if size is None else str(size),
+            percent=percent, duration=duration, source=source)
+        stored = fault_layer.add(self.workspace, fault)
+        self._apply_and_sync()
+        return self._remember(Rule(self, f"fault {stored.id} on {service}: {stored.describe()}",
+                                   lambda: self._clear_fault(stored.id)))
+
+    def split(self, service: str, *, route: str | None = None, **weights: int) -> Rule:
+        """Split the service's traffic by version weight: `split("payment", v1=90, v2=10)`,
+        or `split("payment", v2=100)` to send everything to v2 (`meshcli split`)."""
+        from meshcli import mesh_edit
+
+        return self._edit(f"split {service} {weights}",
+                          lambda text, path: mesh_edit.set_split(text, path, service, weights, route))
+
+    def timeout(self, service: str, timeout: str, *, route: str | None = None) -> Rule:
+        """Give calls to the service a deadline ("300ms"), retries included; callers then get 504."""
+        from meshcli import mesh_edit
+
+        return self._edit(f"timeout {service} {timeout}",
+                          lambda text, path: mesh_edit.set_timeout(text, path, service, timeout, route))
+
+    def retries(self, service: str, attempts: int = 3, *, per_try_timeout: str | None = None,
+                retry_on: list[str] | None = None, retriable_status_codes: list[int] | None = None,
+                backoff: str | None = None, retry_non_idempotent: bool | None = None,
+                route: str | None = None) -> Rule:
+        """Retry failed calls to the service up to `attempts` times after the first try; the
+        other settings are the mesh file's (docs/mesh-file.md), defaults where None."""
+        from meshcli import mesh_edit
+
+        policy = {"attempts": attempts, "perTryTimeout": per_try_timeout, "retryOn": retry_on,
+                  "retriableStatusCodes": retriable_status_codes, "backoff": backoff,
+                  "retryNonIdempotent": retry_non_idempotent}
+        policy = {key: value for key, value in policy.items() if value is not None}
+        return self._edit(f"retries {service} x{attempts}",
+                          lambda text, path: mesh_edit.set_retries(text, path, service, policy, route))
+
+    def reset(self) -> None:
+        """Undo every rule this object applied and has not undone yet, newest first."""
+        _all_of([rule.undo for rule in reversed(self._rules)])
+
+    @contextmanager
+    def scope(self) -> Iterator[Mesh]:
+        """Whatever changes inside is undone on exit: rules of this object, runtime faults
+        set any other way (`meshcli fault`), edits of mesh.yaml by hand or by `meshcli split`."""
+        from meshcli import fault_layer
+
+        mesh_text = self._mesh_text()
+        faults = {f.id for f in fault_layer.active(self.workspace)}
+        depth = len(self._rules)
+        def clear_stray_faults() -> None:
+            stray = [f.id for f in fault_layer.active(self.workspace) if f.id not in faults]
+            for fault_id in stray:
+                fault_layer.clear(self.workspace, fault_id=fault_id)
+            if stray:
+                self._apply_and_sync()
+
+        def restore_mesh_file() -> None:
+            if self._mesh_text() != mesh_text:
+                self._write_mesh_text(mesh_text)
+
+        try:
+            yield self
+        finally:
+            # Every step runs even when one fails; the first failure is raised at the end.
+            _all_of([rule.undo for rule in reversed(self._rules[depth:])] + [clear_stray_faults, restore_mesh_file])
+
+    def wait_synced(self, timeout: float | None = None) -> None:
+        """Wait until every running sidecar runs the config on disk (MeshError after `timeout`)."""
+        from meshcli import control_plane, sidecar_config
+
+        control_plane.wait_synced(self.loaded, sidecar_config.current_version(self.workspace.config_dir),
+                                  timeout or self.sync_timeout)
+
+    # -- internals --------------------------------------------------------------------------
+    def _remember(self, rule: Rule) -> Rule:
+        self._rules.append(rule)
+        return rule
+
+    def _forget(self, rule: Rule) -> None:
+        self._rules.remove(rule)
+
+    def _apply_and_sync(self) -> None:
+        """Compile the fault layer into sidecar.json and wait until every sidecar runs it."""
+        from meshcli import control_plane
+
+        compiled = control_plane.apply(self.workspace)
+        control_plane.wait_synced(self.loaded, compiled.version, self.sync_timeout)
+
+    def _clear_fault(self, fault_id: str) -> None:
+        from meshcli import fault_layer
+
+        fault_layer.clear(self.workspace, fault_id=fault_id)
+        self._apply_and_sync()
+
+    @property
+    def _mesh_path(self) -> Path:
+        # Where control_plane.edit() reads and writes, creating it when the project has none.
+        return self.workspace.mesh_file or self.workspace.compose_file.parent / ws.MESH_FILE
+
+    def _mesh_text(self) -> str:
+        path = self._mesh_path
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def _edit(self, description: str, transform: Callable[[str, Path], str]) -> Rule:
+        before = self._mesh_text()
+        self._write_mesh_text(transform(before, self._mesh_path))
+        rule = _MeshFileRule(self, description, before, transform)
+        return self._remember(rule)
+
+    def _undo_edit(self, undone: _MeshFileRule) -> None:
+        """Put mesh.yaml back as it was before `undone`, keeping the edits made after it."""
+        later = [r for r in self._rules if isinstance(r, _MeshFileRule) and r.order > undone.order]
+        text = undone.before
+        for rule in sorted(later, key=lambda r: r.order):
+            rule.before = text
+            text = rule.transform(text, self._mesh_path)
+        self._write_mesh_text(text)
+
+    def _write_mesh_text(self, text: str) -> None:
+        """Make mesh.yaml `text` through control_plane.edit(): validated, applied, synced.
+        Empty text: the project had no mesh file; remove the one a rule created."""
+        from meshcli import control_plane
+
+        if not text:
+            self._mesh_path.unlink(missing_ok=True)
+            self.workspace = replace(self.workspace, mesh_file=None)
+            self._apply_and_sync()
+            return
+        control_plane.edit(self.workspace, lambda _old: text, wait=True, timeout=self.sync_timeout,
+                           progress=_progress)
+        if self.workspace.mesh_file is None and self._mesh_path.is_file():  # edit() created it
+            self.workspace = replace(self.workspace, mesh_file=self._mesh_path)
+
+
+class _MeshFileRule(Rule):
+    """A change of mesh.yaml: undoing it restores the text it replaced (see Mesh._undo_edit)."""
+
+    _counter = itertools.count()
+
+    def __init__(self, mesh: Mesh, description: str, before: str, transform: Callable[[str, Path], str]) -> None:
+        super().__init__(mesh, description, lambda: mesh._undo_edit(self))
+        self.before = before
+        self.transform = transform
+        self.order = next(self._counter)
+
+
+def _locate(compose_file: PathLike | None, mesh_file: PathLike | None, project: str | None) -> Workspace:
+    return ws.locate(Path(compose_file) if compose_file is not None else None,
+                     Path(mesh_file) if mesh_file is not None else None, project)
+
+
+def _all_of(steps: list[Callable[[], object]]) -> None:
+    """Run every step, even after one fails; then raise the first failure."""
+    failure: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            log.error("cleanup step failed: %s", exc)
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def _down_quietly(workspace: Workspace) -> None:
+    try:
+        lifecycle.down(workspace, _progress)
+    except MeshError as exc:  # the original failure matters more
+        log.warning("could not take the project down: %s", exc.message)

@@ -1,0 +1,242 @@
+"""Hot reload: a process that applies mesh.yaml (and `.mesh/faults.json`) whenever they change.
+
+`meshcli up` starts it in the background (`start()`), `meshcli down` stops it (`stop()`),
+`meshcli watch` runs it in the foreground. It watches the mesh file's directory, not the
+file, because editors save by writing a new file and renaming it over the old one.
+Changes are debounced (one save fires several events) and each burst runs
+`control_plane.apply()` once. Every outcome is one JSON line in `.mesh/watcher.log`:
+applied (version, generation) or rejected (every error with file:line:column).
+
+The pid goes to `.mesh/watcher.pid`; before signalling it, `stop()` checks in
+/proc/PID/cmdline that the process is still this project's watcher, so a pid the
+system has since given to another process is never killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, TextIO
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from meshcli import control_plane, fault_layer, workspace as ws
+from meshcli.errors import InvalidFileError, MeshError
+from meshcli.workspace import Workspace
+
+MODULE = "meshcli.watcher"
+PID_FILE = "watcher.pid"
+LOG_FILE = "watcher.log"
+DEBOUNCE_SECONDS = 0.05
+CHANGE_EVENTS = {"created", "modified", "moved", "closed", "deleted"}
+STOP_GRACE_SECONDS = 3.0
+
+
+def pid_path(workspace: Workspace) -> Path:
+    return workspace.state_dir / PID_FILE
+
+
+def log_path(workspace: Workspace) -> Path:
+    return workspace.state_dir / LOG_FILE
+
+
+# --- the watching process --------------------------------------------------------------
+
+class Watcher:
+    """Applies the config after every burst of changes to the watched files."""
+
+    def __init__(self, workspace: Workspace, emit: Callable[[dict], None],
+                 debounce: float = DEBOUNCE_SECONDS) -> None:
+        self.workspace = workspace
+        # Without a mesh file the project may get one (`meshcli split` creates it).
+        self.mesh_file = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
+        self.faults_file = fault_layer.path(workspace)
+        self.emit = emit
+        self.debounce = debounce
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._observer: Observer | None = None
+
+    @property
+    def watched(self) -> set[Path]:
+        return {self.mesh_file, self.faults_file}
+
+    def start(self) -> None:
+        watcher = self
+
+        class OnChange(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in CHANGE_EVENTS:
+                    return  # opened / closed_no_write: our own reads
+                paths = {Path(os.fsdecode(event.src_path)), Path(os.fsdecode(getattr(event, "dest_path", "") or ""))}
+                if paths & watcher.watched:
+                    watcher.changed()
+
+        self.workspace.state_dir.mkdir(exist_ok=True)
+        self._observer = Observer()
+        for directory in {p.parent for p in self.watched}:
+            self._observer.schedule(OnChange(), str(directory), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+
+    def changed(self) -> None:
+        """Called for every event; applies once the events stop for `debounce` seconds."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce, self.apply)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def apply(self) -> None:
+        mesh_file = self.mesh_file if self.workspace.mesh_file or self.mesh_file.is_file() else None
+        try:
+            compiled = control_plane.apply(replace(self.workspace, mesh_file=mesh_file))
+        except InvalidFileError as exc:
+            self.emit({"event": "rejected", "file": str(mesh_file or self.workspace.compose_file),
+                       "errors": [f"{d.location}: {d.message}" for d in exc.diagnostics if d.is_error]})
+        except MeshError as exc:
+            self.emit({"event": "error", "error": exc.message})
+        except Exception as exc:  # a watcher that dies silently is worse than one that logs and goes on
+            self.emit({"event": "error", "error": f"{exc.__class__.__name__}: {exc}"})
+        else:
+            self.emit({"event": "applied" if compiled.changed else "unchanged", "version": compiled.version,
+                       "generation": compiled.generation})
+
+
+def _json_lines(*streams: TextIO) -> Callable[[dict], None]:
+    lock = threading.Lock()
+
+    def emit(record: dict) -> None:
+        line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
+        with lock:
+            for stream in streams:
+                stream.write(line)
+                stream.flush()
+    return emit
+
+
+def run(workspace: Workspace, foreground: bool = False) -> None:
+    """Watch until SIGTERM or SIGINT, or until the compose file is deleted."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    workspace.state_dir.mkdir(exist_ok=True)
+    with open(log_path(workspace), "a", encoding="utf-8") as log:
+        emit = _json_lines(log, sys.stdout) if foreground else _json_lines(log)
+        watcher = Watcher(workspace, emit)
+        watcher.start()
+        emit({"event": "started", "pid": os.getpid(), "watching": sorted(str(p) for p in watcher.watched)})
+        try:
+            while not done.wait(1.0):
+                if not workspace.compose_file.exists():  # the project directory is gone
+                    emit({"event": "project-gone", "compose_file": str(workspace.compose_file)})
+                    break
+        finally:
+            watcher.stop()
+            emit({"event": "stopped", "pid": os.getpid()})
+
+
+# --- managing the background process ---------------------------------------------------
+
+def _arguments(workspace: Workspace) -> list[str]:
+    args = ["--compose-file", str(workspace.compose_file)]
+    if workspace.mesh_file is not None:
+        args += ["--mesh-file", str(workspace.mesh_file)]
+    if workspace.project_name:
+        args += ["--project-name", workspace.project_name]
+    return args
+
+
+def is_our_watcher(cmdline: list[str], workspace: Workspace) -> bool:
+    """Whether a process's argv is the watcher of this workspace's state dir."""
+    try:
+        module = cmdline[cmdline.index("-m") + 1]
+        compose_file = cmdline[cmdline.index("--compose-file") + 1]
+    except (ValueError, IndexError):
+        return False
+    return module == MODULE and Path(compose_file).parent / ws.STATE_DIR == workspace.state_dir
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []  # gone (a zombie has an empty cmdline too)
+    return [os.fsdecode(part) for part in raw.split(b"\0") if part]
+
+
+def running_pid(workspace: Workspace) -> int | None:
+    """The pid of this workspace's watcher when it runs, else None."""
+    try:
+        pid = int(pid_path(workspace).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_our_watcher(_cmdline(pid), workspace) else None
+
+
+def start(workspace: Workspace) -> int:
+    """Start a detached watcher (replacing one already running for this state dir); return its pid."""
+    stop(workspace)
+    workspace.state_dir.mkdir(exist_ok=True)
+    with open(log_path(workspace), "a", encoding="utf-8") as log:
+        process = subprocess.Popen([sys.executable, "-m", MODULE, *_arguments(workspace)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                   start_new_session=True, close_fds=True)
+    pid_path(workspace).write_text(f"{process.pid}\n")
+    # Until the child has exec'd, its cmdline is not ours yet: wait, so that running_pid()
+    # and stop() see it from the moment start() returns.
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while running_pid(workspace) is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process.pid
+
+
+def stop(workspace: Workspace) -> int | None:
+    """Stop this workspace's watcher if it runs; return the pid it had."""
+    pid = running_pid(workspace)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while running_pid(workspace) == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if running_pid(workspace) == pid:
+            os.kill(pid, signal.SIGKILL)
+    pid_path(workspace).unlink(missing_ok=True)
+    return pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("--compose-file", type=Path, required=True)
+    parser.add_argument("--mesh-file", type=Path)
+    parser.add_argument("--project-name")
+    parser.add_argument("--foreground", action="store_true", help="also print each event on stdout")
+    options = parser.parse_args(argv)
+    workspace = ws.locate(options.compose_file, options.mesh_file, options.project_name)
+    run(workspace, options.foreground)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""control_plane: apply() and rejected.json, edit() (validate before writing), wait_synced(),
+and the `split` / `route` commands on a copy of the demo (not running: nothing to wait for)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from meshcli import control_plane, docker_engine, mesh_edit, sidecar_config, status, workspace as ws
+from meshcli.cli.main import main
+from meshcli.errors import InvalidFileError, MeshError
+from meshcli.status import WorkloadStatus
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = """
+    services:
+      payment-v1: {image: pay, expose: ["8080"]}
+      payment-v2: {image: pay, expose: ["8080"]}
+      orders: {image: orders, expose: ["8080"]}
+"""
+MESH = """
+    apiVersion: meshcli/v1
+    # the payment service
+    services:
+      payment:
+        loadBalancer: round-robin   # between versions
+"""
+
+
+@pytest.fixture
+def project(files, monkeypatch) -> ws.Workspace:
+    files.write("compose.yaml", COMPOSE)
+    files.write("mesh.yaml", MESH)
+    monkeypatch.setattr(status, "project_running", lambda name: False)
+    return ws.locate(files.root / "compose.yaml")
+
+
+def split(service: str, weights: dict):
+    return lambda text: mesh_edit.set_split(text, Path("mesh.yaml"), service, weights)
+
+
+def test_apply_writes_the_config_and_a_rejection_keeps_it(project):
+    first = control_plane.apply(project)
+    assert (first.generation, first.changed) == (1, True)
+    good = (project.config_dir / "sidecar.json").read_text()
+
+    project.mesh_file.write_text("apiVersion: meshcli/v1\nservices:\n  payment:\n    timeout: soon\n")
+    with pytest.raises(InvalidFileError):
+        control_plane.apply(project)
+
+    assert (project.config_dir / "sidecar.json").read_text() == good
+    rejected = json.loads((project.config_dir / "rejected.json").read_text())
+    assert rejected["file"] == str(project.mesh_file)
+    assert rejected["keeping"] == {"version": first.version, "generation": 1}
+    assert len(rejected["errors"]) == 1 and rejected["errors"][0].startswith(f"{project.mesh_file}:4:")
+    assert control_plane.rejection(project) == rejected
+
+    project.mesh_file.write_text("apiVersion: meshcli/v1\nservices:\n  payment:\n    timeout: 2s\n")
+    second = control_plane.apply(project)
+    assert (second.generation, second.changed) == (2, True)
+    assert not (project.config_dir / "rejected.json").exists()
+
+
+def test_edit_validates_writes_applies_and_skips_waiting_when_not_running(project):
+    result = control_plane.edit(project, split("payment", {"v1": 90, "v2": 10}))
+
+    assert result.changed and result.synced is None
+    assert result.diff.splitlines()[-1] == "+    split: {v1: 90, v2: 10}"
+    assert "# between versions" in project.mesh_file.read_text()
+    compiled = json.loads((project.config_dir / "sidecar.json").read_text())
+    assert compiled["version"] == result.compiled.version
+    assert compiled["services"]["payment"]["routes"][-1]["split"] == [{"version": "v1", "weight": 90},
+                                                                       {"version": "v2", "weight": 10}]
+
+
+def test_dry_run_writes_nothing(project):
+    before = project.mesh_file.read_text()
+
+    result = control_plane.edit(project, split("payment", {"v2": 100}), dry_run=True)
+
+    assert result.changed and "+    split: {v2: 100}" in result.diff and result.compiled is None
+    assert project.mesh_file.read_text() == before
+    assert not (project.config_dir / "sidecar.json").exists()
+
+
+def test_invalid_edit_points_at_the_new_line_and_writes_nothing(project):
+    before = project.mesh_file.read_text()
+
+    with pytest.raises(InvalidFileError) as info:
+        control_plane.edit(project, split("payment", {"v1": 90, "v3": 10}))
+
+    d = info.value.diagnostics[0]
+    assert d.file == project.mesh_file and d.line == 6  # the split line of the new text
+    assert project.mesh_file.read_text() == before
+    assert not (project.config_dir / "sidecar.json").exists()
+
+
+def test_edit_creates_the_mesh_file(files, monkeypatch):
+    files.write("compose.yaml", COMPOSE)
+    monkeypatch.setattr(status, "project_running", lambda name: False)
+    workspace = ws.locate(files.root / "compose.yaml")
+    assert workspace.mesh_file is None
+
+    result = control_plane.edit(workspace, split("payment", {"v2": 100}))
+
+    assert result.file == files.root / "mesh.yaml"
+    assert result.file.read_text() == "apiVersion: meshcli/v1\nservices:\n  payment:\n    split: {v2: 100}\n"
+    assert result.compiled.generation == 1
+
+
+def statuses(*versions):
+    return [WorkloadStatus(f"w{i}", "s", "v1", "running", "running" if v != "down" else "missing", "healthy",
+                           config_version=None if v in ("down", None) else v) for i, v in enumerate(versions)]
+
+
+def test_wait_synced_polls_until_every_running_sidecar_runs_the_version(project, monkeypatch):
+    rounds = iter([statuses("old", "new", "down"), statuses("new", "new", "down")])
+    monkeypatch.setattr(status, "collect", lambda loaded: next(rounds))
+    monkeypatch.setattr(control_plane, "POLL_INTERVAL", 0)
+
+    synced = control_plane.wait_synced(ws.load(project), "new", timeout=5)
+
+    assert [s.workload for s in synced] == ["w0", "w1"]
+
+
+def test_wait_synced_names_the_stale_sidecars_on_timeout(project, monkeypatch):
+    monkeypatch.setattr(status, "collect", lambda loaded: statuses("new", "old", None))
+
+    with pytest.raises(MeshError, match=r"2 of 3 sidecars .* w1 \(runs old\), w2 \(not answering\)") as info:
+        control_plane.wait_synced(ws.load(project), "new", timeout=0)
+    assert info.value.exit_code == 1
+
+
+def test_project_running_is_false_without_an_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    docker_engine.client.cache_clear()
+    try:
+        assert status.project_running("shop") is False
+    finally:
+        docker_engine.client.cache_clear()
+
+
+# --- the commands, on a copy of the demo --------------------------------------------------
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    shutil.copytree(REPO / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".mesh"))
+    monkeypatch.chdir(tmp_path / "compose")
+    monkeypatch.setattr(status, "project_running", lambda name: False)
+    return tmp_path / "compose"
+
+
+def test_split_dry_run_prints_the_diff_and_writes_nothing(demo, capsys):
+    before = (demo / "mesh.yaml").read_text()
+
+    assert main(["split", "payment", "v1=90", "v2=10", "--dry-run"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith(f"--- {demo / 'mesh.yaml'}") and "+    split: {v1: 90, v2: 10}" in out
+    assert (demo / "mesh.yaml").read_text() == before
+
+
+def test_split_json_reports_the_generation(demo, capsys):
+    assert main(["split", "payment", "v2=100", "--json"]) == 0
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["changed"] and data["generation"] == 1 and data["sidecars"] is None
+    assert data["version"] == sidecar_config.current_version(demo / ".mesh" / "config")
+    assert "split: {v2: 100}" in (demo / "mesh.yaml").read_text()
+
+
+def test_split_says_when_the_project_is_not_running(demo, capsys):
+    assert main(["split", "payment", "v1=50", "v2=50"]) == 0
+    assert "payment: split v1=50 v2=50 - generation 1 written (project not running)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["split", "payment", "v1=90", "v2=20"], "weights sum to 110"),
+    (["split", "payment", "v1:90"], 'weight "v1:90" is not NAME=VALUE'),
+    (["split", "payment", "v1=90", "v3=10"], 'unknown version "v3"'),
+    (["route", "timeout", "payment", "soon"], '"soon" is not a duration'),
+    (["route", "timeout", "payment", "1s", "--route", "nope"], 'no route named "nope"'),
+    (["route", "retries", "payment"], "--attempts is required"),
+    (["route", "circuit-breaker", "payment"], "give at least one option"),
+    (["route", "match", "payment", "canary", "--to", "v2"], "a route needs at least one condition"),
+])
+def test_bad_input_exits_2_and_changes_nothing(demo, capsys, argv, message):
+    before = (demo / "mesh.yaml").read_text()
+
+    assert main(argv + ["--dry-run"]) == 2
+
+    assert message in capsys.readouterr().err
+    assert (demo / "mesh.yaml").read_text() == before
+
+
+def test_route_commands_edit_the_file(demo, capsys):
+    assert main(["route", "match", "payment", "canary", "--header", "x-canary=true", "--to", "v2"]) == 0
+    assert main(["route", "timeout", "payment", "300ms"]) == 0
+    assert main(["route", "timeout", "payment", "1s", "--route", "canary"]) == 0
+    assert main(["route", "retries", "payment", "--attempts", "3", "--per-try-timeout", "100ms",
+                 "--retry-on", "5xx,connect-failure"]) == 0
+    assert main(["route", "circuit-breaker", "payment", "--max-connections", "5"]) == 0
+    assert main(["route", "outlier-detection", "payment", "--consecutive-5xx", "3"]) == 0
+    assert main(["route", "mirror", "payment", "v2", "--percent", "10"]) == 0
+    capsys.readouterr()
+
+    assert main(["route", "show", "payment", "--json"]) == 0
+    rules = json.loads(capsys.readouterr().out)
+    canary, default = rules["routes"]
+    assert canary["name"] == "canary" and canary["split"] == [{"version": "v2", "weight": 100}]
+    assert canary["timeoutMs"] == 1000 and default["timeoutMs"] == 300
+    assert default["retries"]["attempts"] == 3 and default["mirror"]["version"] == "v2"
+    assert rules["circuitBreaker"]["maxConnections"] == 5
+
+    for argv in (["route", "delete", "payment", "canary"], ["route", "timeout", "payment", "off"],
+                 ["route", "retries", "payment", "off"], ["route", "circuit-breaker", "payment", "off"],
+                 ["route", "outlier-detection", "payment", "off"], ["route", "mirror", "payment", "off"]):
+        assert main(argv) == 0, argv
+    assert (demo / "mesh.yaml").read_text() == (REPO / "compose" / "mesh.yaml").read_text()
