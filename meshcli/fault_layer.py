@@ -284,3 +284,21 @@ def active(workspace: Workspace, now: float | None = None) -> list[Fault]:
 def compiled_faults(workspace: Workspace, now: float | None = None) -> list[dict]:
     """sidecar.json's "faults": every fault still in force, in the order they were set."""
     return [f.compiled() for f in active(workspace, now)]
+
+
+def in_force(workspace: Workspace, mesh: Mesh, now: float | None = None) -> list[dict]:
+    """Every fault the callers' sidecars apply now, for `meshcli status`: the runtime ones
+    (which win), then those written in the mesh file, per route."""
+    now = time.time() if now is None else now
+    rows = [{"origin": "runtime", "id": f.id, "service": f.service, "route": None, "source": f.source,
+             "description": f.describe(), "timeLeft": format_seconds(f.seconds_left(now))}
+            for f in active(workspace, now)]
+    for service in mesh.services.values():
+        policy = service.policy
+        routes = (*policy.routes, policy.default_route)
+        from_file = [(route.name, Fault("mesh.yaml", service.name, http=route.fault)) for route in routes if route.fault]
+        if policy.tcp_fault:
+            from_file.append((None, Fault("mesh.yaml", service.name, tcp=policy.tcp_fault)))
+        rows += [{"origin": "mesh.yaml", "id": None, "service": service.name, "route": route, "source": None,
+                  "description": fault.describe(), "timeLeft": format_seconds(None)} for route, fault in from_file]
+    return rows

@@ -83,8 +83,8 @@ def register(app: typer.Typer) -> None:
         duration: Optional[str] = typer.Option(None, "--for", help="Remove the fault by itself after this long, "
                                                                    "e.g. 30s (default: until cleared)."),
         source: Optional[str] = typer.Option(None, "--source", help="Only calls made by this service."),
-        no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the sidecars to apply it."),
-        timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the sidecars."),
+        no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout,
         compose_file: Optional[Path] = common.ComposeFile,
         mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName,
@@ -136,8 +136,8 @@ def register(app: typer.Typer) -> None:
     def clear_faults(
         service: Optional[str] = typer.Argument(None, help="Only this service's faults (default: all)."),
         fault_id: Optional[str] = typer.Option(None, "--id", help="Only the fault with this id (see `fault list`)."),
-        no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the sidecars to apply it."),
-        timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the sidecars."),
+        no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout,
         compose_file: Optional[Path] = common.ComposeFile,
         mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName,

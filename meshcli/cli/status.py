@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = common.Json,
     ) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
-        from meshcli import control_plane, sidecar_config, status as core, watcher
+        from meshcli import control_plane, fault_layer, sidecar_config, status as core, watcher
 
         located = common.locate(compose_file, mesh_file, project)
         loaded, mesh_error = core.load(located)
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         on_disk = sidecar_config.current(located.config_dir)
         rejected = control_plane.rejection(located)
         watcher_pid = watcher.running_pid(located)
+        faults = fault_layer.in_force(located, loaded.mesh)
         if as_json:
             output.emit_json({
                 "project": loaded.project.name, "healthy": healthy(statuses),
@@ -62,10 +63,12 @@ def register(app: typer.Typer) -> None:
                 "rejected": rejected,
                 "mesh_errors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
                 "watcher": {"running": watcher_pid is not None, "pid": watcher_pid},
+                "faults": faults,
                 "workloads": [s.to_json() for s in statuses]})
         else:
             print_table(statuses)
             _print_config(on_disk, watcher_pid, located)
+            _print_faults(faults)
             _print_rejection(rejected, mesh_error)
         if not healthy(statuses):
             raise typer.Exit(1)
@@ -79,6 +82,14 @@ def _print_config(on_disk, watcher_pid: int | None, located) -> None:
     else:
         output.warning("hot reload: no watcher runs; edits of mesh.yaml reach the sidecars with "
                        "`meshcli up`, `meshcli watch` or the `meshcli split`/`route` commands")
+
+
+def _print_faults(faults: list[dict]) -> None:
+    for f in faults:
+        where = f"{f['service']}" + (f" route {f['route']}" if f["route"] else "")
+        origin = f"fault {f['id']}" if f["id"] else "fault in mesh.yaml"
+        lasting = f["timeLeft"] if f["timeLeft"] == "until cleared" else f"{f['timeLeft']} left"
+        output.warning(f"{origin} on {where}: {f['description']} ({lasting})")
 
 
 def _print_rejection(rejected: dict | None, mesh_error) -> None:

@@ -17,8 +17,6 @@ from meshcli.cli import common, output
 from meshcli.errors import InputError
 
 DryRun = typer.Option(False, "--dry-run", help="Print the change to mesh.yaml as a unified diff; write nothing.")
-NoWait = typer.Option(False, "--no-wait", help="Do not wait for the sidecars to run the change.")
-Timeout = typer.Option(30.0, "--timeout", min=0, help="Seconds to wait for every sidecar to run it (then exit 1).")
 RouteName = typer.Option(None, "--route", help="Change this named route instead of the default route.")
 Service = typer.Argument(..., help="The logical service (as in mesh.yaml or `meshcli status`).")
 
@@ -117,8 +115,8 @@ def register(app: typer.Typer) -> None:
         weights: list[str] = typer.Argument(..., help="VERSION=PERCENT pairs summing to 100: v1=90 v2=10."),
         route: Optional[str] = RouteName,
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Split a service's traffic between versions by weight (`split payment v2=100` promotes v2).
 
@@ -134,7 +132,7 @@ def register(app: typer.Typer) -> None:
     @app.command("apply")
     def apply(
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, no_wait: bool = NoWait, timeout: float = Timeout,
+        project: Optional[str] = common.ProjectName, no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout,
         as_json: bool = common.Json,
     ) -> None:
         """Validate mesh.yaml and push it (with the runtime faults) to every sidecar now, then wait
@@ -152,8 +150,8 @@ def register(app: typer.Typer) -> None:
         value: str = typer.Argument(..., metavar="DURATION|off", help="The whole request's deadline: 300ms, 2s."),
         route: Optional[str] = RouteName,
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Give calls to a service a deadline (retries included); past it callers get 504."""
         if _off(value):
@@ -178,8 +176,8 @@ def register(app: typer.Typer) -> None:
                                                   help="Also retry POST, PATCH and other non-idempotent methods."),
         route: Optional[str] = RouteName,
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) the retry policy of calls to a service, or `off` to remove it."""
         if off is not None:
@@ -214,8 +212,8 @@ def register(app: typer.Typer) -> None:
         max_per_connection: Optional[int] = typer.Option(None, "--max-requests-per-connection", min=0,
                                                          help="0: unlimited; 1 disables keep-alive."),
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) the connection limits callers' sidecars keep for a service, or `off`."""
         policy = {k: v for k, v in (("maxConnections", max_connections), ("maxPendingRequests", max_pending),
@@ -235,8 +233,8 @@ def register(app: typer.Typer) -> None:
         max_ejection_percent: Optional[int] = typer.Option(None, "--max-ejection-percent", min=0, max=100,
                                                            help="Never eject more than this share of versions."),
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) when callers' sidecars eject a failing version of a service, or `off`."""
         policy = {k: v for k, v in (
@@ -253,8 +251,8 @@ def register(app: typer.Typer) -> None:
         percent: float = typer.Option(100.0, "--percent", help="Share of requests copied (0-100)."),
         route: Optional[str] = RouteName,
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Copy a share of the requests to a version (fire and forget; its answers are discarded)."""
         if _off(version):
@@ -277,8 +275,8 @@ def register(app: typer.Typer) -> None:
         path_exact: Optional[str] = typer.Option(None, "--path", help="The path is exactly this."),
         method: list[str] = typer.Option([], "--method", help="GET, POST... (repeatable: any of them)."),
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Send the requests that match to one version: adds the named route before the default
         route, or replaces its match and destination."""
@@ -292,8 +290,8 @@ def register(app: typer.Typer) -> None:
         service: str = Service,
         name: str = typer.Argument(..., help="The route to delete."),
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = NoWait,
-        timeout: float = Timeout, as_json: bool = common.Json,
+        project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
+        timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Delete a named route of a service."""
         transform = lambda text, path: mesh_edit.delete_route(text, path, service, name)

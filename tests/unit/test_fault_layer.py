@@ -142,3 +142,21 @@ def test_describe():
     assert fault_layer.Fault("f-1", "payment", http=http).describe() == "delay 2 s on 50% of requests"
     assert (fault_layer.Fault("f-2", "greeter", "client", tcp=tcp).describe()
             == "tcp latency 100 ms ± 20 ms on 100% of connections (calls from client)")
+
+
+def test_in_force_lists_runtime_faults_then_the_mesh_files(loaded):
+    mesh_file = loaded.workspace.mesh_file
+    mesh_file.write_text(mesh_file.read_text().replace(
+        "  greeter:\n", "  greeter:\n    tcpFault: {kind: latency, latency: 100ms}\n").replace(
+        "  orders:\n", "  orders:\n    fault: {delay: {fixed: 1s, percent: 50}}\n"))
+    reloaded = workspace.load(loaded.workspace)
+    fault_layer.add(loaded.workspace, build(loaded, abort="503", duration="30s"), now=NOW)
+
+    rows = fault_layer.in_force(loaded.workspace, reloaded.mesh, now=NOW + 10)
+
+    assert [(r["origin"], r["service"], r["route"], r["description"], r["timeLeft"]) for r in rows] == [
+        ("runtime", "payment", None, "abort 503 on 100% of requests", "20 s"),
+        ("mesh.yaml", "greeter", None, "tcp latency 100 ms on 100% of connections", "until cleared"),
+        ("mesh.yaml", "orders", "default", "delay 1 s on 50% of requests", "until cleared"),
+    ]
+    assert fault_layer.in_force(loaded.workspace, reloaded.mesh, now=NOW + 31)[0]["origin"] == "mesh.yaml"
