@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import diagnostics_of
+from mesh_files import diagnostics_of
 
 from meshcli import durations, mesh_config, mesh_init, yaml_source
 from meshcli.cli.main import main
