@@ -130,15 +130,19 @@ class EditResult:
 
 
 def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = False, wait: bool = True,
-         timeout: float = 30, progress: Progress | None = None) -> EditResult:
+         timeout: float = 30, progress: Progress | None = None, service: str | None = None) -> EditResult:
     """Change mesh.yaml with `transform` (old text -> new text), validate, write, apply, sync.
 
-    An invalid result raises InvalidFileError pointing at the mesh file and the line in
-    the new text, and nothing is written. A project without mesh.yaml gets one.
+    `service`, when given, must be a service of the mesh (InputError otherwise, before the
+    transform would add an entry for a typo). An invalid result raises InvalidFileError
+    pointing at the mesh file and the line in the new text, and nothing is written. A
+    project without mesh.yaml gets one.
     """
     progress = progress or _quiet
     path = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if service is not None:
+        _check_service(workspace, path, old, service)
     new = transform(old)
     diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                         fromfile=str(path), tofile=str(path)))
@@ -157,6 +161,24 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
         result.synced = wait_synced(loaded, result.compiled.version, timeout, progress)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _check_service(workspace: Workspace, path: Path, text: str, service: str) -> None:
+    """InputError unless `service` is a logical service of the compose file or declared in mesh.yaml."""
+    from meshcli import compose_model
+
+    known = set(compose_model.load(workspace.compose_file, workspace.project_name).logical_services())
+    try:
+        data = yaml_source.load(path, text).data if text.strip() else None
+    except InvalidFileError:
+        data = None  # the transform reports it, with its position
+    declared = data.get("services") if isinstance(data, dict) else None
+    known |= {str(name) for name in declared} if isinstance(declared, dict) else set()
+    if service not in known:
+        raise InputError(f'unknown service "{service}"{did_you_mean(service, known)}; '
+                         f"services: {', '.join(sorted(known)) or 'none'}",
+                         hint="a new logical service needs its versions in mesh.yaml first, "
+                              "e.g. `versions: {v1: COMPOSE_SERVICE}`")
 
 
 def _validate(workspace: Workspace, path: Path, text: str) -> str:

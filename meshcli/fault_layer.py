@@ -45,6 +45,11 @@ class Fault:
     def layer(self) -> str:
         return "tcp" if self.tcp is not None else "http"
 
+    @property
+    def target(self) -> tuple[str, str | None, str]:
+        """(service, source, layer): a fault replaces the one with the same target."""
+        return self.service, self.source, self.layer
+
     def active(self, now: float) -> bool:
         return self.until is None or now < self.until
 
@@ -250,12 +255,17 @@ def _new_id(taken: set[str]) -> str:
 
 def add(workspace: Workspace, fault: Fault, now: float | None = None) -> Fault:
     """Store `fault` with a new id; it replaces any fault for the same service, source and layer."""
-    now = time.time() if now is None else now
-    kept = [f for f in _read(workspace) if f.active(now)
-            and (f.service, f.source, f.layer) != (fault.service, fault.source, fault.layer)]
-    stored = replace(fault, id=_new_id({f.id for f in kept}))
-    _write(workspace, kept + [stored])
+    stored = replace(fault, id=_new_id({f.id for f in _read(workspace)}))
+    put_back(workspace, stored, now)
     return stored
+
+
+def put_back(workspace: Workspace, fault: Fault, now: float | None = None) -> None:
+    """Store `fault` as it is, id included, replacing any fault with the same target: how the
+    testing API brings back a fault that a newer one replaced for a while."""
+    now = time.time() if now is None else now
+    kept = [f for f in _read(workspace) if f.active(now) and f.target != fault.target]
+    _write(workspace, kept + [fault])
 
 
 def clear(workspace: Workspace, service: str | None = None, fault_id: str | None = None,

@@ -302,17 +302,37 @@ def _delete(container: Container, key: Any) -> None:
         return
     keys = list(container) if isinstance(container, CommentedMap) else list(range(len(container)))
     index = keys.index(key)
-    tail = _detach_tail(container, key, _key_column(container))
+    column = _key_column(container)
+    tail = _detach_tail(container, key, column)
+    _drop_leading_comment(container, keys[index - 1] if index > 0 else None, column)
     del container[key]
     if index > 0:
         _attach_tail(container, keys[index - 1], tail)
     elif tail and len(container):  # the first entry went: its tail now precedes the new first entry
-        first = next(iter(container)) if isinstance(container, CommentedMap) else 0
-        pre_slot = 1 if isinstance(container, CommentedMap) else 1
-        entry = container.ca.items.setdefault(first, [None, None, None, None])
-        column = _key_column(container)
-        entry[pre_slot] = [CommentToken(line.strip() + "\n" if line.strip() else "\n", CommentMark(column))
-                           for line in tail] + list(entry[pre_slot] or [])
+        tokens = [CommentToken(line.strip() + "\n" if line.strip() else "\n", CommentMark(column)) for line in tail]
+        before = container.ca.comment[1] if container.ca.comment and len(container.ca.comment) > 1 else None
+        if before is not None:
+            before.extend(tokens)  # in place: the parent's entry holds the same list
+        else:
+            first = next(iter(container)) if isinstance(container, CommentedMap) else 0
+            entry = container.ca.items.setdefault(first, [None, None, None, None])
+            entry[1] = tokens + list(entry[1] or [])
+
+
+def _drop_leading_comment(container: Container, previous: Any, column: int) -> None:
+    """Remove the comment lines right above an entry being deleted (up to a blank line): they
+    describe it, and left behind they would describe whatever comes next."""
+    if previous is None:  # the first entry: its comment is the container's own (shared with the parent)
+        before = container.ca.comment[1] if container.ca.comment and len(container.ca.comment) > 1 else None
+        while before and isinstance(before[-1], CommentToken) and before[-1].value.strip():
+            before.pop()  # in place: the parent's entry holds the same list
+            if before and before[-1].value.endswith("\n\n"):
+                break
+        return
+    moved = _detach_tail(container, previous, column)
+    while moved and moved[-1].strip():
+        moved.pop()
+    _attach_tail(container, previous, moved)
 
 
 def _key_column(container: Container) -> int:

@@ -26,12 +26,15 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from meshcli import lifecycle, status as status_core, workspace as ws
 from meshcli.errors import InputError, MeshError
 from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
+
+if TYPE_CHECKING:
+    from meshcli.fault_layer import Fault
 
 log = logging.getLogger("meshcli.testing")
 
@@ -262,9 +265,10 @@ class Mesh:
     def fault(self, service: str, *, abort: int | str | None = None, delay: str | None = None,
               percent: float = 100.0, source: str | None = None, tcp: str | None = None,
               latency: str | None = None, jitter: str | None = None, rate: str | None = None,
-              size: int | str | None = None, duration: str | None = None) -> Rule:
+              size: int | None = None, duration: str | None = None) -> Rule:
         """Inject a fault into the calls to `service`, like `meshcli fault` (a runtime fault:
-        mesh.yaml is not touched). It replaces the service's fault at the same layer.
+        mesh.yaml is not touched). It replaces the service's fault at the same layer (and
+        source) until it is undone; then that fault is back.
 
         abort: an HTTP status (503) or "reset"; delay: a duration ("2s", "250ms"); percent:
         the share of requests (TCP: connections) affected; source: only calls made by this
@@ -276,12 +280,12 @@ class Mesh:
 
         fault = fault_layer.build(
             self.loaded.mesh, service, delay=delay, abort=None if abort is None else str(abort), tcp=tcp,
-            latency=latency, jitter=jitter, rate=rate, size=None if size is None else str(size),
-            percent=percent, duration=duration, source=source)
+            latency=latency, jitter=jitter, rate=rate, size=size, percent=percent, duration=duration,
+            source=source)
+        replaced = [f for f in fault_layer.active(self.workspace) if f.target == fault.target]
         stored = fault_layer.add(self.workspace, fault)
-        self._apply_and_sync()
-        return self._remember(Rule(self, f"fault {stored.id} on {service}: {stored.describe()}",
-                                   lambda: self._clear_fault(stored.id)))
+        rule = _FaultRule(self, f"fault {stored.id} on {service}: {stored.describe()}", stored, replaced)
+        return self._applied(rule, self._apply_and_sync)
 
     def split(self, service: str, *, route: str | None = None, **weights: int) -> Rule:
         """Split the service's traffic by version weight: `split("payment", v1=90, v2=10)`,
@@ -325,7 +329,8 @@ class Mesh:
 
         mesh_text = self._mesh_text()
         faults = {f.id for f in fault_layer.active(self.workspace)}
-        depth = len(self._rules)
+        rules_before = list(self._rules)
+
         def clear_stray_faults() -> None:
             stray = [f.id for f in fault_layer.active(self.workspace) if f.id not in faults]
             for fault_id in stray:
@@ -341,7 +346,9 @@ class Mesh:
             yield self
         finally:
             # Every step runs even when one fails; the first failure is raised at the end.
-            _all_of([rule.undo for rule in reversed(self._rules[depth:])] + [clear_stray_faults, restore_mesh_file])
+            # Not a slice from the old length: a rule from before may have been undone inside.
+            _all_of([rule.undo for rule in reversed(self._rules) if rule not in rules_before]
+                    + [clear_stray_faults, restore_mesh_file])
 
     def wait_synced(self, timeout: float | None = None) -> None:
         """Wait until every running sidecar runs the config on disk (MeshError after `timeout`)."""
@@ -358,6 +365,21 @@ class Mesh:
     def _forget(self, rule: Rule) -> None:
         self._rules.remove(rule)
 
+    def _applied(self, rule: Rule, apply: Callable[[], None]) -> Rule:
+        """`rule` once `apply` made every sidecar run it. When `apply` fails (a sidecar does not
+        sync in time, an invalid edit), what it changed is undone before the error is raised:
+        the caller gets no Rule to undo, and a `with` block that never started cannot."""
+        self._remember(rule)
+        try:
+            apply()
+        except BaseException:
+            try:
+                rule.undo()
+            except Exception as exc:  # the original failure matters more
+                log.error("could not undo %s: %s", rule.description, exc)
+            raise
+        return rule
+
     def _apply_and_sync(self) -> None:
         """Compile the fault layer into sidecar.json and wait until every sidecar runs it."""
         from meshcli import control_plane
@@ -365,10 +387,24 @@ class Mesh:
         compiled = control_plane.apply(self.workspace)
         control_plane.wait_synced(self.loaded, compiled.version, self.sync_timeout)
 
-    def _clear_fault(self, fault_id: str) -> None:
+    def _undo_fault(self, undone: _FaultRule) -> None:
+        """Remove `undone`'s fault and bring back the one it replaced. When a newer rule has
+        replaced it in turn, nothing changes now: that rule brings back what `undone` replaced."""
         from meshcli import fault_layer
 
-        fault_layer.clear(self.workspace, fault_id=fault_id)
+        newer = next((r for r in self._rules if isinstance(r, _FaultRule)
+                      and any(f.id == undone.fault.id for f in r.replaced)), None)
+        if newer is not None:
+            newer.replaced = undone.replaced
+            return
+        in_force = fault_layer.active(self.workspace)
+        if any(f.target == undone.fault.target and f.id != undone.fault.id for f in in_force):
+            return  # replaced some other way (`meshcli fault`): that one stays
+        if undone.fault.id not in {f.id for f in in_force} and not undone.replaced:
+            return  # cleared some other way, or expired: nothing to change
+        fault_layer.clear(self.workspace, fault_id=undone.fault.id)
+        for fault in undone.replaced:
+            fault_layer.put_back(self.workspace, fault)
         self._apply_and_sync()
 
     @property
@@ -382,9 +418,8 @@ class Mesh:
 
     def _edit(self, description: str, transform: Callable[[str, Path], str]) -> Rule:
         before = self._mesh_text()
-        self._write_mesh_text(transform(before, self._mesh_path))
         rule = _MeshFileRule(self, description, before, transform)
-        return self._remember(rule)
+        return self._applied(rule, lambda: self._write_mesh_text(transform(before, self._mesh_path)))
 
     def _undo_edit(self, undone: _MeshFileRule) -> None:
         """Put mesh.yaml back as it was before `undone`, keeping the edits made after it."""
@@ -393,7 +428,8 @@ class Mesh:
         for rule in sorted(later, key=lambda r: r.order):
             rule.before = text
             text = rule.transform(text, self._mesh_path)
-        self._write_mesh_text(text)
+        if text != self._mesh_text():  # unchanged when the edit itself failed (see _applied)
+            self._write_mesh_text(text)
 
     def _write_mesh_text(self, text: str) -> None:
         """Make mesh.yaml `text` through control_plane.edit(): validated, applied, synced.
@@ -409,6 +445,16 @@ class Mesh:
                            progress=_progress)
         if self.workspace.mesh_file is None and self._mesh_path.is_file():  # edit() created it
             self.workspace = replace(self.workspace, mesh_file=self._mesh_path)
+
+
+class _FaultRule(Rule):
+    """A runtime fault: undoing it removes the fault and brings back the one with the same
+    target that it replaced, if any (see Mesh._undo_fault)."""
+
+    def __init__(self, mesh: Mesh, description: str, fault: Fault, replaced: list[Fault]) -> None:
+        super().__init__(mesh, description, lambda: mesh._undo_fault(self))
+        self.fault = fault
+        self.replaced = replaced
 
 
 class _MeshFileRule(Rule):

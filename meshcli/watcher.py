@@ -9,7 +9,9 @@ applied (version, generation) or rejected (every error with file:line:column).
 
 The pid goes to `.mesh/watcher.pid`; before signalling it, `stop()` checks in
 /proc/PID/cmdline that the process is still this project's watcher, so a pid the
-system has since given to another process is never killed.
+system has since given to another process is never killed. A background watcher exits
+when the pid file names another process, so one whose pid file was lost (`.mesh/`
+deleted) does not outlive the next `meshcli up`.
 """
 
 from __future__ import annotations
@@ -149,9 +151,22 @@ def run(workspace: Workspace, foreground: bool = False) -> None:
                 if not workspace.compose_file.exists():  # the project directory is gone
                     emit({"event": "project-gone", "compose_file": str(workspace.compose_file)})
                     break
+                if not foreground and _superseded(workspace):
+                    emit({"event": "superseded", "pid_file": str(pid_path(workspace))})
+                    break
         finally:
             watcher.stop()
             emit({"event": "stopped", "pid": os.getpid()})
+
+
+def _superseded(workspace: Workspace) -> bool:
+    """Whether the pid file names another process: a later `start()` runs a new watcher (when
+    .mesh/ was deleted meanwhile, stop() could not find this one), so this one must go."""
+    try:
+        pid = int(pid_path(workspace).read_text().strip())
+    except (OSError, ValueError):
+        return False  # not written yet, or removed: nothing says another watcher runs
+    return pid != os.getpid()
 
 
 # --- managing the background process ---------------------------------------------------
@@ -172,7 +187,9 @@ def is_our_watcher(cmdline: list[str], workspace: Workspace) -> bool:
         compose_file = cmdline[cmdline.index("--compose-file") + 1]
     except (ValueError, IndexError):
         return False
-    return module == MODULE and Path(compose_file).parent / ws.STATE_DIR == workspace.state_dir
+    # Resolved: `up -f ../shop/compose.yaml` and `down` run inside shop/ spell the same directory
+    # differently, and a watcher that `down` does not recognise would run on for ever.
+    return module == MODULE and (Path(compose_file).parent / ws.STATE_DIR).resolve() == workspace.state_dir.resolve()
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -221,7 +238,10 @@ def stop(workspace: Workspace) -> int | None:
         while running_pid(workspace) == pid and time.monotonic() < deadline:
             time.sleep(0.05)
         if running_pid(workspace) == pid:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it exited after the last check
     pid_path(workspace).unlink(missing_ok=True)
     return pid
 

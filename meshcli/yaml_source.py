@@ -75,10 +75,25 @@ def load(path: Path, text: str | None = None) -> YamlDocument:
         problem = exc.problem or exc.context or "syntax error"
         line = mark.line + 1 if mark else None
         column = mark.column + 1 if mark else None
-        raise InvalidFileError([Diagnostic("MESH0001", f"invalid YAML: {problem}", path, line, column)]) from exc
+        raise InvalidFileError([Diagnostic("MESH0001", f"invalid YAML: {problem}{_syntax_help(exc)}",
+                                           path, line, column)]) from exc
     except YAMLError as exc:
         raise InvalidFileError([Diagnostic("MESH0001", f"invalid YAML: {exc}", path)]) from exc
     return YamlDocument(path, data)
+
+
+def _syntax_help(exc: MarkedYAMLError) -> str:
+    """Where the construct the parser was in began (an unclosed `{` is often lines above the
+    error), and the usual cause of the parser's jargon."""
+    problem, context, mark = exc.problem or "", exc.context, exc.context_mark
+    text = ""
+    if context and mark and exc.problem_mark and mark.line != exc.problem_mark.line:
+        text += f" ({context.replace('while parsing ', '')} that starts at line {mark.line + 1}, column {mark.column + 1})"
+    if r"'\t'" in problem:
+        text += "; indent with spaces, not tabs"
+    elif "<block end>" in problem:
+        text += "; check the indentation: the keys of one mapping start in the same column"
+    return text
 
 
 def to_plain(value: Any) -> Any:

@@ -65,20 +65,45 @@ def _off(value: str | None) -> bool:
     return value is not None and value.lower() == "off"
 
 
-def _edit(compose_file: Optional[Path], mesh_file: Optional[Path], project: Optional[str], service: str,
+def _check_off(value: str, with_options: bool, example: str) -> None:
+    """The optional `off` argument: that word, and then no settings beside it."""
+    if not _off(value):
+        raise InputError(f'unexpected argument "{value}"; the only word accepted here is `off`', hint=example)
+    if with_options:
+        raise InputError("`off` removes the setting: give it without other settings, or the settings without `off`",
+                         hint=example)
+
+
+def _choices(values: list[str], option: str, choices: tuple[str, ...]) -> list[str]:
+    """Each of `values` (stripped, blanks dropped) must be one of `choices`."""
+    from meshcli.diagnostics import did_you_mean
+
+    chosen = [v.strip() for v in values if v.strip()]
+    for value in chosen:
+        if value not in choices:
+            raise InputError(f'{option}: "{value}" is not one of: {", ".join(choices)}'
+                             f"{did_you_mean(value, choices)}")
+    if not chosen:
+        raise InputError(f"{option}: give at least one of: {', '.join(choices)}")
+    return chosen
+
+
+def _edit(compose_file: Optional[Path], mesh_file: Optional[Path], project: Optional[str], service: str | None,
           what: str, transform: Callable[[str, Path], str], dry_run: bool, as_json: bool, no_wait: bool,
           timeout: float) -> None:
-    """Run `transform(text, path)` through control_plane.edit() and report like every command here."""
+    """Run `transform(text, path)` through control_plane.edit() and report like every command here.
+    `service` None: the change is not about one service (`meshcli apply`)."""
     from meshcli import control_plane, workspace
 
     located = common.locate(compose_file, mesh_file, project)
     path = located.mesh_file or located.compose_file.parent / workspace.MESH_FILE
+    subject = service or path.name
     if dry_run:
-        result = control_plane.edit(located, lambda text: transform(text, path), dry_run=True)
+        result = control_plane.edit(located, lambda text: transform(text, path), dry_run=True, service=service)
     else:
-        with output.progress(f"{service}: {what}") as progress:
+        with output.progress(f"{subject}: {what}") as progress:
             result = control_plane.edit(located, lambda text: transform(text, path), wait=not no_wait,
-                                        timeout=timeout, progress=progress)
+                                        timeout=timeout, progress=progress, service=service)
     workloads = len(result.synced) if result.synced is not None else None
     synced = sum(1 for s in result.synced if s.sync == "SYNCED") if result.synced is not None else None
     if as_json:
@@ -94,20 +119,20 @@ def _edit(compose_file: Optional[Path], mesh_file: Optional[Path], project: Opti
     if dry_run:
         output.emit_text(result.diff)
         if not result.changed:
-            output.info(f"{service}: {what} - nothing would change")
+            output.info(f"{subject}: {what} - nothing would change")
         return
     generation = f"{'' if result.compiled.changed else 'already at '}generation {result.compiled.generation}"
     if result.synced is not None:
-        output.success(f"{service}: {what} - {generation} running on {synced}/{workloads} sidecars "
+        output.success(f"{subject}: {what} - {generation} running on {synced}/{workloads} sidecars "
                        f"({result.seconds:.1f} s)")
     elif no_wait:
-        output.success(f"{service}: {what} - {generation} applied (not waiting for the sidecars)")
+        output.success(f"{subject}: {what} - {generation} applied (not waiting for the sidecars)")
     else:
-        output.success(f"{service}: {what} - {generation} written (project not running)")
+        output.success(f"{subject}: {what} - {generation} written (project not running)")
 
 
 def register(app: typer.Typer) -> None:
-    from meshcli import mesh_edit
+    from meshcli import mesh_config, mesh_edit
 
     @app.command("split")
     def split(
@@ -135,9 +160,12 @@ def register(app: typer.Typer) -> None:
         project: Optional[str] = common.ProjectName, no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout,
         as_json: bool = common.Json,
     ) -> None:
-        """Validate mesh.yaml and push it (with the runtime faults) to every sidecar now, then wait
-        until each runs it. The watcher started by `meshcli up` does this on every save."""
-        _edit(compose_file, mesh_file, project, "mesh.yaml", "applied", lambda text, path: text,
+        """Validate mesh.yaml and push it (with the runtime faults) to every sidecar now.
+
+        Then waits until each sidecar runs it. The watcher started by `meshcli up` does this
+        on every save.
+        """
+        _edit(compose_file, mesh_file, project, None, "applied", lambda text, path: text,
               False, as_json, no_wait, timeout)
 
     route_app = typer.Typer(help="Timeouts, retries, circuit breaking, outlier detection, mirroring and "
@@ -181,8 +209,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Set (replace) the retry policy of calls to a service, or `off` to remove it."""
         if off is not None:
-            if not _off(off):
-                raise InputError(f'unexpected argument "{off}"', hint="pass --attempts N, or `off`")
+            settings = (attempts, per_try_timeout, retry_on, backoff)
+            _check_off(off, retry_non_idempotent or any(v is not None for v in settings),
+                       f"meshcli route retries {service} --attempts 3")
             what = "retries off"
             transform = lambda text, path: mesh_edit.remove(text, path, service, "retries", route)
         else:
@@ -192,7 +221,7 @@ def register(app: typer.Typer) -> None:
             if per_try_timeout is not None:
                 policy["perTryTimeout"] = _duration(per_try_timeout, "--per-try-timeout")
             if retry_on is not None:
-                policy["retryOn"] = [c.strip() for c in retry_on.split(",") if c.strip()]
+                policy["retryOn"] = _choices(retry_on.split(","), "--retry-on", mesh_config.RETRY_ON)
             if backoff is not None:
                 policy["backoff"] = _duration(backoff, "--backoff")
             if retry_non_idempotent:
@@ -278,8 +307,11 @@ def register(app: typer.Typer) -> None:
         project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
         timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
-        """Send the requests that match to one version: adds the named route before the default
-        route, or replaces its match and destination."""
+        """Send the requests that match to one version (a named route).
+
+        Adds the route before the default route, or replaces the match and destination of the
+        route of that name.
+        """
         conditions = _match(header, header_prefix, header_present, path_prefix, path_exact, method)
         transform = lambda text, path: mesh_edit.set_match_route(text, path, service, name, conditions, to)
         _edit(compose_file, mesh_file, project, service, f"route {name} -> {to}", transform, dry_run, as_json,
@@ -304,8 +336,10 @@ def register(app: typer.Typer) -> None:
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName, as_json: bool = common.Json,
     ) -> None:
-        """Show the rules callers' sidecars apply to a service, in order, as compiled from mesh.yaml
-        (plus runtime faults)."""
+        """Show the rules callers' sidecars apply to a service, in order.
+
+        As compiled from mesh.yaml, plus the runtime faults of `meshcli fault`.
+        """
         from meshcli import control_plane
 
         rules = control_plane.effective_rules(common.locate(compose_file, mesh_file, project), service)
@@ -320,9 +354,7 @@ def _policy(service: str, off: str | None, policy: dict, key: str, command: str,
     from meshcli import mesh_edit
 
     if off is not None:
-        if not _off(off) or policy:
-            raise InputError(f'give either options or `off`, got "{off}"',
-                             hint=f"meshcli route {command} {service} {example}")
+        _check_off(off, bool(policy), f"meshcli route {command} {service} {example}")
         what = f"{command} off"
         transform = lambda text, path: mesh_edit.remove(text, path, service, key)
     else:
@@ -336,6 +368,8 @@ def _policy(service: str, off: str | None, policy: dict, key: str, command: str,
 def _match(header: list[str], header_prefix: list[str], header_present: list[str], path_prefix: str | None,
            path_exact: str | None, methods: list[str]) -> dict:
     """One mesh-file match entry from the command's options."""
+    from meshcli import mesh_config
+
     headers: dict[str, dict] = {}
     for name, value in _pairs(header, "--header", "--header x-canary=true"):
         headers[name.lower()] = {"exact": value}
@@ -351,7 +385,8 @@ def _match(header: list[str], header_prefix: list[str], header_present: list[str
     if path_prefix is not None or path_exact is not None:
         match["path"] = {"prefix": path_prefix} if path_prefix is not None else {"exact": path_exact}
     if methods:
-        match["method"] = methods[0].upper() if len(methods) == 1 else [m.upper() for m in methods]
+        chosen = _choices([m.upper() for m in methods], "--method", mesh_config.HTTP_METHODS)
+        match["method"] = chosen[0] if len(chosen) == 1 else chosen
     if not match:
         raise InputError("a route needs at least one condition",
                          hint="--header NAME=VALUE, --header-prefix, --header-present, --path-prefix, --path, --method")

@@ -17,8 +17,10 @@ def register(app: typer.Typer) -> None:
         mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName,
     ) -> None:
-        """Apply mesh.yaml (and runtime faults) to the sidecars on every change, printing one JSON
-        line per change, until Ctrl-C."""
+        """Apply mesh.yaml (and runtime faults) to the sidecars on every change, until Ctrl-C.
+
+        Prints one JSON line per change.
+        """
         from meshcli import watcher
 
         located = common.locate(compose_file, mesh_file, project)

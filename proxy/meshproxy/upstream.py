@@ -38,6 +38,11 @@ class Reset(UpstreamError):
     kind = "reset"
 
 
+class Unsendable(ValueError):
+    """h11 refuses to write this request (e.g. a raw non-ASCII target, which mitmproxy
+    accepts); nothing was sent, so the caller can leave it to mitmproxy's own forwarding."""
+
+
 @dataclass
 class Response:
     status: int
@@ -79,10 +84,10 @@ class Connection:
     def close(self) -> None:
         self.writer.close()
 
-    async def exchange(self, method: str, target: str, headers: list, body: bytes) -> Response:
+    async def exchange(self, head: h11.Request, body: bytes) -> Response:
         conn = self.h11
         self.answered = False
-        data = conn.send(h11.Request(method=method, target=target, headers=headers))
+        data = conn.send(head)
         if body:
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
@@ -133,6 +138,10 @@ class Pool:
 
     async def request(self, host: str, port: int, method: str, target: str, headers: list, body: bytes,
                       max_requests_per_connection: int | None = None) -> Response:
+        try:  # before taking a connection: a request h11 cannot write must not cost one
+            head = h11.Request(method=method, target=target, headers=headers)
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            raise Unsendable(f"cannot send {method} {target!r}: {exc}") from None
         key = (host, port)
         idle = self._idle[key]
         while idle:
@@ -141,7 +150,7 @@ class Pool:
                 conn.close()
                 continue
             try:
-                return await self._exchange(key, conn, method, target, headers, body, max_requests_per_connection)
+                return await self._exchange(key, conn, head, body, max_requests_per_connection)
             except Reset:
                 # The server closed the kept-alive connection as we reused it (it had
                 # timed out its side) and did not answer: try once on a new connection.
@@ -149,7 +158,7 @@ class Pool:
                     raise
                 break
         conn = await self._connect(host, port)
-        return await self._exchange(key, conn, method, target, headers, body, max_requests_per_connection)
+        return await self._exchange(key, conn, head, body, max_requests_per_connection)
 
     async def _connect(self, host: str, port: int) -> Connection:
         try:
@@ -159,9 +168,9 @@ class Pool:
         self.opened += 1
         return Connection(reader, writer)
 
-    async def _exchange(self, key, conn: Connection, method, target, headers, body, max_requests) -> Response:
+    async def _exchange(self, key, conn: Connection, head: h11.Request, body: bytes, max_requests) -> Response:
         try:
-            response = await conn.exchange(method, target, headers, body)
+            response = await conn.exchange(head, body)
         except BaseException:  # a reset, or cancelled by a timeout: the connection is in an unknown state
             conn.close()
             raise

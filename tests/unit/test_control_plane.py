@@ -11,7 +11,7 @@ import pytest
 
 from meshcli import control_plane, docker_engine, mesh_edit, sidecar_config, status, workspace as ws
 from meshcli.cli.main import main
-from meshcli.errors import InvalidFileError, MeshError
+from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,6 +186,18 @@ def test_split_says_when_the_project_is_not_running(demo, capsys):
     (["route", "retries", "payment"], "--attempts is required"),
     (["route", "circuit-breaker", "payment"], "give at least one option"),
     (["route", "match", "payment", "canary", "--to", "v2"], "a route needs at least one condition"),
+    # A typo'd service is named as such, not added to mesh.yaml and then reported at a line that is not there.
+    (["split", "paymnt", "v1=100"], 'unknown service "paymnt" (did you mean "payment"?)'),
+    (["route", "delete", "paymnt", "canary"], 'unknown service "paymnt"'),
+    (["route", "timeout", "paymnt", "1s"], 'unknown service "paymnt"'),
+    # `off` and settings together, or another word in its place, are refused for every command alike.
+    (["route", "retries", "payment", "off", "--attempts", "3"], "`off` removes the setting"),
+    (["route", "circuit-breaker", "payment", "off", "--max-connections", "1"], "`off` removes the setting"),
+    (["route", "outlier-detection", "payment", "foo"], 'unexpected argument "foo"'),
+    # Choices are checked before editing, with a did-you-mean.
+    (["route", "retries", "payment", "--attempts", "2", "--retry-on", "5xx,connect-failur"],
+     '--retry-on: "connect-failur" is not one of'),
+    (["route", "match", "payment", "c", "--to", "v2", "--method", "GTE"], '--method: "GTE" is not one of'),
 ])
 def test_bad_input_exits_2_and_changes_nothing(demo, capsys, argv, message):
     before = (demo / "mesh.yaml").read_text()
@@ -220,3 +232,19 @@ def test_route_commands_edit_the_file(demo, capsys):
                  ["route", "outlier-detection", "payment", "off"], ["route", "mirror", "payment", "off"]):
         assert main(argv) == 0, argv
     assert (demo / "mesh.yaml").read_text() == (REPO / "compose" / "mesh.yaml").read_text()
+
+
+def test_apply_reports_no_service_in_json(demo, capsys):
+    assert main(["apply", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["service"] is None and data["change"] == "applied"
+
+
+def test_edit_refuses_an_unknown_service_before_transforming(project):
+    def transform(text):
+        raise AssertionError("not called")
+
+    with pytest.raises(InputError, match='unknown service "paymnt"'):
+        control_plane.edit(project, transform, dry_run=True, service="paymnt")
+    result = control_plane.edit(project, lambda text: text, dry_run=True, service="orders")  # compose-only: fine
+    assert not result.changed

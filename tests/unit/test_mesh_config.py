@@ -587,3 +587,19 @@ def test_every_problem_of_one_block_is_reported(files):
                               "    retries: {perTryTimeout: 5, retryOn: [x], backoff: soon, retryNonIdempotent: 1}\n")
     assert [located(d) for d in diags] == [
         ("MESH0103", 4, 5), ("MESH0102", 4, 43), ("MESH0105", 4, 15), ("MESH0105", 4, 47), ("MESH0102", 4, 62)]
+
+
+@pytest.mark.parametrize("text, location, says", [
+    ("apiVersion: meshcli/v1\nservices:\n  payment:\n    split: {v1: 90, v2: 10\n    timeout: 2s\n",
+     ":5:12:", "(a flow mapping that starts at line 4, column 12)"),
+    ("apiVersion: meshcli/v1\nservices:\n\tpayment: {}\n", ":3:1:", "indent with spaces, not tabs"),
+    ("apiVersion: meshcli/v1\nservices:\n  payment:\n    timeout: 1s\n   retries: {attempts: 2}\n",
+     ":5:4:", "check the indentation"),
+])
+def test_yaml_syntax_errors_say_where_the_construct_began_and_the_usual_cause(text, location, says):
+    from meshcli.errors import InvalidFileError
+
+    with pytest.raises(InvalidFileError) as raised:
+        yaml_source.load(Path("mesh.yaml"), text)
+    [diagnostic] = raised.value.diagnostics
+    assert diagnostic.location.endswith(location[:-1]) and says in diagnostic.message

@@ -258,3 +258,48 @@ def test_quoting_of_untouched_values_is_kept():
     after = mesh_edit.set_timeout(text, PATH, "payment", "300ms")
 
     assert changes(text, after) == ([], ["    timeout: 300ms"])
+
+
+ROUTES = textwrap.dedent('''\
+    apiVersion: meshcli/v1
+    services:
+      payment:
+        # deadline of every call
+        timeout: 2s
+        routes:
+          # testers go to v2
+          - name: testers
+            match:
+              - headers: {x-canary: {exact: "true"}}
+            to: v2   # always
+
+          # the rest
+          - name: rest
+            timeout: 3s
+        # breaker
+        circuitBreaker:
+          maxConnections: 100   # lots
+    ''')
+
+
+def test_removing_a_setting_takes_the_comment_right_above_it_along():
+    after = mesh_edit.remove(ROUTES, PATH, "payment", "timeout")
+    assert changes(ROUTES, after) == (["    # deadline of every call", "    timeout: 2s"], [])
+
+    after = mesh_edit.remove(ROUTES, PATH, "payment", "circuitBreaker")
+    assert changes(ROUTES, after) == (["    # breaker", "    circuitBreaker:", "      maxConnections: 100   # lots"],
+                                      [])
+
+
+@pytest.mark.parametrize("name, gone", [
+    ("testers", ["      # testers go to v2", "      - name: testers", "        match:",
+                 '          - headers: {x-canary: {exact: "true"}}', "        to: v2   # always"]),
+    ("rest", ["      # the rest", "      - name: rest", "        timeout: 3s"]),
+])
+def test_deleting_a_route_takes_its_comment_along_and_keeps_the_others(name, gone):
+    after = mesh_edit.delete_route(ROUTES, PATH, "payment", name)
+
+    removed, added = changes(ROUTES, after)
+    assert (removed, added) == (gone, [])
+    assert [r["name"] for r in plain(after)["services"]["payment"]["routes"]] == [
+        n for n in ("testers", "rest") if n != name]

@@ -370,3 +370,75 @@ def test_lifecycle_up_without_wait_does_not_wait(shop, compose_calls, monkeypatc
     monkeypatch.setattr(status, "collect", lambda loaded: [])
     lifecycle.up(locate(shop / "compose.yaml"), lambda message: None, wait=False)
     assert "--wait" not in compose_calls[0] and "--wait-timeout" not in compose_calls[0]
+
+
+# -- review fixes: nesting, undo order, failures while applying --------------------------
+
+
+def active_faults(mesh) -> list[tuple[str, str]]:
+    return [(f.id, f.describe()) for f in fault_layer.active(mesh.workspace)]
+
+
+def test_a_tcp_fault_takes_a_size_in_bytes(mesh, shop, engine):
+    with mesh.fault("payment", tcp="limit-data", size=100):
+        tcp = sidecar_json(shop)["faults"][0]["tcp"]
+    assert (tcp["kind"], tcp["bytes"]) == ("limit-data", 100)
+
+
+def test_a_nested_fault_on_the_same_target_gives_the_outer_one_back(mesh, shop, engine):
+    with mesh.fault("payment", delay="1s") as outer:
+        before = active_faults(mesh)
+        with mesh.fault("payment", abort=503):
+            assert [d for _, d in active_faults(mesh)] == ["abort 503 on 100% of requests"]
+        assert active_faults(mesh) == before  # same id: `outer` can still remove it
+        assert sidecar_json(shop)["faults"][0]["http"]["delay"]["ms"] == 1000
+        assert engine.synced[-1] == sidecar_json(shop)["version"]
+    assert active_faults(mesh) == [] and not outer.active
+
+
+def test_undoing_a_replaced_fault_first_keeps_the_newer_one_and_forgets_the_older(mesh, shop, engine):
+    outer = mesh.fault("payment", delay="1s")
+    inner = mesh.fault("payment", abort=503)
+    synced = len(engine.synced)
+    outer.undo()
+    assert [d for _, d in active_faults(mesh)] == ["abort 503 on 100% of requests"]
+    assert len(engine.synced) == synced  # nothing changed
+    inner.undo()
+    assert active_faults(mesh) == []  # the delay does not come back: it was undone
+
+
+def test_a_fault_the_sidecars_never_run_is_removed_before_the_error(mesh, shop, engine, monkeypatch):
+    def never(loaded, version, timeout=30.0, progress=None):
+        if fault_layer.active(loaded.workspace):
+            raise MeshError("1 of 4 sidecars do not run config")
+        engine.synced.append(version)
+        return []
+
+    monkeypatch.setattr(control_plane, "wait_synced", never)
+    with pytest.raises(MeshError, match="do not run config"):
+        with mesh.fault("payment", abort=503):
+            pass
+    assert active_faults(mesh) == [] and sidecar_json(shop)["faults"] == []
+    assert mesh._rules == []
+
+
+def test_a_mesh_edit_the_sidecars_never_run_is_undone_before_the_error(mesh, shop, engine, monkeypatch):
+    def never(loaded, version, timeout=30.0, progress=None):
+        if "split" in (shop / "mesh.yaml").read_text():
+            raise MeshError("1 of 4 sidecars do not run config")
+        return []
+
+    monkeypatch.setattr(control_plane, "wait_synced", never)
+    with pytest.raises(MeshError, match="do not run config"):
+        mesh.split("payment", v2=100)
+    assert (shop / "mesh.yaml").read_text() == MESH
+    assert mesh._rules == []
+
+
+def test_scope_undoes_its_rules_even_after_an_older_rule_was_undone_inside(mesh, shop, engine):
+    older = mesh.fault("frontend", delay="1ms")
+    with mesh.scope():
+        split = mesh.split("payment", v2=100)
+        older.undo()
+    assert not split.active
+    assert (shop / "mesh.yaml").read_text() == MESH

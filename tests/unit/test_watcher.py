@@ -137,3 +137,30 @@ def test_background_watcher_starts_applies_and_stops(project):
     assert not watcher.is_our_watcher(watcher._cmdline(pid), project)
     lines = [json.loads(line) for line in watcher.log_path(project).read_text().splitlines() if line.startswith("{")]
     assert [e["event"] for e in lines].count("stopped") == 2
+
+
+def test_the_pid_check_accepts_another_spelling_of_the_project_directory(project):
+    """`up -f ../shop/compose.yaml` from elsewhere, then `down` inside shop/: the same watcher."""
+    detour = project.compose_file.parent / "sub" / ".." / "compose.yaml"
+    own = [sys.executable, "-m", "meshcli.watcher", "--compose-file", str(detour)]
+    assert watcher.is_our_watcher(own, project)
+
+
+def test_a_background_watcher_exits_when_the_pid_file_names_another_process(project):
+    process = subprocess.Popen([sys.executable, "-m", "meshcli.watcher", "--compose-file", str(project.compose_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        project.state_dir.mkdir(exist_ok=True)
+        watcher.pid_path(project).write_text(f"{process.pid}\n")
+        assert wait_for(lambda: '"started"' in (watcher.log_path(project).read_text()
+                                                if watcher.log_path(project).exists() else ""), timeout=15)
+        assert process.poll() is None  # its own pid: it stays
+
+        watcher.pid_path(project).write_text("1\n")  # what a later `start()` does after .mesh/ was lost
+
+        assert process.wait(timeout=5) == 0
+        assert '"superseded"' in watcher.log_path(project).read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

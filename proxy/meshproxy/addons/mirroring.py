@@ -57,7 +57,7 @@ class Mirroring:
         try:
             async with asyncio.timeout(MIRROR_TIMEOUT):
                 await self.pool.request(host, port, method, target, headers, body)
-        except (upstream.UpstreamError, TimeoutError) as exc:
+        except (upstream.UpstreamError, upstream.Unsendable, TimeoutError) as exc:
             logger.debug("mirror copy to %s:%s failed: %s", host, port, exc or "timeout")
 
     def done(self) -> None:

@@ -7,17 +7,19 @@ response yet and was not killed (the Faults addon may have answered or reset it)
 flow.response, so mitmproxy does not forward it. Everything else keeps mitmproxy's
 own forwarding, without these policies: inbound flows (the app behind this sidecar
 is local), HTTP/2 flows (gRPC streams), streamed bodies (not buffered, so they cannot
-be sent twice), WebSocket upgrades and hosts outside the mesh.
+be sent twice), WebSocket upgrades, hosts outside the mesh, and requests h11 cannot
+write as they came (a raw non-ASCII path).
 
 - Timeout: the route's timeout covers the whole exchange, retries and waits included,
   from when Routing saw the request (so an injected delay counts); then 504, flag UT.
-- Retries: route.retries.attempts more tries, each with its own per-try timeout, after
-  an exponential backoff with full jitter; each prefers a version not tried yet.
+- Retries: route.retries.attempts more tries, each with its own per-try timeout (from when
+  the circuit breaker lets it through), after an exponential backoff with full jitter;
+  each prefers a version not tried yet.
   Non-idempotent requests are retried only when allowed, or after a connect failure
   (nothing was sent). URX when the last allowed try failed too.
 - Circuit breaking, per service in this sidecar: max_connections requests in flight,
   max_pending_requests waiting for one of them, the rest get 503 at once (UO).
-- Outlier detection: every attempt's outcome goes to outlier.Outliers.
+- Outlier detection: the outcome of every attempt that reached a host goes to outlier.Outliers.
 """
 
 from __future__ import annotations
@@ -134,15 +136,17 @@ def local_reply(status: int, body: bytes, headers: dict[str, str] | None = None)
     return http.Response.make(status, body, {"content-type": "text/plain", **(headers or {})})
 
 
-def to_flow_response(answer: upstream.Response, method: str) -> http.Response:
+def to_flow_response(answer: upstream.Response, request: http.Request) -> http.Response:
     headers = answer.headers
-    if method != "HEAD" and answer.status not in BODYLESS_STATUSES:
+    if request.method != "HEAD" and answer.status not in BODYLESS_STATUSES:
         # The body is whole now: its length replaces any chunked framing.
         headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         headers.append((b"content-length", str(len(answer.body)).encode()))
     now = time.time()
-    return http.Response(answer.http_version, answer.status, answer.reason, tuple(headers), answer.body, None,
-                         now, now)
+    # In the app's HTTP version, as Envoy answers: an HTTP/1.0 server's version would make
+    # mitmproxy close the app's kept-alive connection (its Connection header is hop-by-hop, gone).
+    return http.Response(request.data.http_version, answer.status, answer.reason, tuple(headers), answer.body,
+                         None, now, now)
 
 
 class Resilience:
@@ -165,7 +169,10 @@ class Resilience:
                 or request.http_version not in ("HTTP/1.1", "HTTP/1.0") or request.stream
                 or request.raw_content is None or "upgrade" in request.headers):
             return
-        flow.response = await self._forward(flow)
+        try:
+            flow.response = await self._forward(flow)
+        except upstream.Unsendable:
+            pass  # e.g. a raw non-ASCII path: mitmproxy forwards it as it came, without these policies
 
     async def _forward(self, flow: http.HTTPFlow) -> http.Response:
         meta = flow.metadata
@@ -193,23 +200,25 @@ class Resilience:
                 return local_reply(504, TIMEOUT_BODY)
             tried.append(version)
             meta[META_ATTEMPTS] = retry + 1
-            try_deadline = deadline if per_try is None else min(deadline, routing.now() + per_try)
             answer, failure = await self._attempt(breaker, version.host, request.port, request.method,
-                                                  request.path, headers, body, per_connection, try_deadline)
+                                                  request.path, headers, body, per_connection, per_try, deadline)
             if failure == "overflow":
                 flags.append("UO")
                 return local_reply(503, OVERFLOW_BODY, {CIRCUIT_HEADER: "open"})
+            if failure == "pending-timeout":  # the deadline passed while waiting for a slot: no host was tried
+                flags.append("UT")
+                return local_reply(504, TIMEOUT_BODY)
             status = answer.status if answer is not None else 0
             health.record(version.host, status or OUTLIER_STATUS[failure])
             if failure == "timeout" and routing.now() >= deadline:
                 flags.append("UT")
                 return local_reply(504, TIMEOUT_BODY)
             if not is_retriable(retries, failure, status, idempotent):
-                return self._final(answer, failure, flags, request.method)
+                return self._final(answer, failure, flags, request)
             if retry >= allowed_retries:
                 if allowed_retries:
                     flags.append("URX")
-                return self._final(answer, failure, flags, request.method)
+                return self._final(answer, failure, flags, request)
             pause = backoff(retries.backoff, retry)
             if routing.now() + pause >= deadline:
                 await asyncio.sleep(max(0.0, deadline - routing.now()))
@@ -220,27 +229,33 @@ class Resilience:
             version = routing.pick_again(flow, tried)
 
     async def _attempt(self, breaker: CircuitBreaker, host: str, port: int, method: str, target: str,
-                       headers: list, body: bytes, per_connection: int | None,
+                       headers: list, body: bytes, per_connection: int | None, per_try: float | None,
                        deadline: float) -> tuple[upstream.Response | None, str | None]:
-        """One try: (the answer, None) or (None, what failed)."""
+        """One try: (the answer, None) or (None, what failed). As in Envoy, the per-try
+        timeout starts once the circuit breaker let the try through: time spent waiting
+        for a slot is the sidecar's queue, not the host's slowness (outlier detection)."""
         try:
             async with asyncio.timeout_at(None if deadline == math.inf else deadline):
                 if not await breaker.acquire():
                     return None, "overflow"
-                try:
-                    return await self.pool.request(host, port, method, target, headers, body, per_connection), None
-                finally:
-                    breaker.release()
+        except TimeoutError:
+            return None, "pending-timeout"
+        try_deadline = deadline if per_try is None else min(deadline, routing.now() + per_try)
+        try:
+            async with asyncio.timeout_at(None if try_deadline == math.inf else try_deadline):
+                return await self.pool.request(host, port, method, target, headers, body, per_connection), None
         except upstream.UpstreamError as exc:
             return None, exc.kind
         except TimeoutError:
             return None, "timeout"
+        finally:
+            breaker.release()
 
     @staticmethod
     def _final(answer: upstream.Response | None, failure: str | None, flags: list[str],
-               method: str) -> http.Response:
+               request: http.Request) -> http.Response:
         if answer is not None:
-            return to_flow_response(answer, method)
+            return to_flow_response(answer, request)
         if failure == "timeout":
             flags.append("UT")
             return local_reply(504, TIMEOUT_BODY)

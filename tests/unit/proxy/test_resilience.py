@@ -10,6 +10,7 @@ import time
 
 import pytest
 from mitmproxy import http
+from mitmproxy.net.http import http1
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -260,6 +261,42 @@ def test_circuit_breaker_overflow_is_refused_at_once():
     run(scenario)
 
 
+def test_waiting_for_a_circuit_breaker_slot_is_not_the_hosts_per_try_time():
+    # As in Envoy, the per-try timeout starts when the try gets a slot, and a wait in
+    # this sidecar's own queue is never held against the host by outlier detection.
+    async def scenario():
+        async with Backend(lambda n, r: Reply(delay=0.1)) as v1:
+            sidecar = Sidecar({"retries": {"attempts": 0, "perTryTimeoutMs": 150}},
+                              circuitBreaker={"maxConnections": 1, "maxPendingRequests": 5},
+                              outlierDetection={"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 1})
+            flows = await asyncio.gather(sidecar.call(v1.port), sidecar.call(v1.port))
+            slow = await asyncio.gather(*(sidecar.call(v1.port) for _ in range(2)))
+
+        assert [f.response.status_code for f in flows + slow] == [200, 200, 200, 200]
+        assert sidecar.outliers.services["payment"].ejected_hosts() == frozenset()
+
+    run(scenario)
+
+
+def test_the_deadline_passing_while_waiting_for_a_slot_is_504_ut_without_blaming_the_host():
+    async def scenario():
+        async with Backend(lambda n, r: Reply(delay=0.3)) as v1:
+            # requests with x-short get a 100 ms timeout; the others (the default route) none
+            sidecar = Sidecar({"match": [{"headers": [{"name": "x-short", "kind": "present"}]}], "timeoutMs": 100},
+                              circuitBreaker={"maxConnections": 1},
+                              outlierDetection={"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 1})
+            holder = asyncio.create_task(sidecar.call(v1.port))
+            await asyncio.sleep(0.05)
+            waiting = await sidecar.call(v1.port, headers=((b"x-short", b"1"),))
+            await holder
+
+        assert (waiting.response.status_code, waiting.metadata[routing.META_FLAGS]) == (504, ["UT"])
+        assert len(v1.requests) == 1
+        assert sidecar.outliers.services["payment"].ejected_hosts() == frozenset()
+
+    run(scenario)
+
+
 def test_circuit_breaker_slot_handover_and_cancelled_waiters():
     async def scenario():
         breaker = CircuitBreaker()
@@ -352,6 +389,45 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
             assert META_ATTEMPTS not in flow.metadata
         await sidecar.resilience.request(answered)
         assert answered.response.status_code == 200
+
+    run(scenario)
+
+
+def test_a_request_h11_cannot_write_is_left_to_mitmproxy():
+    async def scenario():
+        async with Backend() as v1:
+            sidecar = Sidecar({})
+            flow = await sidecar.call(v1.port, path="/caf\u00e9?q=1")  # a raw UTF-8 path, as curl sends it
+
+        assert flow.response is None  # no addon error: mitmproxy forwards it to the chosen version
+        assert flow.request.host == V1_HOST
+        assert v1.requests == [] and sidecar.resilience.pool.opened == 0
+
+    run(scenario)
+
+
+def test_an_http10_servers_answer_is_given_in_the_apps_version_with_every_header():
+    # An HTTP/1.0 answer without a length is read until the server closes. Relayed as
+    # HTTP/1.0 without its (hop-by-hop) Connection header, mitmproxy would close the
+    # app's kept-alive connection after it.
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                     b"Set-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(serve, V1_HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        flow = await Sidecar({}).call(port, path="/pay?a=1&a=2")
+        server.close()
+
+        response = flow.response
+        assert (response.status_code, response.http_version, response.raw_content) == (200, "HTTP/1.1", b"all of it")
+        assert response.headers.fields == ((b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"content-length", b"9"))
+        assert not http1.connection_close(flow.request.http_version, flow.request.headers)
+        assert not http1.connection_close(response.http_version, response.headers)
 
     run(scenario)
 

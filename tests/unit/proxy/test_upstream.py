@@ -75,6 +75,21 @@ def test_a_reused_connection_that_drops_the_request_is_retried_on_a_new_one():
     run(scenario)
 
 
+def test_a_request_h11_cannot_write_costs_no_connection():
+    async def scenario():
+        pool = upstream.Pool()
+        async with Backend() as server:
+            await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
+            with pytest.raises(upstream.Unsendable):  # mitmproxy accepts a raw UTF-8 path, h11 does not
+                await pool.request("127.0.0.1", server.port, "GET", "/caf\u00e9", headers(server.port), b"")
+            answer = await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
+        pool.close()
+        assert answer.status == 200
+        assert (server.connections, pool.opened, len(server.requests)) == (1, 1, 2)
+
+    run(scenario)
+
+
 def test_connect_failure_and_reset_are_told_apart():
     async def scenario():
         pool = upstream.Pool()
