@@ -47,3 +47,8 @@ def parse_rate(value: object) -> int:
         raise ValueError(f"{_shown(value)} is not a byte rate; {RATE_EXPECTED}")
     unit = match.group(2)
     return int(float(value[: -len(unit) - 2]) * RATE_UNITS[unit])
+
+
+def format_ms(ms: int | float) -> str:
+    """250 -> '250 ms', 2000 -> '2 s', 1500 -> '1.5 s': for people, not for parse_ms()."""
+    return f"{_whole(ms)} ms" if ms < 1000 else f"{ms / 1000:g} s"

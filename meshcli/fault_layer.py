@@ -85,26 +85,21 @@ class Fault:
         parts = []
         delay, abort = (self.http.delay, self.http.abort) if self.http else (None, None)
         if delay:
-            parts.append(f"delay {format_ms(delay.ms)} on {_percent(delay.percent)} of requests")
+            parts.append(f"delay {durations.format_ms(delay.ms)} on {_percent(delay.percent)} of requests")
         if abort:
             what = "reset" if abort.reset else f"abort {abort.status}"
             parts.append(f"{what} on {_percent(abort.percent)} of requests")
         if self.tcp:
             t = self.tcp
             detail = {
-                "latency": f" {format_ms(t.latency_ms)}" + (f" ± {format_ms(t.jitter_ms)}" if t.jitter_ms else ""),
+                "latency": f" {durations.format_ms(t.latency_ms)}" + (f" ± {durations.format_ms(t.jitter_ms)}" if t.jitter_ms else ""),
                 "bandwidth": f" {t.rate} bytes/s",
                 "limit-data": f" after {t.bytes} bytes",
-                "slicer": f" into {t.bytes}-byte slices" + (f" {format_ms(t.latency_ms)} apart" if t.latency_ms else ""),
+                "slicer": f" into {t.bytes}-byte slices" + (f" {durations.format_ms(t.latency_ms)} apart" if t.latency_ms else ""),
             }.get(t.kind, "")
             parts.append(f"tcp {t.kind}{detail} on {_percent(t.percent)} of connections")
         text = ", ".join(parts)
         return text + (f" (calls from {self.source})" if self.source else "")
-
-
-def format_ms(ms: int | float) -> str:
-    """250 -> '250 ms', 2000 -> '2 s', 1500 -> '1.5 s'."""
-    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:g} s"
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -51,7 +51,8 @@ def _progress(message: str) -> None:
 
 @dataclass(frozen=True)
 class ServiceStats:
-    """Requests a service's own sidecars received (the inbound, server side of each hop).
+    """Requests a service's own sidecars received (the inbound, server side of each hop),
+    and how long they took there (the app's time plus its sidecar's).
 
     Counters are totals since the sidecars started; subtract an earlier snapshot to get
     what happened in between: `mesh.stats("payment") - before`.
@@ -61,6 +62,9 @@ class ServiceStats:
     by_status: dict[int, int] = field(default_factory=dict)  # status code -> requests; 0: no answer
     by_version: dict[str, int] = field(default_factory=dict)  # version -> requests
     by_version_status: dict[tuple[str, int], int] = field(default_factory=dict)
+    # version -> {bucket upper bound in ms: requests that took at most that long} (Istio's buckets)
+    latency_buckets: dict[str, dict[float, int]] = field(default_factory=dict)
+    latency_sum_ms: dict[str, float] = field(default_factory=dict)  # version -> total milliseconds
 
     @property
     def requests(self) -> int:
@@ -84,20 +88,66 @@ class ServiceStats:
         """The fraction of requests this version served (0.0 without requests)."""
         return self.by_version.get(version, 0) / self.requests if self.requests else 0.0
 
+    def latency_ms(self, quantile: float = 0.5, *, version: str | None = None) -> float | None:
+        """The latency under which `quantile` of the requests finished (0.5: median, 0.99...),
+        estimated from the histogram buckets as Prometheus' histogram_quantile() does;
+        None without requests."""
+        if not 0 <= quantile <= 1:
+            raise ValueError(f"quantile must be from 0 to 1, got {quantile}")
+        buckets = self._buckets(version)
+        total = buckets[-1][1] if buckets else 0
+        if not total:
+            return None
+        rank = quantile * total
+        lower_bound, lower_count = 0.0, 0
+        for bound, count in buckets:
+            if count >= rank:
+                if bound == float("inf"):
+                    return lower_bound  # beyond the last bucket: its bound is all we know
+                inside = count - lower_count
+                return lower_bound + (bound - lower_bound) * ((rank - lower_count) / inside if inside else 1.0)
+            lower_bound, lower_count = bound, count
+        return lower_bound
+
+    def mean_latency_ms(self, *, version: str | None = None) -> float | None:
+        versions = [version] if version is not None else list(self.latency_sum_ms)
+        total = sum(self.latency_sum_ms.get(v, 0.0) for v in versions)
+        count = sum(self.latency_buckets.get(v, {}).get(float("inf"), 0) for v in versions)
+        return total / count if count else None
+
+    def _buckets(self, version: str | None) -> list[tuple[float, int]]:
+        merged: Counter = Counter()
+        for v, buckets in self.latency_buckets.items():
+            if version is None or v == version:
+                merged.update(buckets)
+        return sorted(merged.items())
+
     def __sub__(self, earlier: ServiceStats) -> ServiceStats:
         """What happened since `earlier`."""
         if earlier.service != self.service:
             raise ValueError(f"cannot subtract stats of {earlier.service} from stats of {self.service}")
-        return _stats_from(self.service, Counter(self.by_version_status) - Counter(earlier.by_version_status))
+        # Empty buckets stay: they are the lower bounds of the next ones.
+        buckets = {v: {bound: n - earlier.latency_buckets.get(v, {}).get(bound, 0) for bound, n in b.items()}
+                   for v, b in self.latency_buckets.items()}
+        sums = {v: ms - earlier.latency_sum_ms.get(v, 0.0) for v, ms in self.latency_sum_ms.items()}
+        return _stats_from(self.service, Counter(self.by_version_status) - Counter(earlier.by_version_status),
+                           buckets, sums)
 
 
-def _stats_from(service: str, by_version_status: Counter) -> ServiceStats:
+def _stats_from(service: str, by_version_status: Counter, latency_buckets: dict | None = None,
+                latency_sum_ms: dict | None = None) -> ServiceStats:
     by_status: Counter = Counter()
     by_version: Counter = Counter()
     for (version, code), n in by_version_status.items():
         by_status[code] += n
         by_version[version] += n
-    return ServiceStats(service, dict(by_status), dict(by_version), dict(by_version_status))
+    return ServiceStats(service, dict(by_status), dict(by_version), dict(by_version_status),
+                        latency_buckets or {}, latency_sum_ms or {})
+
+
+def _version_of(row: dict, workload_version: str) -> str:
+    reported = row.get("destination_version")
+    return reported if reported not in (None, "", "unknown") else workload_version
 
 
 # -- applied rules ------------------------------------------------------------------------
@@ -244,22 +294,27 @@ class Mesh:
         return urls[0]
 
     def stats(self, service: str) -> ServiceStats:
-        """Requests the service's sidecars received (their /stats), by status code and version."""
+        """Requests the service's sidecars received (their /stats), by status code and version,
+        with their latency histogram."""
         loaded = self.loaded
         counts: Counter = Counter()
+        buckets: dict[str, Counter] = {}
+        sums: Counter = Counter()
         for workload in self.workloads(service):
             version = loaded.mesh.workloads[workload].version
             stats = status_core.sidecar_stats(loaded, workload)
             if stats is None:
                 raise MeshError(f"the sidecar of {workload} does not answer", hint="see `meshcli status`")
             for row in stats.get("requests", []):
-                if row.get("reporter") != "destination":
-                    continue
-                row_version = row.get("destination_version")
-                key = (row_version if row_version not in (None, "", "unknown") else version,
-                       int(row.get("response_code", 0)))
-                counts[key] += int(row.get("count", 0))
-        return _stats_from(service, counts)
+                if row.get("reporter") == "destination":
+                    counts[(_version_of(row, version), int(row.get("response_code", 0)))] += int(row.get("count", 0))
+            for row in stats.get("durations", []):
+                if row.get("reporter") == "destination":
+                    row_version = _version_of(row, version)
+                    buckets.setdefault(row_version, Counter()).update(
+                        {float(bound): int(n) for bound, n in row.get("buckets", [])})
+                    sums[row_version] += float(row.get("sum_ms", 0.0))
+        return _stats_from(service, counts, {v: dict(b) for v, b in buckets.items()}, dict(sums))
 
     # -- rules ----------------------------------------------------------------------------
     def fault(self, service: str, *, abort: int | str | None = None, delay: str | None = None,

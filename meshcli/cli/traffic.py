@@ -303,6 +303,9 @@ def register(app: typer.Typer) -> None:
         path_prefix: Optional[str] = typer.Option(None, "--path-prefix", help="The path starts with this: /api."),
         path_exact: Optional[str] = typer.Option(None, "--path", help="The path is exactly this."),
         method: list[str] = typer.Option([], "--method", help="GET, POST... (repeatable: any of them)."),
+        query: list[str] = typer.Option([], "--query", help="NAME=VALUE: the query parameter equals VALUE "
+                                                            "(repeatable)."),
+        source: Optional[str] = typer.Option(None, "--source", help="Only calls made by this service."),
         compose_file: Optional[Path] = common.ComposeFile, mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName, dry_run: bool = DryRun, no_wait: bool = common.NoWait,
         timeout: float = common.SyncTimeout, as_json: bool = common.Json,
@@ -312,7 +315,7 @@ def register(app: typer.Typer) -> None:
         Adds the route before the default route, or replaces the match and destination of the
         route of that name.
         """
-        conditions = _match(header, header_prefix, header_present, path_prefix, path_exact, method)
+        conditions = _match(header, header_prefix, header_present, path_prefix, path_exact, method, query, source)
         transform = lambda text, path: mesh_edit.set_match_route(text, path, service, name, conditions, to)
         _edit(compose_file, mesh_file, project, service, f"route {name} -> {to}", transform, dry_run, as_json,
               no_wait, timeout)
@@ -366,7 +369,7 @@ def _policy(service: str, off: str | None, policy: dict, key: str, command: str,
 
 
 def _match(header: list[str], header_prefix: list[str], header_present: list[str], path_prefix: str | None,
-           path_exact: str | None, methods: list[str]) -> dict:
+           path_exact: str | None, methods: list[str], query: list[str] = (), source: str | None = None) -> dict:
     """One mesh-file match entry from the command's options."""
     from meshcli import mesh_config
 
@@ -387,13 +390,20 @@ def _match(header: list[str], header_prefix: list[str], header_present: list[str
     if methods:
         chosen = _choices([m.upper() for m in methods], "--method", mesh_config.HTTP_METHODS)
         match["method"] = chosen[0] if len(chosen) == 1 else chosen
+    if query:
+        match["query"] = {name: {"exact": value} for name, value in _pairs(query, "--query", "--query debug=1")}
+    if source is not None:
+        match["source"] = source  # checked against the mesh's services when the edit is validated
     if not match:
         raise InputError("a route needs at least one condition",
-                         hint="--header NAME=VALUE, --header-prefix, --header-present, --path-prefix, --path, --method")
+                         hint="--header NAME=VALUE, --header-prefix, --header-present, --path-prefix, --path, "
+                              "--method, --query NAME=VALUE, --source SERVICE")
     return match
 
 
 def _print_rules(service: str, rules: dict) -> None:
+    from meshcli import durations
+
     output.out.print(f"service {service}: versions {', '.join(v['name'] for v in rules['versions'])}"
                      f" ({rules.get('loadBalancer', 'round-robin')})", markup=False)
     for route in rules["routes"]:
@@ -403,24 +413,32 @@ def _print_rules(service: str, rules: dict) -> None:
         parts = [("split " + " ".join(f"{w['version']}={w['weight']}" for w in split)) if split
                  else "balance across all versions"]
         if route.get("timeoutMs") is not None:
-            parts.append(f"timeout {route['timeoutMs']}ms")
+            parts.append(f"timeout {durations.format_ms(route['timeoutMs'])}")
         if route.get("retries"):
             r = route["retries"]
-            parts.append(f"retries {r['attempts']}" + (f" per try {r['perTryTimeoutMs']}ms"
+            parts.append(f"retries {r['attempts']}" + (f" per try {durations.format_ms(r['perTryTimeoutMs'])}"
                                                        if r.get("perTryTimeoutMs") else "")
                          + f" on {','.join(r.get('retryOn') or [])}")
         if route.get("mirror"):
             parts.append(f"mirror {route['mirror']['percent']:g}% to {route['mirror']['version']}")
         if route.get("fault"):
-            parts.append(f"fault {route['fault']}")
+            parts.append("fault: " + _fault_text(service, {"http": route["fault"]}))
         output.out.print("    " + "; ".join(parts), markup=False)
-    for key, label in (("circuitBreaker", "circuit breaker"), ("outlierDetection", "outlier detection"),
-                       ("tcpFault", "TCP fault")):
+    if rules.get("tcpFault"):
+        output.out.print("  TCP fault: " + _fault_text(service, {"tcp": rules["tcpFault"]}), markup=False)
+    for key, label in (("circuitBreaker", "circuit breaker"), ("outlierDetection", "outlier detection")):
         if rules.get(key):
             settings = " ".join(f"{k}={v}" for k, v in rules[key].items() if v is not None)
             output.out.print(f"  {label}: {settings}", markup=False)
     for fault in rules.get("faults", []):
-        output.out.print(f"  runtime fault {fault['id']}: {fault}", markup=False)
+        output.out.print(f"  runtime fault {fault['id']}: {_fault_text(service, fault)}", markup=False)
+
+
+def _fault_text(service: str, compiled: dict) -> str:
+    """'abort 503 on 10% of requests' for a fault as sidecar.json holds it."""
+    from meshcli.fault_layer import Fault
+
+    return Fault.from_json({"id": "", "service": service, **compiled}).describe()
 
 
 def _describe_match(match: dict) -> str:

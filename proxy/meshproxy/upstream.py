@@ -70,6 +70,13 @@ def request_headers(fields, authority: str, body: bytes, method: str) -> list[tu
     return headers
 
 
+def carries(request) -> bool:
+    """Whether this client can send a mitmproxy request: HTTP/1.x, its body buffered (not
+    streamed), not a protocol upgrade (WebSocket). The rest stays with mitmproxy."""
+    return (request.http_version in ("HTTP/1.1", "HTTP/1.0") and not request.stream
+            and request.raw_content is not None and "upgrade" not in request.headers)
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -172,8 +173,22 @@ def test_status_json_reports_every_workload(demo):
     assert workloads["frontend"]["urls"] == [demo.url]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may be slow to reap an orphan)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.last
 def test_down_leaves_nothing_behind_even_with_a_broken_mesh_file(demo):
+    watcher_pid = int((demo.directory / "compose" / ".mesh" / "watcher.pid").read_text())
+    assert running(watcher_pid)  # `up` started the hot-reload watcher
     (demo.directory / "compose" / "mesh.yaml").write_text("services: [unclosed\n")
     demo.cli("down", "-p", demo.project)
     assert demo.project_resources() == {"containers": [], "networks": [], "volumes": []}
+    deadline = time.monotonic() + 5
+    while running(watcher_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(watcher_pid), "the watcher outlived `down`"

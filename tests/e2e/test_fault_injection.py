@@ -101,3 +101,19 @@ def test_cli_faults_survive_a_mesh_file_edit_and_clear_removes_them(mesh_rules, 
     demo.cli("fault", "clear", "payment", "-p", demo.project)
     assert Counter(status for status, _ in send(demo, 20)) == {200: 20}
     assert json.loads(demo.cli("fault", "list", "-p", demo.project, "--json").stdout)["faults"] == []
+
+
+def test_stats_report_requests_and_latency_seen_by_the_sidecars(mesh_rules, demo):
+    before = mesh_rules.stats("payment")
+    try:
+        demo.behave("payment-v2", delay_ms=300)
+        with mesh_rules.split("payment", v2=100):
+            answers = send(demo, 20)
+    finally:
+        demo.behave("payment-v2")
+    seen = mesh_rules.stats("payment") - before
+
+    assert Counter(status for status, _ in answers) == {200: 20}
+    assert seen.requests == 20 and seen.count(version="v2", status=200) == 20
+    assert seen.mean_latency_ms(version="v2") >= 300
+    assert 250 <= seen.latency_ms(0.5) <= 500  # the histogram bucket that holds 300 ms

@@ -234,6 +234,23 @@ def test_route_commands_edit_the_file(demo, capsys):
     assert (demo / "mesh.yaml").read_text() == (REPO / "compose" / "mesh.yaml").read_text()
 
 
+def test_route_match_on_query_and_source_and_show_in_words(demo, capsys):
+    assert main(["route", "match", "payment", "debug", "--query", "debug=1", "--source", "orders", "--to", "v2"]) == 0
+    assert main(["route", "timeout", "payment", "1500ms"]) == 0
+    assert main(["fault", "payment", "--abort", "503", "--percent", "10"]) == 0
+    capsys.readouterr()
+
+    assert main(["route", "show", "payment", "--json"]) == 0
+    [debug, _] = json.loads(capsys.readouterr().out)["routes"]
+    assert debug["match"] == [{"query": [{"name": "debug", "kind": "exact", "value": "1"}], "source": "orders"}]
+    assert main(["route", "show", "payment"]) == 0
+    shown = capsys.readouterr().out
+    assert "timeout 1.5 s" in shown and "runtime fault f-" in shown and "abort 503 on 10% of requests" in shown
+
+    assert main(["route", "match", "payment", "x", "--source", "ordrs", "--to", "v2"]) == 2
+    assert 'did you mean "orders"' in " ".join(capsys.readouterr().err.split())
+
+
 def test_apply_reports_no_service_in_json(demo, capsys):
     assert main(["apply", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -442,3 +442,35 @@ def test_scope_undoes_its_rules_even_after_an_older_rule_was_undone_inside(mesh,
         older.undo()
     assert not split.active
     assert (shop / "mesh.yaml").read_text() == MESH
+
+
+def test_latency_quantiles_from_the_sidecars_histograms():
+    inf = float("inf")
+    # 10 requests on v1: 6 under 10 ms, 4 between 250 and 500 ms; 2 on v2 under 5 ms.
+    stats = ServiceStats("payment", {200: 12}, {"v1": 10, "v2": 2}, {("v1", 200): 10, ("v2", 200): 2},
+                         {"v1": {5.0: 0, 10.0: 6, 250.0: 6, 500.0: 10, inf: 10}, "v2": {5.0: 2, 10.0: 2, 250.0: 2,
+                                                                                     500.0: 2, inf: 2}},
+                         {"v1": 1500.0, "v2": 4.0})
+
+    assert stats.latency_ms(0.5, version="v1") == pytest.approx(5 + 5 * 5 / 6)
+    assert stats.latency_ms(0.9, version="v1") == pytest.approx(250 + 250 * 3 / 4)
+    assert stats.latency_ms(1.0, version="v2") == pytest.approx(5.0)
+    assert stats.mean_latency_ms(version="v1") == pytest.approx(150.0)
+    assert stats.mean_latency_ms() == pytest.approx(1504 / 12)
+    assert ServiceStats("payment").latency_ms(0.5) is None
+    with pytest.raises(ValueError):
+        stats.latency_ms(1.5)
+
+
+def test_latency_since_an_earlier_snapshot():
+    inf = float("inf")
+    before = ServiceStats("payment", {200: 1}, {"v1": 1}, {("v1", 200): 1}, {"v1": {10.0: 1, 1000.0: 1, inf: 1}},
+                          {"v1": 5.0})
+    after = ServiceStats("payment", {200: 3}, {"v1": 3}, {("v1", 200): 3}, {"v1": {10.0: 1, 1000.0: 3, inf: 3}},
+                         {"v1": 1605.0})
+
+    seen = after - before
+
+    assert seen.requests == 2
+    assert seen.mean_latency_ms() == pytest.approx(800.0)
+    assert seen.latency_ms(0.5) == pytest.approx(10 + 990 * 0.5)

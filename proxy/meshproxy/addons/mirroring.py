@@ -4,7 +4,8 @@ When the route has a mirror and a random draw falls under its percent, a copy of
 buffered request goes to the mirror version in its own asyncio task, with a short
 timeout; its answer is discarded and nothing about it reaches the caller or delays
 it. As in Istio the copy's Host gets the suffix `-shadow`, so the mirror can tell.
-Streamed bodies are not mirrored (they are not buffered).
+Only what upstream.Pool can send is mirrored: no HTTP/2 (gRPC) request, streamed body
+or WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Mirroring:
             return
         mirror = route.mirror
         request = flow.request
-        if request.raw_content is None or random.random() * 100 >= mirror.percent:
+        if not upstream.carries(request) or random.random() * 100 >= mirror.percent:
             return
         version = flow.metadata[routing.META_SERVICE_CONFIG].version(mirror.version)
         headers = upstream.request_headers(request.headers.fields, shadow_authority(request.host_header),

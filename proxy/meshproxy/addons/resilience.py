@@ -166,8 +166,7 @@ class Resilience:
     async def request(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         if (flow.response is not None or flow.error is not None or routing.META_ROUTE not in flow.metadata
-                or request.http_version not in ("HTTP/1.1", "HTTP/1.0") or request.stream
-                or request.raw_content is None or "upgrade" in request.headers):
+                or not upstream.carries(request)):
             return
         try:
             flow.response = await self._forward(flow)

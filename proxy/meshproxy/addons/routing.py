@@ -107,7 +107,10 @@ class Routing:
         # Built once per config version, never per request; swapped in one assignment.
         self._table = (config, build_pickers(config, self.outliers))
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # At the headers, not the whole request: a streamed body (over stream_large_bodies)
+        # goes upstream as it arrives, so its destination must be chosen before. This is
+        # also when the route's timeout starts.
         meta = flow.metadata
         meta[META_FLAGS] = []
         if direction_of(flow) == "inbound":

@@ -178,12 +178,23 @@ class Telemetry:
     # -- views for the admin endpoints ---------------------------------------------------
     def stats(self) -> dict:
         """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
-        result: dict = {"requests": [], "tcp": [], "routes": [], "mirrored": []}
+        result: dict = {"requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": []}
         routes: dict[tuple, dict] = {}
+        durations: dict[tuple, dict] = {}
         for metric in self.registry.collect():
             for sample in metric.samples:
                 if sample.name == "istio_requests_total":
                     result["requests"].append({**sample.labels, "count": int(sample.value)})
+                elif sample.name.startswith("istio_request_duration_milliseconds_"):
+                    # One row per label set: cumulative bucket counts (Prometheus' `le`), sum and count.
+                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                    row = durations.setdefault(tuple(labels.values()), {**labels, "buckets": []})
+                    kind = sample.name.rsplit("_", 1)[1]
+                    if kind == "bucket":
+                        row["buckets"].append([float(sample.labels["le"]), int(sample.value)])
+                    elif kind in ("sum", "count"):
+                        row["sum_ms" if kind == "sum" else "count"] = round(sample.value, 3) if kind == "sum" \
+                            else int(sample.value)
                 elif sample.name.startswith("istio_tcp_") and sample.name.endswith("_total"):
                     result["tcp"].append({**sample.labels, "metric": sample.name, "value": int(sample.value)})
                 elif sample.name in ("meshcli_route_requests_total", "meshcli_upstream_attempts_total"):
@@ -193,6 +204,7 @@ class Telemetry:
                         int(sample.value)
                 elif sample.name == "meshcli_mirrored_requests_total":
                     result["mirrored"].append({**sample.labels, "count": int(sample.value)})
+        result["durations"] = list(durations.values())
         result["routes"] = [{**entry, "retries": max(0, entry["attempts"] - entry["requests"])}
                             for _, entry in sorted(routes.items())]
         result["outliers"] = self.outliers.stats() if self.outliers is not None else {}

@@ -76,7 +76,7 @@ def test_the_expected_hooks_are_there():
     expected = {
         "ConfigWatcher": {"load", "running", "done"},
         "ProtocolDetection": {"next_layer", "server_connect"},
-        "Routing": {"request", "response", "error"},
+        "Routing": {"requestheaders", "response", "error"},
         "Faults": {"running", "done", "client_disconnected", "request", "tcp_start", "tcp_message"},
         "Mirroring": {"request", "done"},
         "Resilience": {"request", "done"},

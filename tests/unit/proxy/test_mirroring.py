@@ -36,7 +36,7 @@ class Sidecar:
         flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=port, method=b"POST", content=b"order",
                                            headers=http.Headers(((b"Host", b"payment:%d" % port),))))
         flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-        self.routing.request(flow)
+        self.routing.requestheaders(flow)
         self.mirroring.request(flow)
         await self.resilience.request(flow)
         self.telemetry.response(flow)
@@ -90,6 +90,22 @@ def test_percent_zero_sends_no_copy_and_a_dead_mirror_harms_nothing():
         assert not sidecar.mirroring._copies  # the failed copy is gone
 
     run(scenario)
+
+
+def test_http2_and_websocket_requests_are_not_mirrored():
+    # The copy would go out as HTTP/1.1 (or as a plain GET) and fail at the mirror.
+    sidecar = Sidecar(100)
+    for changes in ({"http_version": "HTTP/2.0"}, {"headers": ((b"Host", b"payment:80"), (b"Upgrade", b"websocket"),
+                                                               (b"Connection", b"Upgrade"))}):
+        request = tutils.treq(host="10.0.0.9", port=80, headers=http.Headers(((b"Host", b"payment:80"),)))
+        for name, value in changes.items():
+            setattr(request, name, http.Headers(value) if name == "headers" else value)
+        flow = tflow.tflow(req=request)
+        flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+        sidecar.routing.requestheaders(flow)
+        sidecar.mirroring.request(flow)
+        assert META_MIRRORED not in flow.metadata, changes
+    assert not sidecar.mirroring._copies
 
 
 def test_shadow_authority():

@@ -43,7 +43,7 @@ class Sidecar:
                                            content=content,
                                            headers=http.Headers(((b"Host", b"payment:%d" % port),) + headers)))
         flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-        self.routing.request(flow)
+        self.routing.requestheaders(flow)
         await self.resilience.request(flow)
         return flow
 
@@ -231,7 +231,7 @@ def test_time_spent_before_forwarding_counts_against_the_deadline():
             flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=v1.port, content=b"",
                                                headers=http.Headers(((b"Host", b"payment:%d" % v1.port),))))
             flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-            sidecar.routing.request(flow)
+            sidecar.routing.requestheaders(flow)
             await asyncio.sleep(0.06)
             await sidecar.resilience.request(flow)
 
@@ -361,7 +361,7 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
             flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=port,
                                                headers=http.Headers(((b"Host", b"payment:9"),))))
             flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-            sidecar.routing.request(flow)
+            sidecar.routing.requestheaders(flow)
             for name, value in changes.items():
                 setattr(flow.request, name, value)
             return flow
@@ -369,7 +369,7 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
         outside = flow_for()
         outside.request.headers["Host"] = "example.com"
         outside.metadata.clear()
-        sidecar.routing.request(outside)
+        sidecar.routing.requestheaders(outside)
         http2 = flow_for(http_version="HTTP/2.0")
         streamed = flow_for(stream=True)
         websocket = flow_for()
@@ -381,7 +381,7 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
         inbound = flow_for()
         inbound.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.INBOUND_PORT}")
         inbound.metadata.clear()
-        sidecar.routing.request(inbound)
+        sidecar.routing.requestheaders(inbound)
 
         for flow in (outside, http2, streamed, websocket, killed, inbound):
             await sidecar.resilience.request(flow)

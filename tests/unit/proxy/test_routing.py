@@ -68,10 +68,22 @@ def test_outbound_requests_alternate_between_versions():
     assert [f.metadata[routing.META_UPSTREAM] for f in flows] == [V1, V2, V1, V2]
 
 
+def test_the_version_is_chosen_from_the_headers_before_a_streamed_body():
+    # Over stream_large_bodies mitmproxy sends the body upstream as it arrives, right after
+    # the requestheaders hook: the destination must be chosen by then.
+    flow = flow_to(headers=((b"Content-Length", b"5000000"),))
+    flow.request.data.content = None  # the body has not been read
+    flow.request.stream = True
+
+    Routing(make_state()).requestheaders(flow)
+
+    assert flow.request.host == V1.host and flow.metadata[routing.META_VERSION] == "v1"
+
+
 def test_outbound_metadata_and_source_header():
     flow = flow_to()
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.metadata[routing.META_DIRECTION] == "outbound"
     assert flow.metadata[routing.META_SERVICE] == "payment"
@@ -82,7 +94,7 @@ def test_outbound_metadata_and_source_header():
 def test_a_source_header_from_the_app_is_replaced():
     flow = flow_to(headers=((routing.SOURCE_HEADER.encode(), b"spoofed"),))
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.headers.get_all(routing.SOURCE_HEADER) == ["web-v1"]
 
@@ -90,7 +102,7 @@ def test_a_source_header_from_the_app_is_replaced():
 def test_host_without_port_is_routed():
     flow = flow_to("payment")
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.host == "payment-v1"
     assert flow.request.headers["Host"] == "payment"
@@ -99,7 +111,7 @@ def test_host_without_port_is_routed():
 def test_http2_authority_is_kept():
     flow = flow_to(None, http_version=b"HTTP/2.0", authority=b"payment:8080")
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.host == "payment-v1"
     assert flow.request.authority == "payment:8080"
@@ -111,7 +123,7 @@ def test_hosts_outside_the_mesh_are_left_alone(host_header):
     # payment-v2 is a workload's own name: calling it directly bypasses the split
     flow = flow_to(host_header)
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.host == "10.0.0.9"
     assert flow.request.headers["Host"] == host_header
@@ -123,7 +135,7 @@ def test_hosts_outside_the_mesh_are_left_alone(host_header):
 def test_request_without_host_is_left_alone():
     flow = flow_to(None)
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.host == "10.0.0.9"
     assert flow.metadata[routing.META_SERVICE] == "10.0.0.9"
@@ -132,7 +144,7 @@ def test_request_without_host_is_left_alone():
 def test_inbound_takes_the_source_and_does_not_reroute():
     flow = flow_to(port=routing.INBOUND_PORT, headers=((routing.SOURCE_HEADER.encode(), b"checkout-v1"),))
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.request.host == "10.0.0.9"
     assert flow.request.headers["Host"] == "payment:8080"
@@ -149,7 +161,7 @@ def test_inbound_takes_the_source_and_does_not_reroute():
 def test_inbound_without_source_header():
     flow = flow_to(port=routing.INBOUND_PORT)
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.metadata[routing.META_SOURCE] == "unknown"
 
@@ -163,7 +175,7 @@ def in_flight(addon: Routing) -> dict:
 def test_least_request_is_released_on_response_or_error(outcome):
     addon = Routing(make_state(load_balancer="least-request"))
     flow = flow_to()
-    addon.request(flow)
+    addon.requestheaders(flow)
     chosen = flow.metadata[routing.META_UPSTREAM]
     assert in_flight(addon)[chosen] == 1
 
@@ -194,9 +206,9 @@ def test_full_cycle_leaves_nothing_in_flight():
 
 def test_release_ignores_flows_that_were_not_routed():
     addon = Routing(make_state(load_balancer="least-request"))
-    addon.request(flow_to())
+    addon.requestheaders(flow_to())
     outside = flow_to("example.com")
-    addon.request(outside)
+    addon.requestheaders(outside)
     outside.response = tutils.tresp()
 
     addon.response(outside)
@@ -208,13 +220,13 @@ def test_new_config_rebuilds_balancers():
     state = make_state()
     addon = Routing(state)
     first = flow_to()
-    addon.request(first)
+    addon.requestheaders(first)
     assert first.request.host == "payment-v1"
 
     state.apply(mesh_config(versions=(V2,), version="def456"))
     flows = [flow_to() for _ in range(3)]
     for flow in flows:
-        addon.request(flow)
+        addon.requestheaders(flow)
 
     assert [f.request.host for f in flows] == ["payment-v2"] * 3
 
@@ -222,11 +234,11 @@ def test_new_config_rebuilds_balancers():
 def test_new_config_restarts_round_robin():
     state = make_state()
     addon = Routing(state)
-    addon.request(flow_to())  # v1: the next would be v2
+    addon.requestheaders(flow_to())  # v1: the next would be v2
 
     state.apply(mesh_config(version="def456"))
     flow = flow_to()
-    addon.request(flow)
+    addon.requestheaders(flow)
 
     assert flow.request.host == "payment-v1"
 
@@ -235,7 +247,7 @@ def test_before_any_config_nothing_is_routed():
     addon = Routing(MeshState(Identity("shop", "web-v1", "web", "v1")))
     flow = flow_to()
 
-    addon.request(flow)
+    addon.requestheaders(flow)
 
     assert flow.request.host == "10.0.0.9"
     assert flow.metadata[routing.META_SERVICE] == "payment"
@@ -271,7 +283,7 @@ def test_a_90_10_split_is_exact_over_1000_requests():
 
     for _ in range(1000):
         flow = flow_to()
-        addon.request(flow)
+        addon.requestheaders(flow)
         counts[flow.metadata[routing.META_VERSION]] += 1
 
     assert counts == {"v1": 900, "v2": 100}
@@ -283,7 +295,7 @@ def test_a_random_split_is_close():
     v2 = 0
     for _ in range(2000):
         flow = flow_to()
-        addon.request(flow)
+        addon.requestheaders(flow)
         v2 += flow.metadata[routing.META_VERSION] == "v2"
 
     assert 140 <= v2 <= 260
@@ -311,7 +323,7 @@ def test_the_first_matching_route_decides(request_kwargs, headers, route, versio
     addon = Routing(routed_state([CANARY, API_GET, REGEX, {"name": "default"}]))
     flow = flow_to(headers=headers, **request_kwargs)
 
-    addon.request(flow)
+    addon.requestheaders(flow)
 
     assert flow.metadata[routing.META_ROUTE].name == route
     assert flow.metadata[routing.META_VERSION] == version
@@ -322,7 +334,7 @@ def test_a_source_match_only_takes_that_callers_requests():
     state.identity = Identity("shop", "admin-v1", "admin", "v1")
     flow = flow_to(path=b"/api/items")
 
-    Routing(state).request(flow)
+    Routing(state).requestheaders(flow)
 
     assert flow.metadata[routing.META_ROUTE].name == "default"
 
@@ -332,7 +344,7 @@ def test_route_metadata_for_the_addons_that_follow():
     flow = flow_to(headers=((b"x-canary", b"true"),))
     before = routing.now()
 
-    Routing(state).request(flow)
+    Routing(state).requestheaders(flow)
 
     meta = flow.metadata
     assert meta[routing.META_SERVICE_CONFIG] is state.config.services["payment"]
@@ -346,7 +358,7 @@ def test_route_metadata_for_the_addons_that_follow():
 def test_no_route_timeout_means_no_deadline():
     flow = flow_to()
 
-    Routing(make_state()).request(flow)
+    Routing(make_state()).requestheaders(flow)
 
     assert flow.metadata[routing.META_DEADLINE] is None
 
@@ -367,7 +379,7 @@ def test_ejected_versions_are_skipped():
     flows = [flow_to() for _ in range(4)]
 
     for flow in flows:
-        addon.request(flow)
+        addon.requestheaders(flow)
 
     assert [f.metadata[routing.META_VERSION] for f in flows] == ["v2"] * 4
 
@@ -377,7 +389,7 @@ def test_panic_mode_when_every_candidate_is_ejected():
     eject(addon, V2)
     flow = flow_to()
 
-    addon.request(flow)
+    addon.requestheaders(flow)
 
     assert flow.metadata[routing.META_VERSION] == "v2"  # Envoy's panic: better than nothing
 
@@ -385,7 +397,7 @@ def test_panic_mode_when_every_candidate_is_ejected():
 def test_pick_again_prefers_untried_versions_and_releases_the_previous_one():
     addon = Routing(routed_state([{"name": "default"}], "least-request"))
     flow = flow_to()
-    addon.request(flow)
+    addon.requestheaders(flow)
     first = flow.metadata[routing.META_UPSTREAM]
 
     second = routing.pick_again(flow, [first])
@@ -405,7 +417,7 @@ def test_pickers_are_built_once_per_config():
     table = addon._table
 
     for _ in range(3):
-        addon.request(flow_to())
+        addon.requestheaders(flow_to())
 
     assert addon._table is table
     state.apply(mesh_config(version="def456"))

@@ -226,7 +226,7 @@ def test_stats_json():
 
     stats = json.loads(json.dumps(web.telemetry.stats()))
 
-    assert sorted(stats) == ["mirrored", "outliers", "requests", "routes", "tcp"]
+    assert sorted(stats) == ["durations", "mirrored", "outliers", "requests", "routes", "tcp"]
     assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
         ("payment-v1", 2), ("payment-v2", 1)]
     assert stats["requests"][0]["reporter"] == "source"
@@ -237,7 +237,24 @@ def test_stats_json():
 
 def test_stats_when_nothing_happened():
     assert Telemetry(MeshState(WEB), access_log=None).stats() == {
-        "requests": [], "tcp": [], "routes": [], "mirrored": [], "outliers": {}}
+        "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "outliers": {}}
+
+
+def test_stats_json_has_a_latency_histogram_per_label_set():
+    web = Sidecar(WEB)
+    web.run(http_flow())
+    web.run(http_flow())
+    web.run(http_flow())
+
+    rows = json.loads(json.dumps(web.telemetry.stats()))["durations"]
+
+    assert sorted((r["destination_workload"], r["count"]) for r in rows) == [("payment-v1", 2), ("payment-v2", 1)]
+    for row in rows:
+        bounds = [bound for bound, _ in row["buckets"]]
+        counts = [n for _, n in row["buckets"]]
+        assert bounds == sorted(bounds) and bounds[-1] == float("inf")
+        assert counts == sorted(counts) and counts[-1] == row["count"]  # cumulative, like Prometheus
+        assert row["sum_ms"] >= 0
 
 
 # -- TCP ---------------------------------------------------------------------------------
@@ -347,7 +364,7 @@ def test_metric_names_follow_istio():
 def test_retries_are_attempts_not_requests():
     web = Sidecar(WEB)
     flow = http_flow(resp=tutils.tresp(status_code=503))
-    web.routing.request(flow)
+    web.routing.requestheaders(flow)
     flow.metadata[META_ATTEMPTS] = 3
     flow.metadata[routing.META_FLAGS].append("URX")
     web.telemetry.response(flow)
@@ -364,7 +381,7 @@ def test_retries_are_attempts_not_requests():
 def test_a_fault_answered_locally_made_no_attempt():
     web = Sidecar(WEB)
     flow = http_flow(resp=tutils.tresp(status_code=503))
-    web.routing.request(flow)
+    web.routing.requestheaders(flow)
     flow.metadata[routing.META_FLAGS].append("FI")
     web.telemetry.response(flow)
 
