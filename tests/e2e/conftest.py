@@ -209,3 +209,19 @@ def mesh_compose_file(demo) -> Path:
 def mesh_project_name(demo) -> str:
     return demo.project
 
+
+
+MEASURED: dict[str, str] = {}
+
+
+@pytest.fixture
+def measured():
+    """Record a figure a test measured; every figure is printed at the end of the run."""
+    return MEASURED.__setitem__
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("figures measured by the end-to-end tests")
+        for name, value in MEASURED.items():
+            terminalreporter.write_line(f"{name}: {value}")

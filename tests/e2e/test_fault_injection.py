@@ -50,14 +50,15 @@ def test_abort_503_on_every_call_shows_the_failure_path(mesh_rules, demo):
     assert Counter(status for status, _ in send(demo, 20)) == {200: 20}  # undone on exit
 
 
-def test_abort_at_30_percent(mesh_rules, demo):
+def test_abort_at_30_percent(mesh_rules, demo, measured):
     with mesh_rules.fault("payment", abort=503, percent=30):
         answers = send(demo, 1000)
     failed = sum(1 for status, _ in answers if status != 200) / len(answers)
+    measured("abort 503 at 30 %: failed share of 1000 requests", f"{failed:.1%}")
     assert abs(failed - 0.30) <= 0.04, failed
 
 
-def test_delay_then_timeout_turns_it_into_504(mesh_rules, demo):
+def test_delay_then_timeout_turns_it_into_504(mesh_rules, demo, measured):
     with mesh_rules.fault("payment", delay="1s", percent=100):
         for _ in range(3):
             started = time.monotonic()
@@ -68,6 +69,7 @@ def test_delay_then_timeout_turns_it_into_504(mesh_rules, demo):
             started = time.monotonic()
             status, answer = get_with(demo.url, {})
             elapsed = time.monotonic() - started
+    measured("delay 1s + timeout 500ms: answer at the frontend after", f"{elapsed * 1000:.0f} ms")
     assert status == 502 and payment_of(answer)["status"] == 504, answer
     assert 0.5 <= elapsed < 1.0, elapsed
 

@@ -63,7 +63,7 @@ def mesh_yaml_split(v1: int, v2: int) -> str:
             f"    split: {{v1: {v1}, v2: {v2}}}\n")
 
 
-def test_split_90_10_then_promotion_to_v2(demo):
+def test_split_90_10_then_promotion_to_v2(demo, measured):
     result = demo.cli("split", "payment", "v1=90", "v2=10", "-p", demo.project)
     assert "generation" in result.stdout + result.stderr
 
@@ -71,6 +71,7 @@ def test_split_90_10_then_promotion_to_v2(demo):
     assert [status for status, _ in answers].count(200) == 1000
     versions = Counter(version_of(a) for _, a in answers)
     share = versions["v2"] / 1000
+    measured("split v1=90 v2=10, share of 1000 requests on v2", f"{share:.1%}")
     assert abs(share - 0.10) <= 0.03, versions
 
     demo.cli("split", "payment", "v2=100", "-p", demo.project)
@@ -94,7 +95,7 @@ def test_header_match_sends_only_canary_requests_to_v2(demo):
     assert Counter(version_of(a) for _, a in other_value) == {"v1": 50}
 
 
-def test_retries_lift_success_rate_over_a_half_failing_version(demo):
+def test_retries_lift_success_rate_over_a_half_failing_version(demo, measured):
     demo.behave("payment-v1", error_rate=0.5, error_status=503)
     without = send(demo, 200)
     failed_without = sum(1 for status, _ in without if status != 200)
@@ -103,31 +104,38 @@ def test_retries_lift_success_rate_over_a_half_failing_version(demo):
     demo.cli("route", "retries", "payment", "--attempts", "3", "-p", demo.project)
     answers = send(demo, 1000)
     success = sum(1 for status, _ in answers if status == 200) / len(answers)
+    measured("payment-v1 failing 50 %: frontend success without retries (200 requests)",
+             f"{1 - failed_without / 200:.1%}")
+    measured("... with retries attempts=3 (1000 requests)", f"{success:.1%}")
     assert success >= 0.99, f"success rate {success:.3f}; {failed_without}/200 failed without retries"
 
 
-def test_timeout_turns_a_slow_payment_into_504_quickly(demo):
+def test_timeout_turns_a_slow_payment_into_504_quickly(demo, measured):
     for workload in ("payment-v1", "payment-v2"):
         demo.behave(workload, delay_ms=2000)
     demo.cli("route", "timeout", "payment", "300ms", "-p", demo.project)
 
+    slowest = 0.0
     for _ in range(5):
         started = time.monotonic()
         status, answer = get_with(demo.url, {})
         elapsed = time.monotonic() - started
+        slowest = max(slowest, elapsed)
         assert elapsed < 0.9, f"took {elapsed:.2f}s"
         assert status == 502  # frontend reports its failed call chain...
         payment = payment_of(answer)
         assert payment["status"] == 504, answer  # ...which ends at the mesh's timeout
+    measured("timeout 300ms vs a 2 s payment: slowest of 5 answers at the frontend", f"{slowest * 1000:.0f} ms")
 
 
-def test_outlier_detection_ejects_the_failing_version(demo):
+def test_outlier_detection_ejects_the_failing_version(demo, measured):
     demo.behave("payment-v1", error_rate=1.0, error_status=503)
     demo.cli("route", "outlier-detection", "payment", "--consecutive-5xx", "3", "--base-ejection-time", "60s",
              "--max-ejection-percent", "50", "-p", demo.project)
 
     warmup = [get_with(demo.url, {}) for _ in range(20)]
     failures = sum(1 for status, _ in warmup if status != 200)
+    measured("outlier detection (3 consecutive 5xx): failed requests before v1 was ejected", str(failures))
     assert failures <= 3, f"{failures} failures before ejection"
     answers = send(demo, 200)
     assert Counter(version_of(a) for _, a in answers) == {"v2": 200}
@@ -153,7 +161,7 @@ def test_mirroring_copies_to_v2_while_callers_see_v1(demo):
     assert inbound_to_v2() - before == 100
 
 
-def test_reloads_under_load_fail_no_request(demo):
+def test_reloads_under_load_fail_no_request(demo, measured):
     results: list[int] = []
     stop = threading.Event()
 
@@ -174,6 +182,8 @@ def test_reloads_under_load_fail_no_request(demo):
     for worker in workers:
         worker.join(10)
 
+    measured("20 hand edits of mesh.yaml under load: requests / failed", f"{len(results)} / "
+             f"{sum(1 for r in results if r != 200)}")
     assert len(results) > 200
     assert Counter(results) == {200: len(results)}
     generations = {w["config_generation"] for w in status["workloads"]}
