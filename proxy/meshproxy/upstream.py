@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h11
 
@@ -50,6 +50,7 @@ class Response:
     headers: list[tuple[bytes, bytes]]  # hop-by-hop headers removed, Content-Length as received
     body: bytes
     http_version: bytes
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)  # HTTP/2 only (gRPC's status)
 
 
 def without_hop_by_hop(fields) -> list[tuple[bytes, bytes]]:
@@ -71,9 +72,11 @@ def request_headers(fields, authority: str, body: bytes, method: str) -> list[tu
 
 
 def carries(request) -> bool:
-    """Whether this client can send a mitmproxy request: HTTP/1.x, its body buffered (not
-    streamed), not a protocol upgrade (WebSocket). The rest stays with mitmproxy."""
-    return (request.http_version in ("HTTP/1.1", "HTTP/1.0") and not request.stream
+    """Whether the sidecar's own clients can send a mitmproxy request: HTTP/1.x (this module)
+    or HTTP/2 (upstream_h2), its body buffered (not streamed) and without trailers, not a
+    protocol upgrade (WebSocket). The rest stays with mitmproxy."""
+    return (request.http_version in ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0") and not request.stream
+            and not request.trailers
             and request.raw_content is not None and "upgrade" not in request.headers)
 
 

@@ -20,7 +20,7 @@ DEMO = Path(__file__).resolve().parents[2] / "compose"
 
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
-    shutil.copytree(DEMO, tmp_path / "demo")
+    shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns(".mesh"))  # a demo run leaves state
     monkeypatch.chdir(tmp_path / "demo")
     monkeypatch.setattr(status, "project_running", lambda project: False)
     return tmp_path / "demo"

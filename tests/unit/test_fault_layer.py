@@ -18,7 +18,7 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def loaded(tmp_path):
-    shutil.copytree(DEMO, tmp_path / "demo")
+    shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns(".mesh"))  # a demo run leaves state
     return workspace.load(workspace.locate(tmp_path / "demo" / "compose.yaml"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mitmproxy.addons import core, proxyserver
 
+from meshproxy import upstream, upstream_h2
 from meshproxy.addons.config_watcher import ConfigWatcher
 from meshproxy.addons.faults import Faults
 from meshproxy.addons.mirroring import Mirroring
@@ -13,13 +14,12 @@ from meshproxy.addons.routing import Routing
 from meshproxy.addons.telemetry import Telemetry
 from meshproxy.config import MeshState
 from meshproxy.outlier import Outliers
-from meshproxy.upstream import Pool
 
 
 def addons(state: MeshState) -> list:
     faults = Faults(state)
     outliers = Outliers(state)  # shared: Resilience records outcomes, Routing skips ejected versions
-    pool = Pool()  # upstream connections of Resilience and Mirroring
+    pool, h2_pool = upstream.Pool(), upstream_h2.Pool()  # upstream connections of Resilience and Mirroring
     return [
         core.Core(),  # mitmproxy's option and command plumbing
         proxyserver.Proxyserver(),  # mitmproxy's listeners and connection handling
@@ -27,7 +27,7 @@ def addons(state: MeshState) -> list:
         ProtocolDetection(faults.tcp_fault_for),  # HTTP/1, HTTP/2 (prior knowledge) or raw TCP passthrough
         Routing(state, outliers),  # client side: pick a route and a version of the destination service
         faults,  # client side: injected delays, aborts and TCP faults
-        Mirroring(pool),  # client side: fire-and-forget copies to a mirror version
-        Resilience(state, outliers, pool),  # client side: forwards with timeouts, retries, circuit breaking
+        Mirroring(pool, h2_pool),  # client side: fire-and-forget copies to a mirror version
+        Resilience(state, outliers, pool, h2_pool),  # client side: forwards with timeouts, retries, circuit breaking
         Telemetry(state, outliers=outliers),  # counters, Prometheus metrics, access log
     ]

@@ -4,8 +4,8 @@ When the route has a mirror and a random draw falls under its percent, a copy of
 buffered request goes to the mirror version in its own asyncio task, with a short
 timeout; its answer is discarded and nothing about it reaches the caller or delays
 it. As in Istio the copy's Host gets the suffix `-shadow`, so the mirror can tell.
-Only what upstream.Pool can send is mirrored: no HTTP/2 (gRPC) request, streamed body
-or WebSocket upgrade.
+Only what the sidecar's own clients can send is mirrored (upstream.carries): HTTP/1.x and
+HTTP/2 (gRPC) requests with buffered bodies; no streamed body or WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 
 from mitmproxy import http
 
-from meshproxy import upstream
+from meshproxy import upstream, upstream_h2
 from meshproxy.addons import routing
 
 logger = logging.getLogger("meshproxy.mirroring")
@@ -33,8 +33,9 @@ def shadow_authority(authority: str) -> str:
 
 
 class Mirroring:
-    def __init__(self, pool: upstream.Pool | None = None) -> None:
+    def __init__(self, pool: upstream.Pool | None = None, h2_pool: upstream_h2.Pool | None = None) -> None:
         self.pool = pool or upstream.Pool()
+        self.h2_pool = h2_pool or upstream_h2.Pool()
         self._copies: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -46,18 +47,20 @@ class Mirroring:
         if not upstream.carries(request) or random.random() * 100 >= mirror.percent:
             return
         version = flow.metadata[routing.META_SERVICE_CONFIG].version(mirror.version)
-        headers = upstream.request_headers(request.headers.fields, shadow_authority(request.host_header),
-                                           request.raw_content, request.method)
-        copy = asyncio.create_task(self._send(version.host, request.port, request.method, request.path,
+        client, pool = (upstream_h2, self.h2_pool) if request.is_http2 else (upstream, self.pool)
+        headers = client.request_headers(request.headers.fields, shadow_authority(request.host_header),
+                                         request.raw_content, request.method)
+        copy = asyncio.create_task(self._send(pool, version.host, request.port, request.method, request.path,
                                               headers, request.raw_content))
         self._copies.add(copy)
         copy.add_done_callback(self._copies.discard)
         flow.metadata[META_MIRRORED] = version.name
 
-    async def _send(self, host: str, port: int, method: str, target: str, headers: list, body: bytes) -> None:
+    async def _send(self, pool: upstream.Pool | upstream_h2.Pool, host: str, port: int, method: str, target: str,
+                    headers: list, body: bytes) -> None:
         try:
             async with asyncio.timeout(MIRROR_TIMEOUT):
-                await self.pool.request(host, port, method, target, headers, body)
+                await pool.request(host, port, method, target, headers, body)
         except (upstream.UpstreamError, upstream.Unsendable, TimeoutError) as exc:
             logger.debug("mirror copy to %s:%s failed: %s", host, port, exc or "timeout")
 

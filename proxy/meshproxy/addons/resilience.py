@@ -1,14 +1,14 @@
 """Resilience: the client side's forwarder, with Envoy's timeouts, retries, circuit
 breaking and outlier bookkeeping.
 
-For an outbound HTTP/1.x request to a mesh service whose body is buffered, that has no
-response yet and was not killed (the Faults addon may have answered or reset it), the
-`request` hook does the upstream exchange itself (upstream.Pool) and sets
-flow.response, so mitmproxy does not forward it. Everything else keeps mitmproxy's
-own forwarding, without these policies: inbound flows (the app behind this sidecar
-is local), HTTP/2 flows (gRPC streams), streamed bodies (not buffered, so they cannot
-be sent twice), WebSocket upgrades, hosts outside the mesh, and requests h11 cannot
-write as they came (a raw non-ASCII path).
+For an outbound HTTP/1.x or HTTP/2 request to a mesh service whose body is buffered, that
+has no response yet and was not killed (the Faults addon may have answered or reset it),
+the `request` hook does the upstream exchange itself (upstream.Pool, or upstream_h2.Pool
+in the app's HTTP/2, trailers included) and sets flow.response, so mitmproxy does not
+forward it. Everything else keeps mitmproxy's own forwarding, without these policies:
+inbound flows (the app behind this sidecar is local), streamed bodies (not buffered, so
+they cannot be sent twice) and requests with trailers, WebSocket upgrades, hosts outside
+the mesh, and requests h11 cannot write as they came (a raw non-ASCII path).
 
 - Timeout: the route's timeout covers the whole exchange, retries and waits included,
   from when Routing saw the request (so an injected delay counts); then 504, flag UT.
@@ -32,7 +32,7 @@ import time
 
 from mitmproxy import http
 
-from meshproxy import config, upstream
+from meshproxy import config, upstream, upstream_h2
 from meshproxy.addons import routing
 from meshproxy.config import MeshState, SidecarConfig
 from meshproxy.outlier import CONNECT_FAILURE, GATEWAY_ERRORS, RESET, TIMEOUT, Outliers
@@ -146,13 +146,15 @@ def to_flow_response(answer: upstream.Response, request: http.Request) -> http.R
     # In the app's HTTP version, as Envoy answers: an HTTP/1.0 server's version would make
     # mitmproxy close the app's kept-alive connection (its Connection header is hop-by-hop, gone).
     return http.Response(request.data.http_version, answer.status, answer.reason, tuple(headers), answer.body,
-                         None, now, now)
+                         http.Headers(answer.trailers) if answer.trailers else None, now, now)
 
 
 class Resilience:
-    def __init__(self, state: MeshState, outliers: Outliers | None = None, pool: upstream.Pool | None = None) -> None:
+    def __init__(self, state: MeshState, outliers: Outliers | None = None, pool: upstream.Pool | None = None,
+                 h2_pool: upstream_h2.Pool | None = None) -> None:
         self.outliers = outliers or Outliers(state)
         self.pool = pool or upstream.Pool()
+        self.h2_pool = h2_pool or upstream_h2.Pool()
         self.breakers: dict[str, CircuitBreaker] = {}
         state.subscribe(self._configure)
 
@@ -184,7 +186,8 @@ class Resilience:
         allowed_retries = retries.attempts if retries else 0
         idempotent = request.method.upper() in IDEMPOTENT
         body = request.raw_content
-        headers = upstream.request_headers(request.headers.fields, request.host_header, body, request.method)
+        client, pool = (upstream_h2, self.h2_pool) if request.is_http2 else (upstream, self.pool)
+        headers = client.request_headers(request.headers.fields, request.host_header, body, request.method)
         breaker = self.breakers.get(service.name) or CircuitBreaker()  # a reload removed the service meanwhile
         health = self.outliers.of(service)
         limits = service.circuit_breaker
@@ -199,7 +202,7 @@ class Resilience:
                 return local_reply(504, TIMEOUT_BODY)
             tried.append(version)
             meta[META_ATTEMPTS] = retry + 1
-            answer, failure = await self._attempt(breaker, version.host, request.port, request.method,
+            answer, failure = await self._attempt(breaker, pool, version.host, request.port, request.method,
                                                   request.path, headers, body, per_connection, per_try, deadline)
             if failure == "overflow":
                 flags.append("UO")
@@ -227,9 +230,9 @@ class Resilience:
             retry += 1
             version = routing.pick_again(flow, tried)
 
-    async def _attempt(self, breaker: CircuitBreaker, host: str, port: int, method: str, target: str,
-                       headers: list, body: bytes, per_connection: int | None, per_try: float | None,
-                       deadline: float) -> tuple[upstream.Response | None, str | None]:
+    async def _attempt(self, breaker: CircuitBreaker, pool: upstream.Pool | upstream_h2.Pool, host: str, port: int,
+                       method: str, target: str, headers: list, body: bytes, per_connection: int | None,
+                       per_try: float | None, deadline: float) -> tuple[upstream.Response | None, str | None]:
         """One try: (the answer, None) or (None, what failed). As in Envoy, the per-try
         timeout starts once the circuit breaker let the try through: time spent waiting
         for a slot is the sidecar's queue, not the host's slowness (outlier detection)."""
@@ -242,7 +245,7 @@ class Resilience:
         try_deadline = deadline if per_try is None else min(deadline, routing.now() + per_try)
         try:
             async with asyncio.timeout_at(None if try_deadline == math.inf else try_deadline):
-                return await self.pool.request(host, port, method, target, headers, body, per_connection), None
+                return await pool.request(host, port, method, target, headers, body, per_connection), None
         except upstream.UpstreamError as exc:
             return None, exc.kind
         except TimeoutError:
@@ -266,3 +269,4 @@ class Resilience:
 
     def done(self) -> None:
         self.pool.close()
+        self.h2_pool.close()

@@ -8,6 +8,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from h2_backends import H2Backend
 from http_backends import Backend, Reply, ok
 from meshproxy import config
 from meshproxy.addons import routing
@@ -92,19 +93,41 @@ def test_percent_zero_sends_no_copy_and_a_dead_mirror_harms_nothing():
     run(scenario)
 
 
-def test_http2_and_websocket_requests_are_not_mirrored():
-    # The copy would go out as HTTP/1.1 (or as a plain GET) and fail at the mirror.
+def test_an_http2_request_is_mirrored_over_http2():
+    async def scenario():
+        async with H2Backend() as v1, H2Backend(host=V2_HOST, port=v1.port) as v2:
+            sidecar = Sidecar(100)
+            flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=v1.port, method=b"POST", path=b"/grpc.Pay/Charge",
+                                               authority=b"payment:%d" % v1.port, http_version=b"HTTP/2.0",
+                                               content=b"order", headers=http.Headers()))
+            flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+            sidecar.routing.requestheaders(flow)
+            sidecar.mirroring.request(flow)
+            await sidecar.resilience.request(flow)
+            for _ in range(50):
+                if v2.requests:
+                    break
+                await asyncio.sleep(0.01)
+
+        assert (flow.response.status_code, flow.response.http_version) == (200, "HTTP/2.0")
+        [copy] = v2.requests
+        assert copy.header(":authority") == f"payment-shadow:{v1.port}"
+        assert (copy.header(":path"), copy.body) == ("/grpc.Pay/Charge", b"order")
+        assert flow.metadata[META_MIRRORED] == "v2"
+
+    run(scenario)
+
+
+def test_websocket_requests_are_not_mirrored():
+    # The copy would go out as a plain GET and fail at the mirror.
     sidecar = Sidecar(100)
-    for changes in ({"http_version": "HTTP/2.0"}, {"headers": ((b"Host", b"payment:80"), (b"Upgrade", b"websocket"),
-                                                               (b"Connection", b"Upgrade"))}):
-        request = tutils.treq(host="10.0.0.9", port=80, headers=http.Headers(((b"Host", b"payment:80"),)))
-        for name, value in changes.items():
-            setattr(request, name, http.Headers(value) if name == "headers" else value)
-        flow = tflow.tflow(req=request)
-        flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-        sidecar.routing.requestheaders(flow)
-        sidecar.mirroring.request(flow)
-        assert META_MIRRORED not in flow.metadata, changes
+    request = tutils.treq(host="10.0.0.9", port=80, headers=http.Headers(
+        ((b"Host", b"payment:80"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"))))
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+    sidecar.routing.requestheaders(flow)
+    sidecar.mirroring.request(flow)
+    assert META_MIRRORED not in flow.metadata
     assert not sidecar.mirroring._copies
 
 

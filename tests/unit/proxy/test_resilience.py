@@ -14,6 +14,8 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from h2_backends import H2Backend
+from h2_backends import Reply as H2Reply
 from http_backends import Backend, Reply, fail_first, ok
 from meshproxy import config
 from meshproxy.addons import routing
@@ -42,6 +44,18 @@ class Sidecar:
         flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=port, method=method.encode(), path=path.encode(),
                                            content=content,
                                            headers=http.Headers(((b"Host", b"payment:%d" % port),) + headers)))
+        flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+        self.routing.requestheaders(flow)
+        await self.resilience.request(flow)
+        return flow
+
+    async def call_h2(self, port: int, method: str = "POST", content: bytes = b"", path: str = "/grpc.Pay/Charge",
+                      headers: tuple = ((b"content-type", b"application/grpc"), (b"te", b"trailers"))
+                      ) -> http.HTTPFlow:
+        """A request as mitmproxy reads it from an app speaking HTTP/2 (prior knowledge)."""
+        flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=port, method=method.encode(), path=path.encode(),
+                                           authority=b"payment:%d" % port, http_version=b"HTTP/2.0",
+                                           content=content, headers=http.Headers(headers)))
         flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
         self.routing.requestheaders(flow)
         await self.resilience.request(flow)
@@ -352,6 +366,83 @@ def test_outlier_detection_moves_traffic_away_and_lets_it_back():
     run(scenario)
 
 
+GRPC_OK = H2Reply(body=b"\x00\x00\x00\x00\x02ok", headers=[("content-type", "application/grpc")],
+                  trailers=[("grpc-status", "0")])
+
+
+def test_an_http2_request_goes_out_over_http2_with_its_trailers_back():
+    async def scenario():
+        async with H2Backend(lambda n, r: GRPC_OK) as v1:
+            sidecar = Sidecar({})
+            flows = await asyncio.gather(*(sidecar.call_h2(v1.port, content=b"\x00\x00\x00\x00\x01x")
+                                           for _ in range(5)))
+
+        request = v1.requests[0]
+        assert request.headers[:4] == [(":method", "POST"), (":scheme", "http"), (":path", "/grpc.Pay/Charge"),
+                                       (":authority", f"payment:{v1.port}")]
+        assert ("te", "trailers") in request.headers
+        assert request.header("x-meshcli-source") == "web-v1"
+        assert request.body == b"\x00\x00\x00\x00\x01x"
+        assert v1.connections == 1  # the five calls shared one connection
+        response = flows[0].response
+        assert (response.status_code, response.http_version) == (200, "HTTP/2.0")
+        assert response.raw_content == b"\x00\x00\x00\x00\x02ok"
+        assert response.trailers.fields == ((b"grpc-status", b"0"),)
+        assert flows[0].metadata[routing.META_FLAGS] == []
+
+    run(scenario)
+
+
+def test_http2_retries_a_reset_stream_and_a_5xx():
+    async def scenario():
+        replies = {1: H2Reply(reset=True), 2: H2Reply(503)}
+        async with H2Backend(lambda n, r: replies.get(n, GRPC_OK)) as v1:
+            retry_on = {"attempts": 2, "retryOn": ["reset", "5xx"], "retryNonIdempotent": True, "backoffMs": 1}
+            flow = await Sidecar({"retries": retry_on}).call_h2(v1.port)
+
+        assert (flow.response.status_code, flow.metadata[META_ATTEMPTS]) == (200, 3)
+        assert flow.response.trailers["grpc-status"] == "0"
+        assert v1.connections == 1  # a reset stream does not cost the connection
+
+    run(scenario)
+
+
+def test_http2_timeout_is_504_and_cancels_only_that_stream():
+    async def scenario():
+        slow = lambda n, r: H2Reply(delay=2.0) if n == 1 else GRPC_OK  # noqa: E731
+        async with H2Backend(slow) as v1:
+            sidecar = Sidecar({"timeoutMs": 100})
+            started = time.monotonic()
+            timed_out = await sidecar.call_h2(v1.port)
+            elapsed = time.monotonic() - started
+            after = await sidecar.call_h2(v1.port)
+
+        assert (timed_out.response.status_code, timed_out.response.raw_content) == (504, b"upstream request timeout")
+        assert timed_out.metadata[routing.META_FLAGS] == ["UT"]
+        assert elapsed < 0.5
+        assert after.response.status_code == 200
+        assert [code for _, code in v1.client_resets] == [8]  # CANCEL
+        assert v1.connections == 1
+
+    run(scenario)
+
+
+def test_http2_circuit_breaker_overflow_is_refused_at_once():
+    async def scenario():
+        async with H2Backend(lambda n, r: H2Reply(delay=0.3)) as v1:
+            sidecar = Sidecar({}, circuitBreaker={"maxConnections": 1, "maxPendingRequests": 1})
+            calls = [asyncio.create_task(sidecar.call_h2(v1.port)) for _ in range(3)]
+            refused = await calls[2]
+            answered = await asyncio.gather(*calls[:2])
+
+        assert (refused.response.status_code, refused.metadata[routing.META_FLAGS]) == (503, ["UO"])
+        assert refused.response.headers["x-meshcli-circuit"] == "open"
+        assert [f.response.status_code for f in answered] == [200, 200]
+        assert len(v1.requests) == 2
+
+    run(scenario)
+
+
 def test_flows_it_does_not_handle_are_left_to_mitmproxy():
     async def scenario():
         sidecar = Sidecar({})
@@ -370,8 +461,8 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
         outside.request.headers["Host"] = "example.com"
         outside.metadata.clear()
         sidecar.routing.requestheaders(outside)
-        http2 = flow_for(http_version="HTTP/2.0")
         streamed = flow_for(stream=True)
+        with_trailers = flow_for(trailers=http.Headers(((b"x-checksum", b"1"),)))
         websocket = flow_for()
         websocket.request.headers["Upgrade"] = "websocket"
         answered = flow_for()
@@ -383,7 +474,7 @@ def test_flows_it_does_not_handle_are_left_to_mitmproxy():
         inbound.metadata.clear()
         sidecar.routing.requestheaders(inbound)
 
-        for flow in (outside, http2, streamed, websocket, killed, inbound):
+        for flow in (outside, streamed, with_trailers, websocket, killed, inbound):
             await sidecar.resilience.request(flow)
             assert flow.response is None
             assert META_ATTEMPTS not in flow.metadata
