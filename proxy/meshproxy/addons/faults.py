@@ -31,6 +31,7 @@ from mitmproxy.proxy.context import Context
 from meshproxy.addons import routing
 from meshproxy.config import MeshState, TcpFault
 from meshproxy.resolver import ServiceAddresses
+from meshproxy.sampling import Shares
 
 logger = logging.getLogger("meshproxy.faults")
 
@@ -40,10 +41,6 @@ ABORT_BODY = b"fault filter abort"
 TIMEOUT_BODY = b"upstream request timeout"
 # TCP kinds that only slow data down ("DI"); the others break the connection ("FI").
 TCP_DELAYS = ("latency", "bandwidth", "slicer")
-
-
-def sampled(percent: float) -> bool:
-    return random.random() * 100 < percent
 
 
 def flags_of(flow) -> list[str]:
@@ -88,6 +85,8 @@ class Faults:
         self.addresses = addresses or ServiceAddresses(state)
         # client connection id -> the TCP fault it gets (None: none), decided once per connection
         self._tcp_decisions: dict[str, tuple[str, TcpFault] | None] = {}
+        self.shares = Shares()  # which requests/connections a fault's percent picks
+        state.subscribe(lambda config: self.shares.clear())
 
     # -- lifecycle -------------------------------------------------------------------------
     def running(self) -> None:
@@ -110,13 +109,13 @@ class Faults:
         fault = self.state.config.http_fault(service, route, self.state.identity.service)
         if fault is None:
             return
-        if fault.delay is not None and sampled(fault.delay.percent):
+        if fault.delay is not None and self.shares.pick(fault.delay, fault.delay.percent):
             flags_of(flow).append("DI")
             if not await self._delay(fault.delay.seconds, meta.get(routing.META_DEADLINE)):
                 flags_of(flow).append("UT")
                 flow.response = http.Response.make(504, TIMEOUT_BODY, {"content-type": "text/plain"})
                 return
-        if fault.abort is not None and sampled(fault.abort.percent):
+        if fault.abort is not None and self.shares.pick(fault.abort, fault.abort.percent):
             flags_of(flow).append("FI")
             if fault.abort.reset:
                 flow.kill()  # nothing reaches the server; HTTP/2 resets only this stream
@@ -152,7 +151,7 @@ class Faults:
         if service is None:
             return None
         fault = self.state.config.tcp_fault(service, self.state.identity.service)
-        return (service.name, fault) if fault is not None and sampled(fault.percent) else None
+        return (service.name, fault) if fault is not None and self.shares.pick(fault, fault.percent) else None
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         decision = self._tcp_decisions.get(flow.client_conn.id)

@@ -1,6 +1,6 @@
 """Mirroring: send a copy of some requests to a mirror version (Istio's mirror).
 
-When the route has a mirror and a random draw falls under its percent, a copy of the
+When the route has a mirror and the request is in its percent (sampling.py), a copy of the
 buffered request goes to the mirror version in its own asyncio task, with a short
 timeout; its answer is discarded and nothing about it reaches the caller or delays
 it. As in Istio the copy's Host gets the suffix `-shadow`, so the mirror can tell.
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from mitmproxy import http
 
 from meshproxy import upstream, upstream_h2
 from meshproxy.addons import routing
+from meshproxy.sampling import Shares
 
 logger = logging.getLogger("meshproxy.mirroring")
 
@@ -37,6 +37,7 @@ class Mirroring:
         self.pool = pool or upstream.Pool()
         self.h2_pool = h2_pool or upstream_h2.Pool()
         self._copies: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self.shares = Shares()  # which requests a mirror's percent picks
 
     def request(self, flow: http.HTTPFlow) -> None:
         route = flow.metadata.get(routing.META_ROUTE)
@@ -44,7 +45,7 @@ class Mirroring:
             return
         mirror = route.mirror
         request = flow.request
-        if not upstream.carries(request) or random.random() * 100 >= mirror.percent:
+        if not upstream.carries(request) or not self.shares.pick(mirror, mirror.percent):
             return
         version = flow.metadata[routing.META_SERVICE_CONFIG].version(mirror.version)
         client, pool = (upstream_h2, self.h2_pool) if request.is_http2 else (upstream, self.pool)

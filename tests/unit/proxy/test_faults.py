@@ -24,6 +24,7 @@ from meshproxy.addons import faults as faults_module, routing
 from meshproxy.addons.faults import Faults
 from meshproxy.addons.protocol import ProtocolDetection
 from meshproxy.config import Identity, MeshState
+from meshproxy.sampling import Shares
 
 from test_protocol import make_nextlayer, receive  # noqa: E402 - the same NextLayer builder
 
@@ -73,9 +74,9 @@ def request(addon: Faults, flow: http.HTTPFlow) -> float:
 
 @pytest.fixture
 def dice(monkeypatch):
-    """Fix the percent sampling: dice(0.3) makes every random.random() return 0.3."""
-    def set_roll(value: float) -> None:
-        monkeypatch.setattr(faults_module.random, "random", lambda: value)
+    """Fix the percent sampling: dice(True) makes every percentage under 100 pick, dice(False) none."""
+    def set_roll(hit: bool) -> None:
+        monkeypatch.setattr(Shares, "pick", lambda self, setting, percent: percent >= 100 or (hit and percent > 0))
     return set_roll
 
 
@@ -83,15 +84,26 @@ def dice(monkeypatch):
 
 def test_delay_applies_to_its_percent_of_requests(dice):
     state = mesh(route_fault={"delay": {"ms": 100, "percent": 50}})
-    dice(0.3)  # 30 < 50: delayed
+    dice(True)  # picked: delayed
     delayed = routed_flow(state)
     assert request(Faults(state), delayed) >= 0.09
     assert delayed.response is None and delayed.metadata[routing.META_FLAGS] == ["DI"]
 
-    dice(0.7)  # 70 >= 50: not delayed
+    dice(False)  # not picked: not delayed
     spared = routed_flow(state)
     assert request(Faults(state), spared) < 0.05
     assert spared.metadata[routing.META_FLAGS] == []
+
+
+def test_abort_percent_hits_exactly_that_share_of_requests():
+    state = mesh(route_fault={"abort": {"status": 503, "percent": 30}})
+    addon = Faults(state)
+    flows = [routed_flow(state) for _ in range(200)]
+    for flow in flows:
+        request(addon, flow)
+    aborted = [flow.response is not None for flow in flows]
+    assert sum(aborted[:100]) == 30 and sum(aborted[100:]) == 30
+    assert aborted[:100] != aborted[100:]  # in a random order each time
 
 
 def test_delay_never_runs_past_the_deadline():
@@ -131,12 +143,12 @@ def test_abort_reset_kills_the_flow():
 
 def test_abort_after_delay_and_abort_percent(dice):
     state = mesh(route_fault={"delay": {"ms": 10}, "abort": {"status": 500, "percent": 20}})
-    dice(0.1)
+    dice(True)
     flow = routed_flow(state)
     request(Faults(state), flow)
     assert flow.response.status_code == 500 and flow.metadata[routing.META_FLAGS] == ["DI", "FI"]
 
-    dice(0.5)
+    dice(False)
     flow = routed_flow(state)
     request(Faults(state), flow)
     assert flow.response is None and flow.metadata[routing.META_FLAGS] == ["DI"]
@@ -249,9 +261,9 @@ def test_tcp_percent_is_sampled_once_per_connection(resolved, dice):
     addon = tcp_faults(mesh(tcp_fault={"kind": "reset", "percent": 50}, host="payment-v1"))
     spared, hit = outbound_context(), outbound_context()
 
-    dice(0.7)
+    dice(False)
     assert addon.tcp_fault_for(spared) is None
-    dice(0.1)
+    dice(True)
     assert addon.tcp_fault_for(spared) is None  # decided already
     assert addon.tcp_fault_for(hit).kind == "reset"
 
