@@ -37,15 +37,16 @@ def _quiet(message: str) -> None:
 def apply(workspace: Workspace) -> sidecar_config.Compiled:
     """Compile mesh.yaml and the runtime faults into sidecar.json; raise InvalidFileError
     (after recording it in rejected.json) when the files are invalid."""
-    try:
-        loaded = ws.load(workspace)
-    except InvalidFileError as exc:
-        _record_rejection(workspace, exc)
-        raise
-    workspace.config_dir.mkdir(parents=True, exist_ok=True)  # a project edited before its first `up`
-    compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.compiled_faults(workspace))
-    rejected_path(workspace).unlink(missing_ok=True)
-    return compiled
+    with ws.state_lock(workspace):  # the generation count must not be raced by the watcher
+        try:
+            loaded = ws.load(workspace)
+        except InvalidFileError as exc:
+            _record_rejection(workspace, exc)
+            raise
+        workspace.config_dir.mkdir(parents=True, exist_ok=True)  # a project edited before its first `up`
+        compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.compiled_faults(workspace))
+        rejected_path(workspace).unlink(missing_ok=True)
+        return compiled
 
 
 def rejected_path(workspace: Workspace) -> Path:
@@ -140,18 +141,19 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
     """
     progress = progress or _quiet
     path = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if service is not None:
-        _check_service(workspace, path, old, service)
-    new = transform(old)
-    diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                        fromfile=str(path), tofile=str(path)))
-    result = EditResult(path, diff, changed=new != old)
-    project = _validate(workspace, path, new)
-    if dry_run:
-        return result
-    if result.changed:
-        yaml_source.atomic_write(path, new)
+    with ws.state_lock(workspace):  # read, transform and write as one step against other editors
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if service is not None:
+            _check_service(workspace, path, old, service)
+        new = transform(old)
+        diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                            fromfile=str(path), tofile=str(path)))
+        result = EditResult(path, diff, changed=new != old)
+        project = _validate(workspace, path, new)
+        if dry_run:
+            return result
+        if result.changed:
+            yaml_source.atomic_write(path, new)
     # Applied even when unchanged: the file may hold a hand edit no watcher has applied yet.
     started = time.monotonic()
     progress(f"applying {path.name}")

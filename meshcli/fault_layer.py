@@ -24,7 +24,7 @@ from meshcli.diagnostics import did_you_mean
 from meshcli.errors import InputError, MeshError
 from meshcli.mesh_config import TCP_FAULT_FIELDS, TCP_FAULT_REQUIRED, Abort, Delay, Mesh, TcpFault
 from meshcli.mesh_config import Fault as HttpFault
-from meshcli.workspace import Workspace
+from meshcli.workspace import Workspace, state_lock
 from meshcli.yaml_source import atomic_write
 
 FILE_NAME = "faults.json"
@@ -250,14 +250,20 @@ def _new_id(taken: set[str]) -> str:
 
 def add(workspace: Workspace, fault: Fault, now: float | None = None) -> Fault:
     """Store `fault` with a new id; it replaces any fault for the same service, source and layer."""
-    stored = replace(fault, id=_new_id({f.id for f in _read(workspace)}))
-    put_back(workspace, stored, now)
+    with state_lock(workspace):
+        stored = replace(fault, id=_new_id({f.id for f in _read(workspace)}))
+        _store(workspace, stored, now)
     return stored
 
 
 def put_back(workspace: Workspace, fault: Fault, now: float | None = None) -> None:
     """Store `fault` as it is, id included, replacing any fault with the same target: how the
     testing API brings back a fault that a newer one replaced for a while."""
+    with state_lock(workspace):
+        _store(workspace, fault, now)
+
+
+def _store(workspace: Workspace, fault: Fault, now: float | None) -> None:
     now = time.time() if now is None else now
     kept = [f for f in _read(workspace) if f.active(now) and f.target != fault.target]
     _write(workspace, kept + [fault])
@@ -267,17 +273,19 @@ def clear(workspace: Workspace, service: str | None = None, fault_id: str | None
           now: float | None = None) -> list[Fault]:
     """Remove the faults of `service` and/or with `fault_id` (all when neither); return the active ones removed."""
     now = time.time() if now is None else now
-    if service is None and fault_id is None:
-        try:
-            removed = _read(workspace)
-        except MeshError:
-            removed = []  # an unreadable file is what `clear` is for
-        _write(workspace, [])
+    with state_lock(workspace):
+        if service is None and fault_id is None:
+            try:
+                removed = _read(workspace)
+            except MeshError:
+                removed = []  # an unreadable file is what `clear` is for
+            _write(workspace, [])
+            return [f for f in removed if f.active(now)]
+        faults = _read(workspace)
+        removed = [f for f in faults
+                   if (service is None or f.service == service) and (fault_id is None or f.id == fault_id)]
+        _write(workspace, [f for f in faults if f not in removed and f.active(now)])
         return [f for f in removed if f.active(now)]
-    faults = _read(workspace)
-    removed = [f for f in faults if (service is None or f.service == service) and (fault_id is None or f.id == fault_id)]
-    _write(workspace, [f for f in faults if f not in removed and f.active(now)])
-    return [f for f in removed if f.active(now)]
 
 
 def active(workspace: Workspace, now: float | None = None) -> list[Fault]:

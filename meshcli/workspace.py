@@ -7,9 +7,12 @@ and only then writes `.mesh/compose.yaml` and `.mesh/config/sidecar.json`, each 
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -100,6 +103,17 @@ def render(loaded: Loaded, sidecar_image: str, output: Path | None = None) -> Pa
     sidecar_config.write(loaded.mesh, workspace.config_dir)
     atomic_write(output, text)
     return output
+
+
+@contextmanager
+def state_lock(workspace: Workspace) -> Iterator[None]:
+    """Hold the project's lock while reading and rewriting a file others may rewrite too
+    (mesh.yaml through commands, .mesh/faults.json, sidecar.json): parallel test workers,
+    the watcher and a command never lose one another's change. Not re-entrant."""
+    workspace.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(workspace.state_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _docker_socket() -> str:

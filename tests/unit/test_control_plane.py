@@ -265,3 +265,31 @@ def test_edit_refuses_an_unknown_service_before_transforming(project):
         control_plane.edit(project, transform, dry_run=True, service="paymnt")
     result = control_plane.edit(project, lambda text: text, dry_run=True, service="orders")  # compose-only: fine
     assert not result.changed
+
+
+def _set_timeouts(compose_dir: str, service: str, done) -> None:
+    located = ws.locate(Path(compose_dir) / "compose.yaml")
+    for ms in range(100, 1300, 100):
+        control_plane.edit(located, lambda text, ms=ms: mesh_edit.set_timeout(text, located.mesh_file, service,
+                                                                             f"{ms}ms"), wait=False)
+    done.put(service)
+
+
+def test_concurrent_edits_of_mesh_yaml_lose_no_change(demo):
+    # Commands (or parallel test workers) editing mesh.yaml at once: each read-modify-write
+    # is one step, so every service ends with its own last timeout.
+    import multiprocessing
+
+    services = ["frontend", "orders", "payment", "greeter"]
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    workers = [context.Process(target=_set_timeouts, args=(str(demo), s, done)) for s in services]
+    for worker in workers:
+        worker.start()
+    finished = sorted(done.get(timeout=60) for _ in services)
+    for worker in workers:
+        worker.join(30)
+
+    assert finished == sorted(services)
+    rules = {s: control_plane.effective_rules(ws.locate(demo / "compose.yaml"), s) for s in services}
+    assert {s: r["routes"][-1]["timeoutMs"] for s, r in rules.items()} == {s: 1200 for s in services}

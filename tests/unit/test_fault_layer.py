@@ -160,3 +160,30 @@ def test_in_force_lists_runtime_faults_then_the_mesh_files(loaded):
         ("mesh.yaml", "orders", "default", "delay 1 s on 50% of requests", "until cleared"),
     ]
     assert fault_layer.in_force(loaded.workspace, reloaded.mesh, now=NOW + 31)[0]["origin"] == "mesh.yaml"
+
+
+def _add_faults_from(compose_file: str, source: str, last_ids) -> None:
+    loaded = workspace.load(workspace.locate(Path(compose_file)))
+    for _ in range(30):
+        stored = fault_layer.add(loaded.workspace, fault_layer.build(loaded.mesh, "payment", abort="503",
+                                                                     source=source))
+    last_ids.put(stored.id)
+
+
+def test_concurrent_writers_lose_no_fault(loaded):
+    # Parallel test workers (pytest-xdist) may set faults at the same moment: each one's
+    # last fault must be what is in force, none lost to another's read-modify-write.
+    import multiprocessing
+
+    sources = ["frontend", "orders", "greeter", "greeter-client", "payment"]
+    context = multiprocessing.get_context("fork")
+    last_ids = context.Queue()
+    workers = [context.Process(target=_add_faults_from, args=(str(loaded.workspace.compose_file), s, last_ids))
+               for s in sources]
+    for worker in workers:
+        worker.start()
+    expected = sorted(last_ids.get(timeout=30) for _ in sources)
+    for worker in workers:
+        worker.join(30)
+
+    assert sorted(f.id for f in fault_layer.active(loaded.workspace)) == expected
