@@ -13,27 +13,23 @@ and takes the demo down.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from private_demo import REPO, append_row, copy_of_demo, meshcli
+
 RESULTS = REPO / "benchmarks" / "results" / "reload_latency.md"
+HEADER = ("# Hot-reload latency on the demo\n\n"
+          "From saving mesh.yaml (atomic rename) to the end of the first request, sent after the\n"
+          "save, that the new rule served (payment flipped between `to: v1` and `to: v2`; each\n"
+          "request crosses frontend -> orders -> payment). Goal: p50 under 250 ms.\n"
+          "Reproduce: `.venv/bin/python benchmarks/reload_latency.py --reloads 50`.\n\n"
+          "| date | commit | reloads | p50 | p90 | max | min |\n|---|---|---|---|---|---|---|\n")
 TIMEOUT = 10.0  # a reload that takes longer than this counts as failed
-
-
-def meshcli(directory: Path, env: dict, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "meshcli.cli.main", *args], cwd=directory, env=env, check=True,
-                          capture_output=True, text=True).stdout
 
 
 def mesh_text(version: str) -> str:
@@ -82,36 +78,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reloads", type=int, default=50)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="meshcli-bench-") as tmp:
-        root = Path(tmp)
-        shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
-        shutil.copytree(REPO / "sample-apps", root / "sample-apps")
-        project = f"meshbench-{uuid.uuid4().hex[:6]}"
-        port = "18080"
-        env = {**os.environ, "FRONTEND_PORT": port}
-        directory = root / "compose"
-        try:
-            meshcli(directory, env, "up", "-p", project)
-            latencies = measure(directory / "mesh.yaml", f"http://localhost:{port}/", args.reloads)
-        finally:
-            meshcli(directory, env, "down", "-p", project)
-    latencies.sort()
-    ms = [round(x * 1000) for x in latencies]
+    port = "18080"
+    with copy_of_demo() as (directory, project):
+        meshcli(directory, "up", "-p", project, env={**os.environ, "FRONTEND_PORT": port})
+        latencies = measure(directory / "mesh.yaml", f"http://localhost:{port}/", args.reloads)
+    ms = sorted(round(x * 1000) for x in latencies)
     p50, p90 = statistics.median(ms), ms[int(len(ms) * 0.9) - 1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    row = f"| {datetime.date.today()} | {commit} | {len(ms)} | {p50:.0f} ms | {p90} ms | {ms[-1]} ms | {ms[0]} ms |\n"
-    if not RESULTS.exists():
-        RESULTS.write_text("# Hot-reload latency on the demo\n\n"
-                           "From saving mesh.yaml (atomic rename) to the end of the first request, sent after the\n"
-                           "save, that the new rule served (payment flipped between `to: v1` and `to: v2`; each\n"
-                           "request crosses frontend -> orders -> payment, about 10 ms). Goal: p50 under 250 ms.\n"
-                           "Machine: 2 cores, Docker 20.10, Compose 2.40. Reproduce:\n"
-                           "`.venv/bin/python benchmarks/reload_latency.py --reloads 50`.\n\n"
-                           "| date | commit | reloads | p50 | p90 | max | min |\n|---|---|---|---|---|---|---|\n")
-    with RESULTS.open("a") as fh:
-        fh.write(row)
-    print(row, end="")
+    append_row(RESULTS, HEADER, [str(len(ms)), f"{p50:.0f} ms", f"{p90} ms", f"{ms[-1]} ms", f"{ms[0]} ms"])
 
 
 if __name__ == "__main__":

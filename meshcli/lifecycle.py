@@ -43,7 +43,7 @@ class UpResult:
 
 def ready(statuses: list[WorkloadStatus]) -> bool:
     """Every app runs and every sidecar is healthy and runs the config on disk."""
-    return all(s.app == "running" and s.sidecar_health == "healthy" and s.sync == "SYNCED" for s in statuses)
+    return all(s.healthy and s.sync == "SYNCED" for s in statuses)
 
 
 def not_ready(statuses: list[WorkloadStatus]) -> list[str]:

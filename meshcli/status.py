@@ -32,6 +32,11 @@ class WorkloadStatus:
     sync: str = "UNKNOWN"  # SYNCED / STALE / UNKNOWN
     urls: list[str] = field(default_factory=list)
 
+    @property
+    def healthy(self) -> bool:
+        """The app runs and its sidecar passes its health check."""
+        return self.app == "running" and self.sidecar_health == "healthy"
+
     def to_json(self) -> dict:
         return asdict(self)
 

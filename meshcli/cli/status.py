@@ -35,7 +35,7 @@ def print_table(statuses) -> None:
 
 
 def healthy(statuses) -> bool:
-    return all(s.app == "running" and s.sidecar_health == "healthy" for s in statuses)
+    return all(s.healthy for s in statuses)
 
 
 def register(app: typer.Typer) -> None:

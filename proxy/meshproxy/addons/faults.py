@@ -29,6 +29,7 @@ from mitmproxy import connection, ctx, http, tcp
 from mitmproxy.proxy.context import Context
 
 from meshproxy.addons import routing
+from meshproxy.addons.resilience import timed_out
 from meshproxy.config import MeshState, TcpFault
 from meshproxy.resolver import ServiceAddresses
 from meshproxy.sampling import Shares
@@ -38,7 +39,6 @@ logger = logging.getLogger("meshproxy.faults")
 META_TCP_FAULT = "meshcli.tcp_fault"
 META_TCP_PASSED = "meshcli.tcp_passed"  # limit-data: bytes relayed so far
 ABORT_BODY = b"fault filter abort"
-TIMEOUT_BODY = b"upstream request timeout"
 # TCP kinds that only slow data down ("DI"); the others break the connection ("FI").
 TCP_DELAYS = ("latency", "bandwidth", "slicer")
 
@@ -112,8 +112,7 @@ class Faults:
         if fault.delay is not None and self.shares.pick(fault.delay, fault.delay.percent):
             flags_of(flow).append("DI")
             if not await self._delay(fault.delay.seconds, meta.get(routing.META_DEADLINE)):
-                flags_of(flow).append("UT")
-                flow.response = http.Response.make(504, TIMEOUT_BODY, {"content-type": "text/plain"})
+                flow.response = timed_out(flags_of(flow))
                 return
         if fault.abort is not None and self.shares.pick(fault.abort, fault.abort.percent):
             flags_of(flow).append("FI")

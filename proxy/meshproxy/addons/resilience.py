@@ -136,6 +136,16 @@ def local_reply(status: int, body: bytes, headers: dict[str, str] | None = None)
     return http.Response.make(status, body, {"content-type": "text/plain", **(headers or {})})
 
 
+def timed_out(flags: list[str]) -> http.Response:
+    """The caller's answer when the route's timeout expired (Envoy's 504, flag UT)."""
+    flags.append("UT")
+    return local_reply(504, TIMEOUT_BODY)
+
+
+def _timeout_at(deadline: float):
+    return asyncio.timeout_at(None if deadline == math.inf else deadline)
+
+
 def to_flow_response(answer: upstream.Response, request: http.Request) -> http.Response:
     headers = answer.headers
     if request.method != "HEAD" and answer.status not in BODYLESS_STATUSES:
@@ -198,8 +208,7 @@ class Resilience:
         retry = 0
         while True:
             if routing.now() >= deadline:
-                flags.append("UT")
-                return local_reply(504, TIMEOUT_BODY)
+                return timed_out(flags)
             tried.append(version)
             meta[META_ATTEMPTS] = retry + 1
             answer, failure = await self._attempt(breaker, pool, version.host, request.port, request.method,
@@ -208,13 +217,11 @@ class Resilience:
                 flags.append("UO")
                 return local_reply(503, OVERFLOW_BODY, {CIRCUIT_HEADER: "open"})
             if failure == "pending-timeout":  # the deadline passed while waiting for a slot: no host was tried
-                flags.append("UT")
-                return local_reply(504, TIMEOUT_BODY)
+                return timed_out(flags)
             status = answer.status if answer is not None else 0
             health.record(version.host, status or OUTLIER_STATUS[failure])
             if failure == "timeout" and routing.now() >= deadline:
-                flags.append("UT")
-                return local_reply(504, TIMEOUT_BODY)
+                return timed_out(flags)
             if not is_retriable(retries, failure, status, idempotent):
                 return self._final(answer, failure, flags, request)
             if retry >= allowed_retries:
@@ -224,8 +231,7 @@ class Resilience:
             pause = backoff(retries.backoff, retry)
             if routing.now() + pause >= deadline:
                 await asyncio.sleep(max(0.0, deadline - routing.now()))
-                flags.append("UT")
-                return local_reply(504, TIMEOUT_BODY)
+                return timed_out(flags)
             await asyncio.sleep(pause)
             retry += 1
             version = routing.pick_again(flow, tried)
@@ -237,14 +243,14 @@ class Resilience:
         timeout starts once the circuit breaker let the try through: time spent waiting
         for a slot is the sidecar's queue, not the host's slowness (outlier detection)."""
         try:
-            async with asyncio.timeout_at(None if deadline == math.inf else deadline):
+            async with _timeout_at(deadline):
                 if not await breaker.acquire():
                     return None, "overflow"
         except TimeoutError:
             return None, "pending-timeout"
         try_deadline = deadline if per_try is None else min(deadline, routing.now() + per_try)
         try:
-            async with asyncio.timeout_at(None if try_deadline == math.inf else try_deadline):
+            async with _timeout_at(try_deadline):
                 return await pool.request(host, port, method, target, headers, body, per_connection), None
         except upstream.UpstreamError as exc:
             return None, exc.kind
@@ -259,8 +265,7 @@ class Resilience:
         if answer is not None:
             return to_flow_response(answer, request)
         if failure == "timeout":
-            flags.append("UT")
-            return local_reply(504, TIMEOUT_BODY)
+            return timed_out(flags)
         if failure == "connect-failure":
             flags.append("UF")
             return local_reply(503, CONNECTION_FAILURE_BODY)

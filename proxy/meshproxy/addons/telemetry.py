@@ -58,9 +58,14 @@ class Telemetry:
         self.mirrored = Counter("meshcli_mirrored_requests_total", "Copies sent to mirror versions.",
                                 MIRROR_LABELS, registry=self.registry)
         # prometheus_client validates labels and takes a lock on every .labels() call;
-        # each label set is resolved once.
-        self._http_children: dict[tuple[str, ...], tuple] = {}
-        self._route_children: dict[tuple[str, ...], tuple] = {}
+        # each (metric, label set) is resolved once, see _child().
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, labels: tuple[str, ...]):
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     # -- HTTP ---------------------------------------------------------------------------
     def response(self, flow: http.HTTPFlow) -> None:
@@ -90,20 +95,17 @@ class Telemetry:
         )
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
         duration_ms = (end - flow.request.timestamp_start) * 1000
-        children = self._http_children.get(labels)
-        if children is None:
-            children = self._http_children[labels] = (self.requests.labels(*labels),
-                                                      self.durations.labels(*labels))
-        children[0].inc()
-        children[1].observe(duration_ms)
+        self._child(self.requests, labels).inc()
+        self._child(self.durations, labels).observe(duration_ms)
         route = meta.get(routing.META_ROUTE)
         attempts = None
         if route is not None:
             attempts = meta.get(META_ATTEMPTS, 0 if flags and not LOCAL_ANSWER_FLAGS.isdisjoint(flags) else 1)
-            self._count_route(labels[3], route.name, attempts)
+            self._child(self.route_requests, (labels[3], route.name)).inc()
+            self._child(self.attempts, (labels[3], route.name)).inc(attempts)
             mirrored = meta.get(META_MIRRORED)
             if mirrored is not None:
-                self.mirrored.labels(labels[3], mirrored).inc()
+                self._child(self.mirrored, (labels[3], mirrored)).inc()
         if self.access_log is not None:
             self._log({
                 "kind": "http",
@@ -125,14 +127,6 @@ class Telemetry:
                 "duration_ms": round(duration_ms, 2),
             })
 
-    def _count_route(self, service: str, route: str, attempts: int) -> None:
-        key = (service, route)
-        children = self._route_children.get(key)
-        if children is None:
-            children = self._route_children[key] = (self.route_requests.labels(*key), self.attempts.labels(*key))
-        children[0].inc()
-        children[1].inc(attempts)
-
     # -- TCP ----------------------------------------------------------------------------
     def _tcp_labels(self, flow: tcp.TCPFlow) -> tuple[str, ...]:
         labels = flow.metadata.get("meshcli.tcp_labels")
@@ -150,18 +144,18 @@ class Telemetry:
         return labels
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        self.tcp_opened.labels(*self._tcp_labels(flow)).inc()
+        self._child(self.tcp_opened, self._tcp_labels(flow)).inc()
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         message = flow.messages[-1]
         counter = self.tcp_received if message.from_client else self.tcp_sent
-        counter.labels(*self._tcp_labels(flow)).inc(len(message.content))
+        self._child(counter, self._tcp_labels(flow)).inc(len(message.content))
         # Counted; a long-lived connection must not keep every chunk in memory.
         flow.messages.clear()
 
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
         labels = self._tcp_labels(flow)
-        self.tcp_closed.labels(*labels).inc()
+        self._child(self.tcp_closed, labels).inc()
         if self.access_log is not None:
             self._log({"kind": "tcp", "direction": "inbound" if labels[0] == "destination" else "outbound",
                        "workload": self.state.identity.workload, "destination": labels[2],
