@@ -52,10 +52,14 @@ def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0") -> Threadi
     return server
 
 
-def start(state, telemetry, is_listening: Callable[[], bool]) -> list[ThreadingHTTPServer]:
+def start(sidecar) -> list[ThreadingHTTPServer]:
+    """Serve the admin ports of a meshproxy.sidecar.Sidecar."""
+    state, telemetry = sidecar.state, sidecar.telemetry
+
     def ready() -> tuple[int, object]:
-        ok = is_listening() and state.loaded
-        return (200 if ok else 503), {"ready": ok, "listening": is_listening(), "config_loaded": state.loaded}
+        ok = sidecar.ready()
+        return (200 if ok else 503), {"ready": ok, "listening": sidecar.listener.listening(),
+                                      "config_loaded": state.loaded}
 
     def config_dump() -> tuple[int, object]:
         config = state.config
@@ -71,7 +75,7 @@ def start(state, telemetry, is_listening: Callable[[], bool]) -> list[ThreadingH
 
     def stats() -> tuple[int, object]:
         return 200, {"workload": state.identity.workload, "config_version": state.config.version,
-                     **telemetry.stats()}
+                     "handed_over": sidecar.mitmproxy.handed_over, **telemetry.stats()}
 
     def prometheus() -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)

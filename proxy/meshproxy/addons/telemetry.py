@@ -1,205 +1,56 @@
-"""Telemetry: Istio-named Prometheus metrics, JSON stats and a JSON access log.
-
-Every proxied request and TCP connection is counted from this sidecar's point of view:
-`reporter="source"` on the client side (outbound), `reporter="destination"` on the
-server side (inbound), as in Istio, so one hop shows up in both sidecars. A request is
-counted once, whatever its retries; `meshcli_upstream_attempts_total` counts the tries
-per route, `meshcli_mirrored_requests_total` the copies Mirroring sent.
-"""
+"""Telemetry (mitmproxy adapter): policy/telemetry.py for the flows and TCP connections
+mitmproxy carries (handed over by the fast path: TLS the app started, HTTP/2)."""
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-
 from mitmproxy import http, tcp
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from meshproxy.addons import routing
-from meshproxy.addons.mirroring import META_MIRRORED
-from meshproxy.addons.resilience import META_ATTEMPTS
-from meshproxy.config import MeshState
-from meshproxy.outlier import Outliers
+from meshproxy.addons.flows import direction_of, exchange_of, finish
+from meshproxy.policy.telemetry import Telemetry as TelemetryPolicy
 
-HTTP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service",
-               "destination_version", "response_code", "request_protocol", "response_flags")
-ROUTE_LABELS = ("destination_service", "route")
-MIRROR_LABELS = ("destination_service", "destination_version")
 # Flags of requests answered locally before any upstream try.
 LOCAL_ANSWER_FLAGS = frozenset({"FI", "UT"})
-TCP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
-# Istio's default buckets for request durations, in milliseconds.
-DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000)
+META_TCP_LABELS = "meshcli.tcp_labels"
 
 
 class Telemetry:
-    def __init__(self, state: MeshState, access_log=sys.stdout, outliers: Outliers | None = None) -> None:
-        self.state = state
-        self.access_log = access_log
-        self.outliers = outliers
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("istio_requests_total", "Requests proxied.", HTTP_LABELS,
-                                registry=self.registry)
-        self.durations = Histogram("istio_request_duration_milliseconds", "Request durations.",
-                                   HTTP_LABELS, buckets=DURATION_BUCKETS, registry=self.registry)
-        self.tcp_opened = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
-                                  TCP_LABELS, registry=self.registry)
-        self.tcp_closed = Counter("istio_tcp_connections_closed_total", "TCP connections closed.",
-                                  TCP_LABELS, registry=self.registry)
-        self.tcp_received = Counter("istio_tcp_received_bytes_total", "Bytes received from clients.",
-                                    TCP_LABELS, registry=self.registry)
-        self.tcp_sent = Counter("istio_tcp_sent_bytes_total", "Bytes sent to clients.",
-                                TCP_LABELS, registry=self.registry)
-        self.route_requests = Counter("meshcli_route_requests_total", "Requests per route (client side).",
-                                      ROUTE_LABELS, registry=self.registry)
-        self.attempts = Counter("meshcli_upstream_attempts_total", "Upstream tries per route, retries included.",
-                                ROUTE_LABELS, registry=self.registry)
-        self.mirrored = Counter("meshcli_mirrored_requests_total", "Copies sent to mirror versions.",
-                                MIRROR_LABELS, registry=self.registry)
-        # prometheus_client validates labels and takes a lock on every .labels() call;
-        # each (metric, label set) is resolved once, see _child().
-        self._children: dict[tuple, object] = {}
-
-    def _child(self, metric, labels: tuple[str, ...]):
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[(metric, labels)] = metric.labels(*labels)
-        return child
+    def __init__(self, telemetry: TelemetryPolicy) -> None:
+        self.telemetry = telemetry
 
     # -- HTTP ---------------------------------------------------------------------------
     def response(self, flow: http.HTTPFlow) -> None:
-        self._record(flow, flow.response.status_code)
+        exchange = exchange_of(flow)
+        if exchange is None:
+            return
+        finish(exchange, flow)
+        if exchange.route is not None and exchange.attempts == 0 and LOCAL_ANSWER_FLAGS.isdisjoint(exchange.flags):
+            exchange.attempts = 1  # mitmproxy forwarded it itself
+        self.telemetry.record(exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         # mitmproxy fires either response or error for a flow, never both. An error may come
         # after the response headers (the server died mid-body): it still counts, as failed.
-        self._record(flow, 0)
-
-    def _record(self, flow: http.HTTPFlow, status: int) -> None:
-        meta = flow.metadata
-        me = self.state.identity
-        inbound = meta.get(routing.META_DIRECTION) == "inbound"
-        upstream = meta.get(routing.META_UPSTREAM)
-        flags = meta.get(routing.META_FLAGS)
-        response_flags = ",".join(flags) if flags else "-"
-        labels = (
-            "destination" if inbound else "source",
-            meta.get(routing.META_SOURCE, "unknown") if inbound else me.workload,
-            me.workload if inbound else (upstream.host if upstream else flow.request.host),
-            meta.get(routing.META_SERVICE, "unknown"),
-            meta.get(routing.META_VERSION, "unknown"),
-            str(status),
-            "grpc" if flow.request.headers.get("content-type", "").startswith("application/grpc") else "http",
-            response_flags,
-        )
-        end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
-        duration_ms = (end - flow.request.timestamp_start) * 1000
-        self._child(self.requests, labels).inc()
-        self._child(self.durations, labels).observe(duration_ms)
-        route = meta.get(routing.META_ROUTE)
-        attempts = None
-        if route is not None:
-            attempts = meta.get(META_ATTEMPTS, 0 if flags and not LOCAL_ANSWER_FLAGS.isdisjoint(flags) else 1)
-            self._child(self.route_requests, (labels[3], route.name)).inc()
-            self._child(self.attempts, (labels[3], route.name)).inc(attempts)
-            mirrored = meta.get(META_MIRRORED)
-            if mirrored is not None:
-                self._child(self.mirrored, (labels[3], mirrored)).inc()
-        if self.access_log is not None:
-            self._log({
-                "kind": "http",
-                "direction": "inbound" if inbound else "outbound",
-                "workload": me.workload,
-                "source": labels[1],
-                "destination_workload": labels[2],
-                "destination_service": labels[3],
-                "destination_version": labels[4],
-                "method": flow.request.method,
-                "authority": flow.request.host_header,
-                "path": flow.request.path,
-                "protocol": flow.request.http_version,
-                "status": status,
-                "response_flags": response_flags,
-                "route": route.name if route is not None else None,
-                "attempts": attempts,
-                "error": flow.error.msg if flow.error else None,
-                "duration_ms": round(duration_ms, 2),
-            })
+        self.response(flow)
 
     # -- TCP ----------------------------------------------------------------------------
-    def _tcp_labels(self, flow: tcp.TCPFlow) -> tuple[str, ...]:
-        labels = flow.metadata.get("meshcli.tcp_labels")
+    def _labels(self, flow: tcp.TCPFlow) -> tuple[str, ...]:
+        labels = flow.metadata.get(META_TCP_LABELS)
         if labels is None:
-            me = self.state.identity
-            inbound = flow.client_conn.proxy_mode.listen_port() == routing.INBOUND_PORT
             destination = "%s:%s" % tuple(flow.server_conn.address or ("unknown", 0))
-            labels = (
-                "destination" if inbound else "source",
-                "unknown" if inbound else me.workload,
-                me.workload if inbound else destination,
-                me.service if inbound else destination,
-            )
-            flow.metadata["meshcli.tcp_labels"] = labels
+            labels = flow.metadata[META_TCP_LABELS] = self.telemetry.tcp_labels(direction_of(flow), destination)
         return labels
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        self._child(self.tcp_opened, self._tcp_labels(flow)).inc()
+        self.telemetry.tcp_opened(self._labels(flow))
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         message = flow.messages[-1]
-        counter = self.tcp_received if message.from_client else self.tcp_sent
-        self._child(counter, self._tcp_labels(flow)).inc(len(message.content))
+        self.telemetry.tcp_bytes(self._labels(flow), message.from_client, len(message.content))
         # Counted; a long-lived connection must not keep every chunk in memory.
         flow.messages.clear()
 
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        labels = self._tcp_labels(flow)
-        self._child(self.tcp_closed, labels).inc()
-        if self.access_log is not None:
-            self._log({"kind": "tcp", "direction": "inbound" if labels[0] == "destination" else "outbound",
-                       "workload": self.state.identity.workload, "destination": labels[2],
-                       "error": flow.error.msg if flow.error else None})
+        self.telemetry.tcp_closed(self._labels(flow), flow.error.msg if flow.error else None)
 
     def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self.tcp_end(flow)
-
-    def _log(self, entry: dict) -> None:
-        entry["time"] = round(time.time(), 3)
-        self.access_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self.access_log.flush()
-
-    # -- views for the admin endpoints ---------------------------------------------------
-    def stats(self) -> dict:
-        """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
-        result: dict = {"requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": []}
-        routes: dict[tuple, dict] = {}
-        durations: dict[tuple, dict] = {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == "istio_requests_total":
-                    result["requests"].append({**sample.labels, "count": int(sample.value)})
-                elif sample.name.startswith("istio_request_duration_milliseconds_"):
-                    # One row per label set: cumulative bucket counts (Prometheus' `le`), sum and count.
-                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
-                    row = durations.setdefault(tuple(labels.values()), {**labels, "buckets": []})
-                    kind = sample.name.rsplit("_", 1)[1]
-                    if kind == "bucket":
-                        row["buckets"].append([float(sample.labels["le"]), int(sample.value)])
-                    elif kind in ("sum", "count"):
-                        row["sum_ms" if kind == "sum" else "count"] = round(sample.value, 3) if kind == "sum" \
-                            else int(sample.value)
-                elif sample.name.startswith("istio_tcp_") and sample.name.endswith("_total"):
-                    result["tcp"].append({**sample.labels, "metric": sample.name, "value": int(sample.value)})
-                elif sample.name in ("meshcli_route_requests_total", "meshcli_upstream_attempts_total"):
-                    entry = routes.setdefault((sample.labels["destination_service"], sample.labels["route"]),
-                                              {**sample.labels, "requests": 0, "attempts": 0})
-                    entry["requests" if sample.name == "meshcli_route_requests_total" else "attempts"] = \
-                        int(sample.value)
-                elif sample.name == "meshcli_mirrored_requests_total":
-                    result["mirrored"].append({**sample.labels, "count": int(sample.value)})
-        result["durations"] = list(durations.values())
-        result["routes"] = [{**entry, "retries": max(0, entry["attempts"] - entry["requests"])}
-                            for _, entry in sorted(routes.items())]
-        result["outliers"] = self.outliers.stats() if self.outliers is not None else {}
-        return result

@@ -35,7 +35,8 @@ class ConfigWatcher:
         self._observer: Observer | None = None
         self.state.rejection = None
 
-    def load(self, loader) -> None:
+    def read(self) -> None:
+        """Load what is on disk now (before the proxy listens)."""
         self.reload()
         self._reload_rejection()
 
@@ -81,7 +82,8 @@ class ConfigWatcher:
         self.state.last_error = message
         logger.error("config rejected, keeping version %s: %s", self.state.config.version or "none", message)
 
-    def running(self) -> None:
+    def start(self) -> None:
+        """Watch for changes; call with the event loop running."""
         loop = asyncio.get_running_loop()
         watcher = self
 
@@ -106,7 +108,7 @@ class ConfigWatcher:
         self.reload()  # catch a change made between load() and the watch starting
         self._reload_rejection()
 
-    def done(self) -> None:
+    def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()
             # Joined, so no late event reaches an event loop that is closing.

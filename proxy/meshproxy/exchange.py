@@ -1,0 +1,103 @@
+"""Exchange: what one request carries through the policies, on either path.
+
+The fast path (meshproxy/fastpath/) and the mitmproxy adapters (meshproxy/addons/) make
+one Exchange per request and hand it to the policies in meshproxy/policy/ in the same
+order: routing fills in where it goes, faults may answer it, resilience forwards it,
+telemetry records it. Nothing else travels between the policies, so a policy is written
+once for both paths. Also here: the local replies the sidecar answers with itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Collection
+
+from meshproxy.config import Route, Service, Version
+
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    direction: str  # INBOUND (to the app behind this sidecar) or OUTBOUND (from it)
+    method: str
+    authority: str  # the Host / :authority the app sent
+    path: str  # with the query
+    protocol: str = "HTTP/1.1"  # as the app spoke it: HTTP/1.0, HTTP/1.1, HTTP/2.0
+    grpc: bool = False
+    source: str = "unknown"  # the calling workload
+    service_name: str = ""  # the destination service, or the host when leaving the mesh
+    service: Service | None = None  # its mesh config; None: not a mesh service (no policies)
+    route: Route | None = None
+    picker: Any = None  # policy.routing.RoutePicker: pick() a version, done() with it
+    upstream: Version | None = None  # the version tried last
+    version: str = "unknown"
+    deadline: float | None = None  # the route's timeout, in time.monotonic()
+    flags: list[str] = field(default_factory=list)  # Envoy's response flags: DI, FI, UT, UO, UF, UC, URX
+    attempts: int = 0  # upstream tries (0: answered by the sidecar itself)
+    mirrored: str | None = None  # the version a copy went to
+    status: int = 0  # the answer's status; 0: none (reset, error)
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return ((self.ended or time.time()) - self.started) * 1000
+
+    def send_to(self, version: Version) -> Version:
+        """Make `version` the upstream (held in the picker's balancer until release())."""
+        self.upstream = version
+        self.version = version.name
+        return version
+
+    def pick_again(self, tried: Collection[Version]) -> Version:
+        """For a retry: release the current upstream and pick another, preferring untried versions."""
+        self.picker.done(self.upstream)
+        return self.send_to(self.picker.pick(tried))
+
+    def release(self) -> None:
+        picker, self.picker = self.picker, None
+        if picker is not None:
+            picker.done(self.upstream)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """An answer the sidecar gives itself (Envoy's local replies), with the flag it sets."""
+
+    status: int
+    body: bytes
+    flag: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+CIRCUIT_HEADER = "x-meshcli-circuit"
+FAULT_HEADER = "x-meshcli-fault"
+
+
+def timed_out() -> LocalReply:
+    """The route's timeout expired (Envoy's 504, flag UT)."""
+    return LocalReply(504, b"upstream request timeout", "UT")
+
+
+def overflow() -> LocalReply:
+    return LocalReply(503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                      "UO", ((CIRCUIT_HEADER, "open"),))
+
+
+def connect_failure() -> LocalReply:
+    return LocalReply(503, b"upstream connect error or disconnect/reset before headers. "
+                           b"reset reason: connection failure", "UF")
+
+
+def reset_before_headers() -> LocalReply:
+    # Envoy's "upstream connection termination"
+    return LocalReply(503, b"upstream connect error or disconnect/reset before headers. "
+                           b"reset reason: connection termination", "UC")
+
+
+def fault_abort(status: int) -> LocalReply:
+    return LocalReply(status, b"fault filter abort", "FI", ((FAULT_HEADER, "abort"),))

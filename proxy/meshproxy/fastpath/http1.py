@@ -1,0 +1,373 @@
+"""HTTP/1.1 on the fast path: every request meets the policies, bodies stream both ways.
+
+One `HttpProxy` serves every HTTP/1.x connection the listener hands it, in either
+direction. A request goes through the policies in the order of policy/__init__.py:
+outbound, routing picks the version, faults may answer or delay it, mirroring copies it,
+resilience forwards it (retries, timeouts, circuit breaking); inbound it goes to the app
+behind this sidecar. Telemetry records it either way.
+
+Bodies: a request body of known length up to BUFFER_LIMIT is read whole first, so it can
+be retried and mirrored; a larger or chunked one streams to the upstream as it arrives
+and is tried once. Answers always stream: each piece goes to the caller as it arrives,
+with the caller's own framing. A caller that goes away while it waits cancels its
+upstream exchange at once (its circuit-breaker slot is freed by that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import httptools
+
+from meshproxy import upstream
+from meshproxy.exchange import INBOUND, OUTBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.fastpath import tcp
+from meshproxy.policy.faults import RESET, HttpFaults
+from meshproxy.policy.mirroring import Mirroring
+from meshproxy.policy.resilience import Forwarded, Resilience
+from meshproxy.policy.routing import SOURCE_HEADER, Router
+from meshproxy.policy.telemetry import Telemetry
+from meshproxy.upstream import NOT_FORWARDED, READ_SIZE, ConnectFailure, Reset, Unsendable, without_hop_by_hop
+
+logger = logging.getLogger("meshproxy.http1")
+
+BUFFER_LIMIT = 1 << 20  # request bodies kept for retries and mirroring (Envoy's per-request buffer)
+STREAM_IDLE_TIMEOUT = 300.0  # an answer that sends nothing for this long is cut (Envoy's default)
+MAX_STASH = 1 << 16  # bytes read ahead (pipelined requests) while an exchange is in flight
+SOURCE = SOURCE_HEADER.encode()
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+END = object()  # the end of a request's body
+
+
+class BadRequest(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: str  # "1.1", "1.0"
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    upgrade: bool
+    length: int | None  # Content-Length; None: chunked or no body
+    chunked: bool
+    expect_continue: bool
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+class Downstream:
+    """The caller's connection (the app's, or a calling sidecar's), parsed by httptools:
+    request heads, body pieces and ENDs, in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        self.reader, self.writer = reader, writer
+        self.events: collections.deque = collections.deque()
+        self.stash = first  # received, not yet parsed
+        self.upgraded: bytes | None = None  # after an upgrade request: the bytes that followed it
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        length = chunked = None
+        expect = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lower == b"expect":
+                expect = value.lower() == b"100-continue"
+        self.events.append(RequestHead(parser.get_method(), self._url, parser.get_http_version(), self._headers,
+                                       parser.should_keep_alive(), parser.should_upgrade(),
+                                       None if chunked else length, bool(chunked), expect))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+
+    # reading
+    async def next(self):
+        """The next event, or None at the end of the connection."""
+        while not self.events:
+            if self.upgraded is not None:
+                return None
+            if self.stash:
+                data, self.stash = self.stash, b""
+            else:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    return None
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self.upgraded = data[exc.args[0]:]
+            except (httptools.HttpParserError, ValueError) as exc:
+                raise BadRequest(str(exc)) from None
+        return self.events.popleft()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The current request's body pieces, to its end."""
+        while True:
+            event = await self.next()
+            if event is END:
+                return
+            if event is None or isinstance(event, RequestHead):
+                raise BadRequest("the request ended before its body")
+            yield event
+
+    async def read_body(self) -> bytes:
+        return b"".join([chunk async for chunk in self.body()])
+
+    async def closed(self) -> None:
+        """Returns when the caller closed its side; what it sends meanwhile (pipelined
+        requests) is kept for next()."""
+        while len(self.stash) < MAX_STASH:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return
+            self.stash += data
+        await asyncio.Future()  # read far enough ahead: wait to be cancelled
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+
+def _status_line(version: str, status: int, reason: bytes) -> bytes:
+    return b"HTTP/%s %d %s\r\n" % (version.encode(), status, reason or b"-")
+
+
+def _encode_headers(headers) -> bytes:
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+
+
+REASONS = {200: b"OK", 403: b"Forbidden", 404: b"Not Found", 500: b"Internal Server Error", 502: b"Bad Gateway",
+           503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+
+class HttpProxy:
+    def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
+                 telemetry: Telemetry, pool: upstream.Pool) -> None:
+        self.router, self.faults, self.mirroring = router, faults, mirroring
+        self.resilience, self.telemetry, self.pool = resilience, telemetry, pool
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
+                    direction: str, destination: tuple[str, int]) -> None:
+        """Every request of one connection, in order, until either side closes it."""
+        downstream = Downstream(reader, writer, first)
+        try:
+            while True:
+                head = await downstream.next()
+                if head is None:
+                    break
+                if not isinstance(head, RequestHead):
+                    raise BadRequest("a request body without a request")
+                if not await self._one(downstream, head, direction, destination):
+                    break
+        except BadRequest as exc:
+            logger.debug("bad request from the %s side: %s", direction, exc)
+            self._write_reply(downstream, "1.1", LocalReply(400, b"bad request\n"), close=True)
+        except (OSError, Reset, asyncio.IncompleteReadError):
+            pass  # the caller went away
+        finally:
+            writer.close()
+
+    async def _one(self, downstream: Downstream, head: RequestHead, direction: str,
+                   destination: tuple[str, int]) -> bool:
+        """Proxy one request; True if the connection goes on."""
+        authority = head.header(b"host") or ("%s:%d" % destination).encode()
+        exchange = Exchange(direction, head.method.decode(), authority.decode("latin-1"),
+                            head.target.decode("latin-1"), "HTTP/" + head.version)
+        content_type = head.header(b"content-type")
+        exchange.grpc = content_type is not None and content_type.startswith(b"application/grpc")
+        headers = [(b"host", authority)]
+        headers += [(n, v) for n, v in without_hop_by_hop(head.headers) if n.lower() not in NOT_FORWARDED]
+        if head.upgrade:
+            headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
+        target_host, port = destination
+        try:
+            if direction == INBOUND:
+                source = None
+                for i, (name, value) in enumerate(headers):
+                    if name.lower() == SOURCE:
+                        source = value.decode("latin-1")
+                        del headers[i]
+                        break
+                self.router.inbound(exchange, source)
+            else:
+                fields = {}
+                for name, value in head.headers:
+                    key = name.decode("latin-1").lower()
+                    text = value.decode("latin-1")
+                    fields[key] = f"{fields[key]}, {text}" if key in fields else text
+                version = self.router.outbound(exchange, fields,
+                                               lambda n, v: headers.append((n.encode(), v.encode())))
+                if version is not None:
+                    target_host = version.host
+            return await self._forward(downstream, head, exchange, headers, target_host, port)
+        finally:
+            exchange.release()
+            exchange.ended = exchange.ended or time.time()
+            self.telemetry.record(exchange)
+
+    async def _forward(self, downstream: Downstream, head: RequestHead, exchange: Exchange,
+                       headers: list[tuple[bytes, bytes]], host: str, port: int) -> bool:
+        version = head.version
+        has_body = head.chunked or bool(head.length)
+        replayable = not has_body or (head.length is not None and head.length <= BUFFER_LIMIT)
+        body: bytes | None = b""
+        source = None
+        if has_body and head.expect_continue:
+            downstream.write(CONTINUE)
+        if replayable:
+            body = await downstream.read_body()  # also takes the END of a request without a body
+        else:
+            body, source = None, downstream.body()
+        if exchange.service is not None:
+            verdict = await self.faults.apply(exchange)
+            if verdict is RESET:
+                tcp.reset(downstream.writer)
+                return False
+            if verdict is not None:
+                return self._answer_locally(downstream, head, exchange, verdict, drained=source is None)
+            if replayable and (mirror := self.mirroring.wants_copy(exchange)) is not None:
+                self.mirroring.copy(exchange, mirror, self._copy_sender(exchange, head, headers, body, port))
+
+        async def attempt(to, max_requests):
+            return await self.pool.open(to.host, port, head.method, head.target, headers, body, source,
+                                        head.length if source is not None else None, max_requests)
+
+        async def exchange_once() -> Forwarded:
+            if exchange.service is not None:
+                return await self.resilience.forward(exchange, attempt, replayable)
+            exchange.attempts = 1
+            try:
+                return Forwarded(await self.pool.open(host, port, head.method, head.target, headers, body, source,
+                                                      head.length if source is not None else None), None)
+            except ConnectFailure:
+                return Forwarded(None, connect_failure())
+            except Reset:
+                return Forwarded(None, reset_before_headers())
+
+        try:
+            if source is None:
+                forwarded = await self._unless_caller_leaves(downstream, exchange_once())
+                if forwarded is None:
+                    exchange.flags.append("DC")  # Envoy: downstream connection termination
+                    return False
+            else:
+                forwarded = await exchange_once()
+        except Unsendable as exc:
+            return self._answer_locally(downstream, head, exchange, LocalReply(400, str(exc).encode()), drained=True)
+        try:
+            if forwarded.reply is not None:
+                return self._answer_locally(downstream, head, exchange, forwarded.reply, drained=True)
+            return await self._stream_answer(downstream, head, exchange, forwarded.answer)
+        finally:
+            forwarded.done()
+
+    async def _unless_caller_leaves(self, downstream: Downstream, work) -> Forwarded | None:
+        """Run `work` unless the caller closes its connection first (then None)."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(downstream.closed())
+        try:
+            await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (watch, task) if not task.done() else (watch,):
+                waiting.cancel()
+                await asyncio.wait((waiting,))  # its read (or exchange) is really over before the next one
+        if task.cancelled():
+            return None
+        return task.result()
+
+    def _copy_sender(self, exchange: Exchange, head: RequestHead, headers, body: bytes, port: int):
+        def send(version, authority: str):
+            copy = [(b"host", authority.encode())] + [(n, v) for n, v in headers if n != b"host"]
+            return self.pool.request(version.host, port, exchange.method, head.target, copy, body)
+        return send
+
+    def _answer_locally(self, downstream: Downstream, head: RequestHead, exchange: Exchange, reply: LocalReply,
+                        drained: bool) -> bool:
+        if reply.flag:
+            exchange.flags.append(reply.flag)
+        exchange.status = reply.status
+        keep = head.keep_alive and drained and not head.upgrade
+        self._write_reply(downstream, head.version, reply, close=not keep, head_only=head.method == b"HEAD")
+        return keep
+
+    @staticmethod
+    def _write_reply(downstream: Downstream, version: str, reply: LocalReply, close: bool,
+                     head_only: bool = False) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(reply.body))]
+        headers += [(n.encode(), v.encode()) for n, v in reply.headers]
+        if close:
+            headers.append((b"connection", b"close"))
+        downstream.write(_status_line(version, reply.status, REASONS.get(reply.status, b"")) + _encode_headers(headers)
+                         + b"\r\n" + (b"" if head_only else reply.body))
+
+    async def _stream_answer(self, downstream: Downstream, head: RequestHead, exchange: Exchange,
+                             answer: upstream.Answer) -> bool:
+        exchange.status = answer.status
+        writer = downstream.writer
+        headers = answer.headers
+        if answer.upgraded:
+            upgrade = [(n, v) for n, v in answer.raw_headers if n.lower() in (b"connection", b"upgrade")]
+            writer.write(_status_line(head.version, answer.status, answer.reason) + _encode_headers(headers + upgrade)
+                         + b"\r\n")
+            conn = answer.detach()
+            error = await tcp.relay((downstream.reader, writer), (conn.reader, conn.writer),
+                                    client_first=downstream.upgraded or b"", server_first=bytes(conn.buffer))
+            exchange.error = error
+            return False
+        keep = head.keep_alive
+        chunked = False
+        if not answer.complete and answer.length is None:
+            if head.version == "1.1":
+                chunked = True
+                headers = headers + [(b"transfer-encoding", b"chunked")]
+            else:
+                keep = False  # an HTTP/1.0 caller reads to the end of the connection
+        if not keep:
+            headers = headers + [(b"connection", b"close")]
+        writer.write(_status_line(head.version, answer.status, answer.reason) + _encode_headers(headers) + b"\r\n")
+        try:
+            async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await writer.drain()
+        except (Reset, TimeoutError) as exc:
+            exchange.error = str(exc) or "stream idle timeout"
+            exchange.flags.append("UPE")  # Envoy: upstream protocol error / reset mid-stream
+            return False  # the caller saw part of an answer: only closing tells it so
+        except BaseException:
+            answer.discard()
+            raise
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        return keep

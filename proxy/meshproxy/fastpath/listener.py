@@ -1,0 +1,134 @@
+"""The sidecar's listeners: accept on 15001 (the app's outbound calls) and 15006 (calls to
+the app), find each connection's original destination (iptables REDIRECT keeps it in
+SO_ORIGINAL_DST), decide what it speaks and hand it to the right path.
+
+Nothing is connected upstream before that decision. A connection to a service with a TCP
+fault is relayed raw with its toxic whatever it speaks; else HTTP/1.1 goes to
+http1.HttpProxy, TLS and HTTP/2 are handed to mitmproxy (handover.py), and anything else
+is relayed raw. A client that sends nothing for DETECT_TIMEOUT (a protocol where the
+server speaks first) is relayed raw too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import struct
+from typing import Callable
+
+from meshproxy.exchange import INBOUND, OUTBOUND
+from meshproxy.fastpath import sniff, tcp
+from meshproxy.fastpath.handover import Mitmproxy
+from meshproxy.fastpath.http1 import HttpProxy
+from meshproxy.policy.faults import Toxic, TcpFaults
+from meshproxy.policy.telemetry import Telemetry
+
+logger = logging.getLogger("meshproxy.listener")
+
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+DETECT_TIMEOUT = 0.1  # seconds to wait for a client's first bytes (Istio's protocol detection timeout)
+READ_SIZE = 65536
+HANDED_OVER = ("tls", "h2c")
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where the app meant to connect before iptables redirected it (IPv4)."""
+    data = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, = struct.unpack_from("!H", data, 2)
+    return socket.inet_ntoa(data[4:8]), port
+
+
+async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
+    """Read until the protocol is known (or DETECT_TIMEOUT passes): (bytes, kind)."""
+    data = b""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + DETECT_TIMEOUT
+    while True:
+        try:
+            async with asyncio.timeout_at(until):
+                chunk = await reader.read(READ_SIZE)
+        except TimeoutError:
+            return data, "tcp"
+        if not chunk:
+            return data, "closed" if not data else "tcp"
+        data += chunk
+        kind = sniff.classify(data)
+        if kind is not None:
+            return data, kind
+
+
+class Listener:
+    def __init__(self, http: HttpProxy, tcp_faults: TcpFaults, telemetry: Telemetry, mitmproxy: Mitmproxy,
+                 destination_of: Callable[[socket.socket], tuple[str, int]] = original_destination) -> None:
+        self.http, self.tcp_faults, self.telemetry, self.mitmproxy = http, tcp_faults, telemetry, mitmproxy
+        self.destination_of = destination_of  # tests set their own: there is no iptables on loopback
+        self.servers: list[asyncio.base_events.Server] = []
+
+    async def start(self, host: str = "0.0.0.0", outbound_port: int = OUTBOUND_PORT,
+                    inbound_port: int = INBOUND_PORT) -> None:
+        for port, direction in ((outbound_port, OUTBOUND), (inbound_port, INBOUND)):
+            self.servers.append(await asyncio.start_server(
+                functools.partial(self._accept, direction), host, port, reuse_address=True, backlog=1024,
+                limit=READ_SIZE))
+
+    def listening(self) -> bool:
+        return len(self.servers) == 2 and all(server.is_serving() for server in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def _accept(self, direction: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            destination = self.destination_of(writer.get_extra_info("socket"))
+        except OSError:  # not redirected: someone called the listener itself
+            writer.close()
+            return
+        try:
+            await self._serve(direction, destination, reader, writer)
+        except Exception:  # survived: one connection's trouble must never reach the listener
+            logger.exception("%s connection to %s:%s failed", direction, *destination)
+        finally:
+            writer.close()
+
+    async def _serve(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        if direction == OUTBOUND and (decision := self.tcp_faults.for_connection(destination[0])) is not None:
+            await self._relay(direction, destination, reader, writer, b"", Toxic(decision[1]))
+            return
+        data, kind = await first_bytes(reader)
+        if kind == "http1":
+            await self.http.serve(reader, writer, data, direction, destination)
+        elif kind in HANDED_OVER:
+            server = await self.mitmproxy.connect(direction, destination)
+            await tcp.relay((reader, writer), server, client_first=data)
+        elif kind == "tcp":
+            await self._relay(direction, destination, reader, writer, data, None)
+
+    async def _relay(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None) -> None:
+        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination)
+        self.telemetry.tcp_opened(labels)
+        error = None
+        try:
+            at_start = toxic.at_start() if toxic is not None else None
+            if at_start == "reset":
+                tcp.reset(writer)
+                return
+            if at_start == "close":
+                return
+            try:
+                server = await asyncio.open_connection(*destination, limit=READ_SIZE)
+            except OSError as exc:
+                error = f"cannot connect: {exc}"
+                tcp.reset(writer)
+                return
+            error = await tcp.relay((reader, writer), server, client_first=data, toxic=toxic,
+                                    on_bytes=lambda from_client, size: self.telemetry.tcp_bytes(labels, from_client,
+                                                                                                size))
+        finally:
+            self.telemetry.tcp_closed(labels, error, toxic.flag if toxic is not None else "-")
