@@ -12,12 +12,14 @@ import asyncio
 import logging
 import signal
 
-from meshproxy import admin, upstream
+from meshproxy import admin, upstream, upstream_h2
 from meshproxy.config import MeshState
 from meshproxy.config_watcher import ConfigWatcher
 from meshproxy.fastpath.handover import Mitmproxy
 from meshproxy.fastpath.http1 import HttpProxy
+from meshproxy.fastpath.http2 import H2Proxy
 from meshproxy.fastpath.listener import Listener
+from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.outlier import Outliers
 from meshproxy.policy.faults import HttpFaults, TcpFaults
 from meshproxy.policy.mirroring import Mirroring
@@ -40,10 +42,12 @@ class Sidecar:
         self.resilience = Resilience(state, self.outliers)
         self.telemetry = Telemetry(state, outliers=self.outliers)
         self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened)
-        self.http = HttpProxy(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry,
-                              self.pool)
+        self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry)
+        self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened)
+        self.http = HttpProxy(self.pipeline, self.pool)
+        self.h2 = H2Proxy(self.pipeline, self.h2_pool)
         self.mitmproxy = Mitmproxy(self._mitmproxy_addons)
-        self.listener = Listener(self.http, self.tcp_faults, self.telemetry, self.mitmproxy)
+        self.listener = Listener(self.http, self.h2, self.tcp_faults, self.telemetry, self.mitmproxy)
 
     def _mitmproxy_addons(self) -> list:
         from meshproxy.addons import addons  # imports mitmproxy
@@ -63,6 +67,7 @@ class Sidecar:
         self.mirroring.stop()
         self.mitmproxy.stop()
         self.pool.close()
+        self.h2_pool.close()
 
     def ready(self) -> bool:
         return self.listener.listening() and self.state.loaded

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from mitmproxy.addons import core, proxyserver
 
-from meshproxy import upstream_h2
 from meshproxy.addons.faults import Faults
 from meshproxy.addons.mirroring import Mirroring
 from meshproxy.addons.protocol import ProtocolDetection
@@ -17,14 +16,13 @@ from meshproxy.addons.telemetry import Telemetry
 
 def addons(sidecar) -> list:
     """The addons for a meshproxy.sidecar.Sidecar."""
-    h2_pool = upstream_h2.Pool()  # HTTP/2 upstream connections of Resilience and Mirroring
     return [
         core.Core(),  # mitmproxy's option and command plumbing
         proxyserver.Proxyserver(),  # mitmproxy's listeners and connection handling
         ProtocolDetection(),  # inside the handover tunnel: HTTP/1, HTTP/2 (prior knowledge) or raw TCP
         Routing(sidecar.router),  # client side: pick a route and a version of the destination service
         Faults(sidecar.http_faults),  # client side: injected delays and aborts
-        Mirroring(sidecar.mirroring, sidecar.pool, h2_pool),  # client side: fire-and-forget copies
-        Resilience(sidecar.resilience, sidecar.pool, h2_pool),  # client side: timeouts, retries, circuit breaking
+        Mirroring(sidecar.mirroring, sidecar.pool, sidecar.h2_pool),  # client side: fire-and-forget copies
+        Resilience(sidecar.resilience, sidecar.pool, sidecar.h2_pool),  # client side: timeouts, retries, circuit breaking
         Telemetry(sidecar.telemetry),  # counters, Prometheus metrics, access log
     ]

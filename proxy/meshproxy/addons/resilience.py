@@ -58,6 +58,3 @@ class Resilience:
         forwarded.done()  # buffered: the answer is whole already
         flow.response = (to_flow_response(forwarded.answer, request) if forwarded.answer is not None
                          else local_response(exchange, forwarded.reply))
-
-    def done(self) -> None:
-        self.h2_pool.close()

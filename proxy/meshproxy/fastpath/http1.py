@@ -18,21 +18,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import httptools
 
 from meshproxy import upstream
-from meshproxy.exchange import INBOUND, OUTBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.config import Version
+from meshproxy.exchange import INBOUND, Exchange, LocalReply
 from meshproxy.fastpath import tcp
-from meshproxy.policy.faults import RESET, HttpFaults
-from meshproxy.policy.mirroring import Mirroring
-from meshproxy.policy.resilience import Forwarded, Resilience
-from meshproxy.policy.routing import SOURCE_HEADER, Router
-from meshproxy.policy.telemetry import Telemetry
-from meshproxy.upstream import NOT_FORWARDED, READ_SIZE, ConnectFailure, Reset, Unsendable, without_hop_by_hop
+from meshproxy.fastpath.pipeline import Pipeline, answer_locally
+from meshproxy.policy.faults import RESET
+from meshproxy.policy.routing import SOURCE_HEADER
+from meshproxy.upstream import NOT_FORWARDED, READ_SIZE, Reset, Unsendable, without_hop_by_hop
 
 logger = logging.getLogger("meshproxy.http1")
 
@@ -173,10 +171,8 @@ REASONS = {200: b"OK", 403: b"Forbidden", 404: b"Not Found", 500: b"Internal Ser
 
 
 class HttpProxy:
-    def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
-                 telemetry: Telemetry, pool: upstream.Pool) -> None:
-        self.router, self.faults, self.mirroring = router, faults, mirroring
-        self.resilience, self.telemetry, self.pool = resilience, telemetry, pool
+    def __init__(self, pipeline: Pipeline, pool: upstream.Pool) -> None:
+        self.pipeline, self.pool = pipeline, pool
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
                     direction: str, destination: tuple[str, int]) -> None:
@@ -208,38 +204,29 @@ class HttpProxy:
         content_type = head.header(b"content-type")
         exchange.grpc = content_type is not None and content_type.startswith(b"application/grpc")
         headers = [(b"host", authority)]
-        headers += [(n, v) for n, v in without_hop_by_hop(head.headers) if n.lower() not in NOT_FORWARDED]
+        source = None
+        fields: dict[str, str] = {}
+        for name, value in head.headers:  # what route matches see: every header, as mitmproxy shows them
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        for name, value in without_hop_by_hop(head.headers):
+            lower = name.lower()
+            if lower == SOURCE and direction == INBOUND:
+                source = value.decode("latin-1")
+            elif lower not in NOT_FORWARDED:
+                headers.append((name, value))
         if head.upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
-        target_host, port = destination
         try:
-            if direction == INBOUND:
-                source = None
-                for i, (name, value) in enumerate(headers):
-                    if name.lower() == SOURCE:
-                        source = value.decode("latin-1")
-                        del headers[i]
-                        break
-                self.router.inbound(exchange, source)
-            else:
-                fields = {}
-                for name, value in head.headers:
-                    key = name.decode("latin-1").lower()
-                    text = value.decode("latin-1")
-                    fields[key] = f"{fields[key]}, {text}" if key in fields else text
-                version = self.router.outbound(exchange, fields,
-                                               lambda n, v: headers.append((n.encode(), v.encode())))
-                if version is not None:
-                    target_host = version.host
-            return await self._forward(downstream, head, exchange, headers, target_host, port)
+            version = self.pipeline.route(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())),
+                                          source)
+            host = version.host if version is not None else destination[0]
+            return await self._forward(downstream, head, exchange, headers, host, destination[1])
         finally:
-            exchange.release()
-            exchange.ended = exchange.ended or time.time()
-            self.telemetry.record(exchange)
+            self.pipeline.finish(exchange)
 
     async def _forward(self, downstream: Downstream, head: RequestHead, exchange: Exchange,
                        headers: list[tuple[bytes, bytes]], host: str, port: int) -> bool:
-        version = head.version
         has_body = head.chunked or bool(head.length)
         replayable = not has_body or (head.length is not None and head.length <= BUFFER_LIMIT)
         body: bytes | None = b""
@@ -250,50 +237,42 @@ class HttpProxy:
             body = await downstream.read_body()  # also takes the END of a request without a body
         else:
             body, source = None, downstream.body()
-        if exchange.service is not None:
-            verdict = await self.faults.apply(exchange)
-            if verdict is RESET:
-                tcp.reset(downstream.writer)
-                return False
-            if verdict is not None:
-                return self._answer_locally(downstream, head, exchange, verdict, drained=source is None)
-            if replayable and (mirror := self.mirroring.wants_copy(exchange)) is not None:
-                self.mirroring.copy(exchange, mirror, self._copy_sender(exchange, head, headers, body, port))
+        length = head.length if source is not None else None
 
-        async def attempt(to, max_requests):
-            return await self.pool.open(to.host, port, head.method, head.target, headers, body, source,
-                                        head.length if source is not None else None, max_requests)
+        def attempt(to, max_requests):
+            return self.pool.open(to.host, port, head.method, head.target, headers, body, source, length,
+                                  max_requests)
 
-        async def exchange_once() -> Forwarded:
-            if exchange.service is not None:
-                return await self.resilience.forward(exchange, attempt, replayable)
-            exchange.attempts = 1
-            try:
-                return Forwarded(await self.pool.open(host, port, head.method, head.target, headers, body, source,
-                                                      head.length if source is not None else None), None)
-            except ConnectFailure:
-                return Forwarded(None, connect_failure())
-            except Reset:
-                return Forwarded(None, reset_before_headers())
+        def send_copy(to, authority: str):
+            copy = [(b"host", authority.encode())] + headers[1:]
+            return self.pool.request(to.host, port, exchange.method, head.target, copy, body)
 
+        work = self.pipeline.forward(exchange, replayable, attempt, lambda: attempt(Version("", host), None),
+                                     send_copy)
         try:
             if source is None:
-                forwarded = await self._unless_caller_leaves(downstream, exchange_once())
-                if forwarded is None:
+                outcome = await self._unless_caller_leaves(downstream, work)
+                if outcome is None:
                     exchange.flags.append("DC")  # Envoy: downstream connection termination
                     return False
             else:
-                forwarded = await exchange_once()
+                outcome = await work
         except Unsendable as exc:
-            return self._answer_locally(downstream, head, exchange, LocalReply(400, str(exc).encode()), drained=True)
+            outcome = LocalReply(400, str(exc).encode())
+        if outcome is RESET:
+            tcp.reset(downstream.writer)
+            return False
+        if isinstance(outcome, LocalReply):
+            return self._answer_locally(downstream, head, exchange, outcome, drained=source is None)
         try:
-            if forwarded.reply is not None:
-                return self._answer_locally(downstream, head, exchange, forwarded.reply, drained=True)
-            return await self._stream_answer(downstream, head, exchange, forwarded.answer)
+            if outcome.reply is not None:
+                return self._answer_locally(downstream, head, exchange, outcome.reply, drained=True)
+            return await self._stream_answer(downstream, head, exchange, outcome.answer)
         finally:
-            forwarded.done()
+            outcome.done()
 
-    async def _unless_caller_leaves(self, downstream: Downstream, work) -> Forwarded | None:
+    @staticmethod
+    async def _unless_caller_leaves(downstream: Downstream, work):
         """Run `work` unless the caller closes its connection first (then None)."""
         task = asyncio.ensure_future(work)
         watch = asyncio.ensure_future(downstream.closed())
@@ -307,17 +286,9 @@ class HttpProxy:
             return None
         return task.result()
 
-    def _copy_sender(self, exchange: Exchange, head: RequestHead, headers, body: bytes, port: int):
-        def send(version, authority: str):
-            copy = [(b"host", authority.encode())] + [(n, v) for n, v in headers if n != b"host"]
-            return self.pool.request(version.host, port, exchange.method, head.target, copy, body)
-        return send
-
     def _answer_locally(self, downstream: Downstream, head: RequestHead, exchange: Exchange, reply: LocalReply,
                         drained: bool) -> bool:
-        if reply.flag:
-            exchange.flags.append(reply.flag)
-        exchange.status = reply.status
+        answer_locally(exchange, reply)
         keep = head.keep_alive and drained and not head.upgrade
         self._write_reply(downstream, head.version, reply, close=not keep, head_only=head.method == b"HEAD")
         return keep

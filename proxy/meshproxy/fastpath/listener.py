@@ -4,8 +4,8 @@ SO_ORIGINAL_DST), decide what it speaks and hand it to the right path.
 
 Nothing is connected upstream before that decision. A connection to a service with a TCP
 fault is relayed raw with its toxic whatever it speaks; else HTTP/1.1 goes to
-http1.HttpProxy, TLS and HTTP/2 are handed to mitmproxy (handover.py), and anything else
-is relayed raw. A client that sends nothing for DETECT_TIMEOUT (a protocol where the
+http1.HttpProxy, HTTP/2 with prior knowledge to http2.H2Proxy, TLS the app started itself
+is handed to mitmproxy (handover.py), and anything else is relayed raw. A client that sends nothing for DETECT_TIMEOUT (a protocol where the
 server speaks first) is relayed raw too.
 """
 
@@ -22,6 +22,7 @@ from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
 from meshproxy.fastpath.http1 import HttpProxy
+from meshproxy.fastpath.http2 import H2Proxy
 from meshproxy.policy.faults import Toxic, TcpFaults
 from meshproxy.policy.telemetry import Telemetry
 
@@ -32,7 +33,7 @@ INBOUND_PORT = 15006
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 DETECT_TIMEOUT = 0.1  # seconds to wait for a client's first bytes (Istio's protocol detection timeout)
 READ_SIZE = 65536
-HANDED_OVER = ("tls", "h2c")
+HANDED_OVER = ("tls",)
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
@@ -62,9 +63,9 @@ async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
 
 
 class Listener:
-    def __init__(self, http: HttpProxy, tcp_faults: TcpFaults, telemetry: Telemetry, mitmproxy: Mitmproxy,
+    def __init__(self, http: HttpProxy, h2: H2Proxy, tcp_faults: TcpFaults, telemetry: Telemetry, mitmproxy: Mitmproxy,
                  destination_of: Callable[[socket.socket], tuple[str, int]] = original_destination) -> None:
-        self.http, self.tcp_faults, self.telemetry, self.mitmproxy = http, tcp_faults, telemetry, mitmproxy
+        self.http, self.h2, self.tcp_faults, self.telemetry, self.mitmproxy = http, h2, tcp_faults, telemetry, mitmproxy
         self.destination_of = destination_of  # tests set their own: there is no iptables on loopback
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -103,6 +104,8 @@ class Listener:
         data, kind = await first_bytes(reader)
         if kind == "http1":
             await self.http.serve(reader, writer, data, direction, destination)
+        elif kind == "h2c":
+            await self.h2.serve(reader, writer, data, direction, destination)
         elif kind in HANDED_OVER:
             server = await self.mitmproxy.connect(direction, destination)
             await tcp.relay((reader, writer), server, client_first=data)

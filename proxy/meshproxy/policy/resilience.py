@@ -173,12 +173,14 @@ class Resilience:
             breaker.configure(service.circuit_breaker)
         self.breakers = breakers
 
-    async def forward(self, exchange: Exchange, attempt: Attempt, replayable: bool = True) -> Forwarded:
-        """Send the request to exchange.upstream, retrying as its route says."""
+    async def forward(self, exchange: Exchange, attempt: Attempt,
+                      replayable: bool | Callable[[], bool] = True) -> Forwarded:
+        """Send the request to exchange.upstream, retrying as its route says. `replayable`
+        says (or tells, when asked after a failed try) whether the body can be sent again."""
         service = exchange.service
         route = exchange.route
         deadline = exchange.deadline or math.inf
-        retries = route.retries if replayable else None
+        retries = route.retries
         allowed_retries = retries.attempts if retries else 0
         idempotent = exchange.method.upper() in IDEMPOTENT
         breaker = self.breakers.get(service.name) or CircuitBreaker()  # a reload removed the service meanwhile
@@ -211,9 +213,9 @@ class Resilience:
             health.record(version.host, status or OUTLIER_STATUS[failure])
             if failure == "timeout" and now() >= deadline:
                 return Forwarded(None, timed_out())
-            final = not is_retriable(retries, failure, status, idempotent) or retry >= allowed_retries
-            if final:
-                if allowed_retries and retry >= allowed_retries and is_retriable(retries, failure, status, idempotent):
+            retriable = is_retriable(retries, failure, status, idempotent)
+            if not retriable or retry >= allowed_retries or not (replayable() if callable(replayable) else replayable):
+                if retriable and allowed_retries and retry >= allowed_retries:
                     exchange.flags.append("URX")
                 if answer is not None:
                     return Forwarded(answer, None, breaker.release)

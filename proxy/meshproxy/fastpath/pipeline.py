@@ -1,0 +1,72 @@
+"""The policies in their order for one request, whatever HTTP version carries it.
+
+http1.py and http2.py parse and frame; everything a request meets between its headers
+and its answer is here, once: routing (outbound: route and version; inbound: the
+caller's identity), then for mesh services faults, mirroring and resilience, and in the
+end telemetry. Requests leaving the mesh, or reaching the app behind this sidecar, are
+sent once, as they came.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable, Mapping
+
+from meshproxy.config import Version
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.policy.faults import HttpFaults
+from meshproxy.policy.mirroring import Mirroring, SendCopy
+from meshproxy.policy.resilience import Attempt, Forwarded, Resilience
+from meshproxy.policy.routing import Router
+from meshproxy.policy.telemetry import Telemetry
+from meshproxy.upstream import ConnectFailure, Reset
+
+
+class Pipeline:
+    def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
+                 telemetry: Telemetry) -> None:
+        self.router, self.faults, self.mirroring = router, faults, mirroring
+        self.resilience, self.telemetry = resilience, telemetry
+
+    def route(self, exchange: Exchange, fields: Mapping[str, str], set_header: Callable[[str, str], None],
+              source: str | None) -> Version | None:
+        """At the request headers: the version to send to, or None (where the app sent it).
+        `fields` are the headers with lower-case names; inbound, `source` is the caller."""
+        if exchange.direction == INBOUND:
+            self.router.inbound(exchange, source)
+            return None
+        return self.router.outbound(exchange, fields, set_header)
+
+    async def forward(self, exchange: Exchange, replayable: bool | Callable[[], bool], attempt: Attempt,
+                      send_direct: Callable[[], Awaitable], send_copy: SendCopy) -> Forwarded | LocalReply | str:
+        """The answer (Forwarded), a fault's reply (LocalReply), or policy.faults.RESET.
+        `replayable` says whether the request body is whole and kept (then it can be
+        mirrored and retried); a callable is asked each time, as a streamed body may end."""
+        if exchange.service is not None:
+            verdict = await self.faults.apply(exchange)
+            if verdict is not None:
+                return verdict
+            whole = replayable() if callable(replayable) else replayable
+            if whole and (mirror := self.mirroring.wants_copy(exchange)) is not None:
+                self.mirroring.copy(exchange, mirror, send_copy)
+            return await self.resilience.forward(exchange, attempt, replayable)
+        exchange.attempts = 1
+        try:
+            return Forwarded(await send_direct(), None)
+        except ConnectFailure:
+            return Forwarded(None, connect_failure())
+        except Reset:
+            return Forwarded(None, reset_before_headers())
+
+    def finish(self, exchange: Exchange) -> None:
+        exchange.release()
+        exchange.ended = exchange.ended or time.time()
+        self.telemetry.record(exchange)
+
+
+def answer_locally(exchange: Exchange, reply: LocalReply) -> LocalReply:
+    """Record a reply the sidecar gives itself; returns it for the caller to write."""
+    if reply.flag:
+        exchange.flags.append(reply.flag)
+    exchange.status = reply.status
+    return reply
