@@ -290,6 +290,7 @@ class HttpProxy:
                         drained: bool) -> bool:
         answer_locally(exchange, reply)
         keep = head.keep_alive and drained and not head.upgrade
+        self.pipeline.finish(exchange)
         self._write_reply(downstream, head.version, reply, close=not keep, head_only=head.method == b"HEAD")
         return keep
 
@@ -327,10 +328,23 @@ class HttpProxy:
                 keep = False  # an HTTP/1.0 caller reads to the end of the connection
         if not keep:
             headers = headers + [(b"connection", b"close")]
-        writer.write(_status_line(head.version, answer.status, answer.reason) + _encode_headers(headers) + b"\r\n")
+        head_bytes = _status_line(head.version, answer.status, answer.reason) + _encode_headers(headers) + b"\r\n"
+        # The request is counted just before the last bytes of its answer go out, so a caller
+        # that got the whole answer sees it counted: before the end of a Content-Length body
+        # (its last piece), the chunked terminator, or the head of an answer without a body.
+        remaining = answer.length if not answer.complete else None
         try:
+            if answer.complete:
+                self.pipeline.finish(exchange)
+            writer.write(head_bytes)
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if chunked:
+                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                elif remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        self.pipeline.finish(exchange)
+                writer.write(chunk)
                 await writer.drain()
         except (Reset, TimeoutError) as exc:
             exchange.error = str(exc) or "stream idle timeout"
@@ -339,6 +353,7 @@ class HttpProxy:
         except BaseException:
             answer.discard()
             raise
+        self.pipeline.finish(exchange)
         if chunked:
             writer.write(b"0\r\n\r\n")
         return keep

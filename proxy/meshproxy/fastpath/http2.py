@@ -297,6 +297,7 @@ class H2Proxy:
     async def _reply(self, caller: CallerConnection, stream: CallerStream, exchange: Exchange,
                      reply: LocalReply) -> None:
         answer_locally(exchange, reply)
+        self.pipeline.finish(exchange)
         caller.send_headers(stream, [(b":status", b"%d" % reply.status), (b"content-type", b"text/plain"),
                                      (b"content-length", b"%d" % len(reply.body)),
                                      *((n.encode(), v.encode()) for n, v in reply.headers)])
@@ -305,11 +306,13 @@ class H2Proxy:
     async def _stream_answer(self, caller: CallerConnection, stream: CallerStream, exchange: Exchange,
                              answer: upstream_h2.Answer) -> None:
         exchange.status = answer.status
+        head = [(b":status", b"%d" % answer.status), *answer.headers]
         if answer.empty:  # e.g. gRPC's trailers-only answer: one HEADERS frame that ends the stream
-            caller.send_headers(stream, [(b":status", b"%d" % answer.status), *answer.headers], end=True)
             answer.discard()
+            self.pipeline.finish(exchange)
+            caller.send_headers(stream, head, end=True)
             return
-        caller.send_headers(stream, [(b":status", b"%d" % answer.status), *answer.headers])
+        caller.send_headers(stream, head)
         try:
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
                 await caller.send_data(stream, chunk)
@@ -318,6 +321,8 @@ class H2Proxy:
             exchange.flags.append("UPE")
             caller.reset_stream(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
+        # Counted before the stream's end goes out, so a caller that got the whole answer sees it counted.
+        self.pipeline.finish(exchange)
         if answer.trailers:
             caller.send_headers(stream, answer.trailers, end=True)
         else:

@@ -59,8 +59,12 @@ class Pipeline:
             return Forwarded(None, reset_before_headers())
 
     def finish(self, exchange: Exchange) -> None:
+        """Count the request, once: called just before the last bytes of its answer go out,
+        so whoever got the answer sees it counted (and again, as a no-op, at the end)."""
+        if exchange.ended is not None:
+            return
+        exchange.ended = time.time()
         exchange.release()
-        exchange.ended = exchange.ended or time.time()
         self.telemetry.record(exchange)
 
 
