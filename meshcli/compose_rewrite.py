@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION, ENV_WORKLOAD,
-                              HEALTH_PATH, HEALTH_PORT, SIDECAR_UID)
+                              HEALTH_PATH, HEALTH_PORT, POD_READY_FILE, SIDECAR_UID)
 
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
@@ -157,7 +157,7 @@ def _pod_service(name: str, workload, pod: dict[str, Any], app: dict[str, Any], 
         "command": ["pod"],
         "cap_add": ["NET_ADMIN"],
         "environment": {ENV_WORKLOAD: name},
-        "healthcheck": {"test": ["CMD", "test", "-f", "/run/mesh-ready"], **HEALTHCHECK_FAST},
+        "healthcheck": {"test": ["CMD", "test", "-f", POD_READY_FILE], **HEALTHCHECK_FAST},
         "restart": "unless-stopped",
         "labels": _labels("pod", workload, mesh.project),
         **pod,
