@@ -52,11 +52,12 @@ def describe(fault: Fault) -> str:
         parts.append(f"{what} on {_percent(abort.percent)} of requests")
     if fault.tcp:
         t = fault.tcp
+        latency, jitter = _format_seconds(t.latency), _format_seconds(t.jitter)
         detail = {
-            TcpFaultKind.LATENCY: f" {_format_seconds(t.latency)}" + (f" ± {_format_seconds(t.jitter)}" if t.jitter else ""),
+            TcpFaultKind.LATENCY: f" {latency}" + (f" ± {jitter}" if t.jitter else ""),
             TcpFaultKind.BANDWIDTH: f" {t.rate} bytes/s",
             TcpFaultKind.LIMIT_DATA: f" after {t.bytes} bytes",
-            TcpFaultKind.SLICER: f" into {t.bytes}-byte slices" + (f" {_format_seconds(t.latency)} apart" if t.latency else ""),
+            TcpFaultKind.SLICER: f" into {t.bytes}-byte slices" + (f" {latency} apart" if t.latency else ""),
         }.get(t.kind, "")
         parts.append(f"tcp {t.kind}{detail} on {_percent(t.percent)} of connections")
     text = ", ".join(parts)

@@ -668,7 +668,8 @@ def _parse_tcp_fault(check: _Collector, node: dict, where: str) -> TcpFault | No
     jitter = check.duration(raw, "jitter", f"{what}.jitter")
     size = check.number(raw, "bytes", f"{what}.bytes")
     percent = check.percent(raw, "percent", f"{what}.percent")
-    return TcpFault(kind, latency or 0, jitter or 0, rate or 0, size or 0, DEFAULT_PERCENT if percent is None else percent)
+    return TcpFault(kind, latency or 0, jitter or 0, rate or 0, size or 0,
+                    DEFAULT_PERCENT if percent is None else percent)
 
 
 def _parse_circuit_breaker(check: _Collector, body: dict, where: str) -> CircuitBreaker | None:

@@ -22,6 +22,7 @@ from meshcli import mesh_config
 from meshcli.mesh_config import Mesh, RequestMatch, Route, Service, StringMatch
 from meshcli.yaml_source import atomic_write
 
+
 @dataclass(frozen=True)
 class Compiled:
     """What is (now) in sidecar.json; `changed` says whether this write replaced it."""
@@ -31,7 +32,8 @@ class Compiled:
     changed: bool
 
 
-def compile_mesh(mesh: Mesh, runtime_faults: Sequence[wire.RuntimeFault] = (), generation: int = 0) -> wire.SidecarConfig:
+def compile_mesh(mesh: Mesh, runtime_faults: Sequence[wire.RuntimeFault] = (),
+                 generation: int = 0) -> wire.SidecarConfig:
     """The sidecar config of `mesh` plus the runtime faults, its version set."""
     config = wire.SidecarConfig(version="", services={name: _service(s) for name, s in mesh.services.items()},
                                 generation=generation, faults=tuple(runtime_faults), project=mesh.project)

@@ -6,7 +6,8 @@ set -eu
 
 # The sidecar's ports and uid and the ready file, from the one definition meshcli and the sidecar share.
 eval "$(/opt/meshcli/venv/bin/python -c 'from meshproxy import config as c
-print(f"INBOUND_PORT={c.INBOUND_PORT} OUTBOUND_PORT={c.OUTBOUND_PORT} SIDECAR_UID={c.SIDECAR_UID} READY={c.POD_READY_FILE}")')"
+print(f"INBOUND_PORT={c.INBOUND_PORT} OUTBOUND_PORT={c.OUTBOUND_PORT} SIDECAR_UID={c.SIDECAR_UID}")
+print(f"READY={c.POD_READY_FILE}")')"
 # The sidecar's own ports (admin, health, metrics...) are never intercepted.
 MESH_PORTS="${MESH_EXCLUDE_INBOUND_PORTS:-15000:15099}"
 

@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
             output.emit_json({"fault": fault_layer.view(stored, time.time()), "config": summary})
             return
         lasting = "until cleared" if stored.until is None else f"for {fault_layer.format_seconds(stored.until - stored.created)}"
-        output.success(f"{stored.service}: {fault_layer.describe(stored)}, {lasting} ({stored.id}) - {_applied_text(summary)}")
+        output.success(f"{stored.service}: {fault_layer.describe(stored)}, {lasting} ({stored.id}) - "
+                       f"{_applied_text(summary)}")
 
     @fault_app.command("list")
     def list_faults(

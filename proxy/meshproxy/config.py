@@ -437,8 +437,8 @@ def _string_match_json(match: StringMatch) -> dict:
 
 
 def _named_matches(readers: list[_Reader], lower: bool) -> tuple[tuple[str, StringMatch], ...]:
-    return tuple(((name.lower() if lower else name), _string_match(r))
-                 for r in readers for name in [r.get("name", str, required=True)])
+    names = [r.get("name", str, required=True) for r in readers]
+    return tuple((name.lower() if lower else name, _string_match(r)) for name, r in zip(names, readers))
 
 
 def _named_matches_json(matches: tuple[tuple[str, StringMatch], ...]) -> list[dict] | None:
@@ -509,10 +509,10 @@ def _http_fault(r: _Reader | None) -> HttpFault | None:
 
 def _http_fault_json(fault: HttpFault) -> dict:
     delay, abort = fault.delay, fault.abort
+    what = ({"reset": True} if abort.reset else {"status": abort.status}) if abort else {}
     return _without_none({
         "delay": {"ms": milliseconds(delay.seconds), "percent": delay.percent} if delay else None,
-        "abort": ({"reset": True} if abort.reset else {"status": abort.status}) | {"percent": abort.percent}
-                 if abort else None,
+        "abort": {**what, "percent": abort.percent} if abort else None,
     })
 
 
