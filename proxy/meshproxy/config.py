@@ -111,6 +111,11 @@ class TcpFaultKind(StrEnum):  # Toxiproxy's toxics
     SLICER = "slicer"
 
 
+class Direction(StrEnum):  # of a flow through a sidecar: its app calling out, or a call to its app
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
 def _values(kinds: Iterable[StrEnum]) -> tuple[str, ...]:
     return tuple(kind.value for kind in kinds)
 
