@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION, ENV_WORKLOAD,
+                              HEALTH_PATH, HEALTH_PORT, POD_READY_FILE, SIDECAR_UID)
+
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
 from meshcli.yaml_source import to_plain
@@ -22,9 +25,6 @@ CONTROLLER = "meshcli-controller"
 POD_SUFFIX = "-pod"
 SIDECAR_SUFFIX = "-sidecar"
 LABEL_PREFIX = "io.meshcli."
-CONFIG_MOUNT = "/etc/meshcli"
-SIDECAR_UID = 1337
-HEALTH_PORT = 15020
 
 # Settings that belong to the network namespace, so they move from the app to its pod.
 NAMESPACE_KEYS = (
@@ -95,7 +95,7 @@ def _controller_service(mesh: Mesh, options: RenderOptions, user_services: dict[
         "image": options.sidecar_image,
         "command": ["controller"],
         "network_mode": "none",
-        "environment": {"MESH_PROJECT": mesh.project},
+        "environment": {ENV_PROJECT: mesh.project},
         "volumes": [f"{options.docker_socket}:/var/run/docker.sock"],
         "depends_on": {sidecar_name(name): {"condition": "service_started"} for name in always_on},
         "restart": "unless-stopped",
@@ -156,8 +156,8 @@ def _pod_service(name: str, workload, pod: dict[str, Any], app: dict[str, Any], 
         "image": image,
         "command": ["pod"],
         "cap_add": ["NET_ADMIN"],
-        "environment": {"MESH_WORKLOAD": name},
-        "healthcheck": {"test": ["CMD", "test", "-f", "/run/mesh-ready"], **HEALTHCHECK_FAST},
+        "environment": {ENV_WORKLOAD: name},
+        "healthcheck": {"test": ["CMD", "test", "-f", POD_READY_FILE], **HEALTHCHECK_FAST},
         "restart": "unless-stopped",
         "labels": _labels("pod", workload, mesh.project),
         **pod,
@@ -175,15 +175,15 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
         "network_mode": f"service:{pod_name(name)}",
         "depends_on": {pod_name(name): {"condition": "service_healthy"}},
         "environment": {
-            "MESH_PROJECT": mesh.project,
-            "MESH_WORKLOAD": name,
-            "MESH_SERVICE": workload.service,
-            "MESH_VERSION": workload.version,
-            "MESH_CONFIG_DIR": CONFIG_MOUNT,
+            ENV_PROJECT: mesh.project,
+            ENV_WORKLOAD: name,
+            ENV_SERVICE: workload.service,
+            ENV_VERSION: workload.version,
+            ENV_CONFIG_DIR: CONFIG_DIR,
         },
-        "volumes": [f"{config_dir}:{CONFIG_MOUNT}:ro"],
+        "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
         "healthcheck": {
-            "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/healthz/ready"],
+            "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}{HEALTH_PATH}"],
             **HEALTHCHECK_FAST,
         },
         "restart": "unless-stopped",

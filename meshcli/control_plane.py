@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from meshproxy import config as wire
+
 from meshcli import fault_layer, mesh_config, sidecar_config, status, workspace as ws, yaml_source
 from meshcli.diagnostics import did_you_mean
 from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
 
-REJECTED_FILE = "rejected.json"
 POLL_INTERVAL = 0.1
 
 Progress = Callable[[str], None]
@@ -44,13 +45,13 @@ def apply(workspace: Workspace) -> sidecar_config.Compiled:
             _record_rejection(workspace, exc)
             raise
         workspace.config_dir.mkdir(parents=True, exist_ok=True)  # a project edited before its first `up`
-        compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.compiled_faults(workspace))
+        compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.active(workspace))
         rejected_path(workspace).unlink(missing_ok=True)
         return compiled
 
 
 def rejected_path(workspace: Workspace) -> Path:
-    return workspace.config_dir / REJECTED_FILE
+    return workspace.config_dir / wire.REJECTED_FILE
 
 
 def rejection(workspace: Workspace) -> dict | None:
@@ -110,12 +111,11 @@ def effective_rules(workspace: Workspace, service: str) -> dict:
     """What callers' sidecars apply to `service`: its compiled entry of sidecar.json (routes in
     order, each complete), plus the runtime faults on it."""
     loaded = ws.load(workspace)
-    compiled = sidecar_config.compile_mesh(loaded.mesh, fault_layer.compiled_faults(workspace))
-    if service not in compiled["services"]:
-        raise InputError(f'unknown service "{service}"{did_you_mean(service, compiled["services"])}; '
-                         f"services: {', '.join(compiled['services'])}")
-    return {**compiled["services"][service],
-            "faults": [f for f in compiled["faults"] if f.get("service") == service]}
+    config = sidecar_config.compile_mesh(loaded.mesh, fault_layer.active(workspace))
+    if service not in config.services:
+        raise InputError(f'unknown service "{service}"{did_you_mean(service, config.services)}; '
+                         f"services: {', '.join(config.services)}")
+    return wire.rules_json(config, service)
 
 
 # --- editing mesh.yaml -----------------------------------------------------------------

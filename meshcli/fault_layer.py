@@ -5,25 +5,27 @@ and clearing a fault leaves no trace. Each fault targets one service (optionally
 the calls of one source service) at one layer, HTTP (Istio's delay/abort) or TCP
 (Toxiproxy's toxics); a new fault for the same service, source and layer replaces the
 old one. A fault set `--for` a while carries its end time (`until`), so the sidecars
-stop applying it by themselves. `compiled_faults()` is the "faults" list of
-sidecar.json (see meshcli/sidecar_config.py and proxy/meshproxy/config.py).
+stop applying it by themselves. A fault is the sidecars' own `RuntimeFault`, and the
+file holds them as sidecar.json's "faults" list does (proxy/meshproxy/config.py):
+`active()` is that list.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import string
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from meshcli import durations, sidecar_config
+from meshproxy import config as wire
+from meshproxy.config import RuntimeFault, TcpFaultKind
+
+from meshcli import durations, mesh_config, sidecar_config
 from meshcli.diagnostics import did_you_mean
 from meshcli.errors import InputError, MeshError
-from meshcli.mesh_config import TCP_FAULT_FIELDS, TCP_FAULT_REQUIRED, Abort, Delay, Mesh, TcpFault
-from meshcli.mesh_config import Fault as HttpFault
+from meshcli.mesh_config import TCP_FAULT_FIELDS, TCP_FAULT_REQUIRED, Abort, Delay, Mesh
 from meshcli.workspace import Workspace, state_lock
 from meshcli.yaml_source import atomic_write
 
@@ -31,75 +33,46 @@ FILE_NAME = "faults.json"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-@dataclass(frozen=True)
-class Fault:
-    id: str
-    service: str
-    source: str | None = None  # only calls made by this service; None: every caller
-    http: HttpFault | None = None
-    tcp: TcpFault | None = None
-    created: float = 0.0  # epoch seconds
-    until: float | None = None  # epoch seconds; None: until cleared
+Fault = RuntimeFault  # what `meshcli fault` sets: the sidecars' own type
 
-    @property
-    def layer(self) -> str:
-        return "tcp" if self.tcp is not None else "http"
 
-    @property
-    def target(self) -> tuple[str, str | None, str]:
-        """(service, source, layer): a fault replaces the one with the same target."""
-        return self.service, self.source, self.layer
+def target(fault: Fault) -> tuple[str, str | None, str]:
+    """(service, source, layer): a fault replaces the one with the same target."""
+    return fault.service, fault.source, "tcp" if fault.tcp is not None else "http"
 
-    def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
 
-    def seconds_left(self, now: float) -> float | None:
-        return None if self.until is None else max(0.0, self.until - now)
+def describe(fault: Fault) -> str:
+    """'abort 503 on 10% of requests' - what the fault does, without its duration."""
+    parts = []
+    delay, abort = (fault.http.delay, fault.http.abort) if fault.http else (None, None)
+    if delay:
+        parts.append(f"delay {_format_seconds(delay.seconds)} on {_percent(delay.percent)} of requests")
+    if abort:
+        what = "reset" if abort.reset else f"abort {abort.status}"
+        parts.append(f"{what} on {_percent(abort.percent)} of requests")
+    if fault.tcp:
+        t = fault.tcp
+        latency, jitter = _format_seconds(t.latency), _format_seconds(t.jitter)
+        detail = {
+            TcpFaultKind.LATENCY: f" {latency}" + (f" ± {jitter}" if t.jitter else ""),
+            TcpFaultKind.BANDWIDTH: f" {t.rate} bytes/s",
+            TcpFaultKind.LIMIT_DATA: f" after {t.bytes} bytes",
+            TcpFaultKind.SLICER: f" into {t.bytes}-byte slices" + (f" {latency} apart" if t.latency else ""),
+        }.get(t.kind, "")
+        parts.append(f"tcp {t.kind}{detail} on {_percent(t.percent)} of connections")
+    text = ", ".join(parts)
+    return text + (f" (calls from {fault.source})" if fault.source else "")
 
-    def compiled(self) -> dict:
-        """The entry of sidecar.json's "faults" list."""
-        return {"id": self.id, "service": self.service, "source": self.source,
-                "http": sidecar_config.compile_http_fault(self.http) if self.http else None,
-                "tcp": sidecar_config.compile_tcp_fault(self.tcp) if self.tcp else None,
-                "until": self.until}
 
-    def to_json(self) -> dict:
-        return {**self.compiled(), "created": self.created}
+def view(fault: Fault, now: float) -> dict:
+    """A fault as `meshcli fault ... --json` shows it: as stored, with what it does and the time left."""
+    left = fault.seconds_left(now)
+    return {**wire.fault_json(fault), "description": describe(fault),
+            "secondsLeft": None if left is None else round(left, 1), "timeLeft": format_seconds(left)}
 
-    @classmethod
-    def from_json(cls, data: dict) -> Fault:
-        http = tcp = None
-        if h := data.get("http"):
-            d, a = h.get("delay"), h.get("abort")
-            http = HttpFault(Delay(d["ms"], float(d["percent"])) if d else None,
-                             Abort(a.get("status"), bool(a.get("reset", False)), float(a["percent"])) if a else None)
-        if t := data.get("tcp"):
-            tcp = TcpFault(t["kind"], t["latencyMs"], t["jitterMs"], int(t["rateBytesPerSecond"]), int(t["bytes"]),
-                           float(t["percent"]))
-        until = data.get("until")
-        return cls(str(data["id"]), str(data["service"]), data.get("source"), http, tcp,
-                   float(data.get("created", 0.0)), None if until is None else float(until))
 
-    def describe(self) -> str:
-        """'abort 503 on 10% of requests' - what the fault does, without its duration."""
-        parts = []
-        delay, abort = (self.http.delay, self.http.abort) if self.http else (None, None)
-        if delay:
-            parts.append(f"delay {durations.format_ms(delay.ms)} on {_percent(delay.percent)} of requests")
-        if abort:
-            what = "reset" if abort.reset else f"abort {abort.status}"
-            parts.append(f"{what} on {_percent(abort.percent)} of requests")
-        if self.tcp:
-            t = self.tcp
-            detail = {
-                "latency": f" {durations.format_ms(t.latency_ms)}" + (f" ± {durations.format_ms(t.jitter_ms)}" if t.jitter_ms else ""),
-                "bandwidth": f" {t.rate} bytes/s",
-                "limit-data": f" after {t.bytes} bytes",
-                "slicer": f" into {t.bytes}-byte slices" + (f" {durations.format_ms(t.latency_ms)} apart" if t.latency_ms else ""),
-            }.get(t.kind, "")
-            parts.append(f"tcp {t.kind}{detail} on {_percent(t.percent)} of connections")
-        text = ", ".join(parts)
-        return text + (f" (calls from {self.source})" if self.source else "")
+def _format_seconds(value: float) -> str:
+    return durations.format_ms(wire.milliseconds(value))
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -175,10 +148,10 @@ def build(mesh: Mesh, service: str, *, delay: str | None = None, abort: str | No
         given = [f"--{name}" for name, value in tcp_values.items() if value is not None]
         if given:
             raise InputError(f"{', '.join(given)} only go with --tcp")
-        return replace(fault, http=HttpFault(
+        return replace(fault, http=sidecar_config.http_fault(mesh_config.Fault(
             Delay(_duration_ms(delay, "--delay"), percent) if delay is not None else None,
-            _abort(abort, percent) if abort is not None else None))
-    return replace(fault, tcp=_tcp(tcp, tcp_values, percent))
+            _abort(abort, percent) if abort is not None else None)))
+    return replace(fault, tcp=sidecar_config.tcp_fault(_tcp(tcp, tcp_values, percent)))
 
 
 def _abort(text: str, percent: float) -> Abort:
@@ -193,7 +166,7 @@ def _abort(text: str, percent: float) -> Abort:
     return Abort(status=status, percent=percent)
 
 
-def _tcp(kind: str, values: dict, percent: float) -> TcpFault:
+def _tcp(kind: str, values: dict, percent: float) -> mesh_config.TcpFault:
     if kind not in TCP_FAULT_FIELDS:
         raise InputError(f"--tcp: unknown kind {kind!r}{did_you_mean(kind, TCP_FAULT_FIELDS)}",
                          hint=f"expected one of {', '.join(TCP_FAULT_FIELDS)}")
@@ -208,7 +181,7 @@ def _tcp(kind: str, values: dict, percent: float) -> TcpFault:
     size = values["bytes"] or 0
     if size < (1 if kind == "slicer" else 0):
         raise InputError(f"--bytes: expected {'at least 1' if kind == 'slicer' else 'a positive number'}, got {size}")
-    return TcpFault(
+    return mesh_config.TcpFault(
         kind,
         latency_ms=_duration_ms(values["latency"], "--latency") if values["latency"] is not None else 0,
         jitter_ms=_duration_ms(values["jitter"], "--jitter") if values["jitter"] is not None else 0,
@@ -227,18 +200,16 @@ def path(workspace: Workspace) -> Path:
 def _read(workspace: Workspace) -> list[Fault]:
     file = path(workspace)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        return [Fault.from_json(item) for item in data["faults"]]
+        return list(wire.parse_faults(file.read_text(encoding="utf-8")))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:
         raise MeshError(f"{file}: not a faults file meshcli can read ({exc.__class__.__name__}: {exc})",
                         hint="run `meshcli fault clear` to start over") from None
 
 
 def _write(workspace: Workspace, faults: list[Fault]) -> None:
-    text = json.dumps({"faults": [f.to_json() for f in faults]}, indent=2) + "\n"
-    atomic_write(path(workspace), text)
+    atomic_write(path(workspace), wire.dump_faults(faults))
 
 
 def _new_id(taken: set[str]) -> str:
@@ -265,7 +236,7 @@ def put_back(workspace: Workspace, fault: Fault, now: float | None = None) -> No
 
 def _store(workspace: Workspace, fault: Fault, now: float | None) -> None:
     now = time.time() if now is None else now
-    kept = [f for f in _read(workspace) if f.active(now) and f.target != fault.target]
+    kept = [f for f in _read(workspace) if f.active(now) and target(f) != target(fault)]
     _write(workspace, kept + [fault])
 
 
@@ -289,14 +260,9 @@ def clear(workspace: Workspace, service: str | None = None, fault_id: str | None
 
 
 def active(workspace: Workspace, now: float | None = None) -> list[Fault]:
-    """The faults still in force, oldest first."""
+    """The faults still in force, oldest first: sidecar.json's "faults"."""
     now = time.time() if now is None else now
     return [f for f in _read(workspace) if f.active(now)]
-
-
-def compiled_faults(workspace: Workspace, now: float | None = None) -> list[dict]:
-    """sidecar.json's "faults": every fault still in force, in the order they were set."""
-    return [f.compiled() for f in active(workspace, now)]
 
 
 def in_force(workspace: Workspace, mesh: Mesh, now: float | None = None) -> list[dict]:
@@ -304,14 +270,15 @@ def in_force(workspace: Workspace, mesh: Mesh, now: float | None = None) -> list
     (which win), then those written in the mesh file, per route."""
     now = time.time() if now is None else now
     rows = [{"origin": "runtime", "id": f.id, "service": f.service, "route": None, "source": f.source,
-             "description": f.describe(), "timeLeft": format_seconds(f.seconds_left(now))}
+             "description": describe(f), "timeLeft": format_seconds(f.seconds_left(now))}
             for f in active(workspace, now)]
     for service in mesh.services.values():
         policy = service.policy
         routes = (*policy.routes, policy.default_route)
-        from_file = [(route.name, Fault("mesh.yaml", service.name, http=route.fault)) for route in routes if route.fault]
+        from_file = [(route.name, Fault("mesh.yaml", service.name, http=sidecar_config.http_fault(route.fault)))
+                     for route in routes if route.fault]
         if policy.tcp_fault:
-            from_file.append((None, Fault("mesh.yaml", service.name, tcp=policy.tcp_fault)))
+            from_file.append((None, Fault("mesh.yaml", service.name, tcp=sidecar_config.tcp_fault(policy.tcp_fault))))
         rows += [{"origin": "mesh.yaml", "id": None, "service": service.name, "route": route, "source": None,
-                  "description": fault.describe(), "timeLeft": format_seconds(None)} for route, fault in from_file]
+                  "description": describe(fault), "timeLeft": format_seconds(None)} for route, fault in from_file]
     return rows

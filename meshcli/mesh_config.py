@@ -18,25 +18,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from meshproxy.config import (DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS, DEFAULT_CONSECUTIVE_5XX,
+                              DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_PERCENT, DEFAULT_RETRY_ON,
+                              DEFAULT_ROUTE, LOAD_BALANCERS, PATH_MATCH_KINDS, RETRY_ON, STRING_MATCH_KINDS,
+                              TcpFaultKind)
+
 from meshcli import durations, yaml_source
 from meshcli.compose_model import ComposeProject, Workload
 from meshcli.diagnostics import Diagnostic, did_you_mean
 from meshcli.errors import InvalidFileError
 
+# The vocabulary and defaults mesh.yaml shares with sidecar.json are the sidecar's (meshproxy.config).
 API_VERSION = "meshcli/v1"
-LOAD_BALANCERS = ("round-robin", "random", "least-request")
-DEFAULT_LOAD_BALANCER = "round-robin"
-STRING_MATCH_KINDS = ("exact", "prefix", "regex", "present")  # headers and query parameters
-PATH_MATCH_KINDS = ("exact", "prefix", "regex")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
-DEFAULT_RETRY_ON = ("5xx", "connect-failure", "reset")
-DEFAULT_BACKOFF_MS = 25
-DEFAULT_ROUTE = "default"
 # TCP fault kind -> the fields it takes besides kind and percent; then the ones it needs.
-TCP_FAULT_FIELDS = {"latency": ("latency", "jitter"), "bandwidth": ("rate",), "reset": (), "blackhole": (),
-                    "limit-data": ("bytes",), "slicer": ("bytes", "latency")}
-TCP_FAULT_REQUIRED = {"latency": ("latency",), "bandwidth": ("rate",), "limit-data": ("bytes",), "slicer": ("bytes",)}
+TCP_FAULT_FIELDS = {TcpFaultKind.LATENCY.value: ("latency", "jitter"), TcpFaultKind.BANDWIDTH.value: ("rate",),
+                    TcpFaultKind.RESET.value: (), TcpFaultKind.BLACKHOLE.value: (),
+                    TcpFaultKind.LIMIT_DATA.value: ("bytes",), TcpFaultKind.SLICER.value: ("bytes", "latency")}
+TCP_FAULT_REQUIRED = {TcpFaultKind.LATENCY.value: ("latency",), TcpFaultKind.BANDWIDTH.value: ("rate",),
+                      TcpFaultKind.LIMIT_DATA.value: ("bytes",), TcpFaultKind.SLICER.value: ("bytes",)}
 SCHEMA_RESOURCE = "schema/mesh-v1.schema.json"
 
 
@@ -79,20 +79,20 @@ class Retries:
 @dataclass(frozen=True)
 class Mirror:
     version: str
-    percent: float = 100.0
+    percent: float = DEFAULT_PERCENT
 
 
 @dataclass(frozen=True)
 class Delay:
     ms: float
-    percent: float = 100.0
+    percent: float = DEFAULT_PERCENT
 
 
 @dataclass(frozen=True)
 class Abort:
     status: int | None = None  # answer with this HTTP status...
     reset: bool = False  # ...or reset the caller's connection
-    percent: float = 100.0
+    percent: float = DEFAULT_PERCENT
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,10 @@ class CircuitBreaker:
 
 @dataclass(frozen=True)
 class OutlierDetection:
-    consecutive_5xx_errors: int = 5  # 0 disables (Istio's defaults throughout)
+    consecutive_5xx_errors: int = DEFAULT_CONSECUTIVE_5XX  # 0 disables (Istio's defaults throughout)
     consecutive_gateway_errors: int = 0  # 0 disables
-    base_ejection_time_ms: float = 30_000
-    max_ejection_percent: int = 10
+    base_ejection_time_ms: float = DEFAULT_BASE_EJECTION_TIME_MS
+    max_ejection_percent: int = DEFAULT_MAX_EJECTION_PERCENT
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class TcpFault:
     jitter_ms: float = 0
     rate: int = 0  # bytes per second
     bytes: int = 0
-    percent: float = 100.0
+    percent: float = DEFAULT_PERCENT
 
 
 @dataclass(frozen=True)
@@ -601,7 +601,7 @@ def _parse_mirror(check: _Collector, node: dict, where: str) -> Mirror | None:
     check.required(raw, ("version",), what, node, "mirror")
     version = check.string(raw, "version", f"{what}.version")
     percent = check.percent(raw, "percent", f"{what}.percent")
-    return Mirror(version, 100.0 if percent is None else percent) if version else None
+    return Mirror(version, DEFAULT_PERCENT if percent is None else percent) if version else None
 
 
 def _parse_fault(check: _Collector, node: dict, where: str) -> Fault | None:
@@ -621,7 +621,7 @@ def _parse_fault(check: _Collector, node: dict, where: str) -> Fault | None:
         check.required(body, ("fixed",), f"{what}.delay", raw, "delay")
         fixed = check.duration(body, "fixed", f"{what}.delay.fixed")
         percent = check.percent(body, "percent", f"{what}.delay.percent")
-        delay = Delay(fixed, 100.0 if percent is None else percent) if fixed is not None else None
+        delay = Delay(fixed, DEFAULT_PERCENT if percent is None else percent) if fixed is not None else None
     if "abort" in raw and check.mapping(raw["abort"], f"{where} fault.abort", ABORT_FIELDS, raw, "abort"):
         body = raw["abort"]
         status = check.number(body, "httpStatus", f"{what}.abort.httpStatus", 200, 599)
@@ -634,7 +634,7 @@ def _parse_fault(check: _Collector, node: dict, where: str) -> Fault | None:
         elif reset is False:
             check.add("MESH0102", f"{what}.abort.reset must be true; leave abort out to not abort", body, "reset")
         elif status is not None or reset:
-            abort = Abort(status, bool(reset), 100.0 if percent is None else percent)
+            abort = Abort(status, bool(reset), DEFAULT_PERCENT if percent is None else percent)
     return Fault(delay, abort) if delay or abort else None
 
 
@@ -668,7 +668,8 @@ def _parse_tcp_fault(check: _Collector, node: dict, where: str) -> TcpFault | No
     jitter = check.duration(raw, "jitter", f"{what}.jitter")
     size = check.number(raw, "bytes", f"{what}.bytes")
     percent = check.percent(raw, "percent", f"{what}.percent")
-    return TcpFault(kind, latency or 0, jitter or 0, rate or 0, size or 0, 100.0 if percent is None else percent)
+    return TcpFault(kind, latency or 0, jitter or 0, rate or 0, size or 0,
+                    DEFAULT_PERCENT if percent is None else percent)
 
 
 def _parse_circuit_breaker(check: _Collector, body: dict, where: str) -> CircuitBreaker | None:

@@ -10,12 +10,14 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+from meshproxy.config import ADMIN_PORT
+
 from meshcli import docker_engine, sidecar_config, workspace as ws
 from meshcli.compose_rewrite import pod_name, sidecar_name
 from meshcli.errors import InvalidFileError
 from meshcli.workspace import Loaded, Workspace
 
-ADMIN_URL = "http://127.0.0.1:15000"
+ADMIN_URL = f"http://127.0.0.1:{ADMIN_PORT}"
 
 
 @dataclass

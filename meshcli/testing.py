@@ -337,9 +337,9 @@ class Mesh:
             self.loaded.mesh, service, delay=delay, abort=None if abort is None else str(abort), tcp=tcp,
             latency=latency, jitter=jitter, rate=rate, size=size, percent=percent, duration=duration,
             source=source)
-        replaced = [f for f in fault_layer.active(self.workspace) if f.target == fault.target]
+        replaced = [f for f in fault_layer.active(self.workspace) if fault_layer.target(f) == fault_layer.target(fault)]
         stored = fault_layer.add(self.workspace, fault)
-        rule = _FaultRule(self, f"fault {stored.id} on {service}: {stored.describe()}", stored, replaced)
+        rule = _FaultRule(self, f"fault {stored.id} on {service}: {fault_layer.describe(stored)}", stored, replaced)
         return self._applied(rule, self._apply_and_sync)
 
     def split(self, service: str, *, route: str | None = None, **weights: int) -> Rule:
@@ -453,7 +453,7 @@ class Mesh:
             newer.replaced = undone.replaced
             return
         in_force = fault_layer.active(self.workspace)
-        if any(f.target == undone.fault.target and f.id != undone.fault.id for f in in_force):
+        if any(fault_layer.target(f) == fault_layer.target(undone.fault) and f.id != undone.fault.id for f in in_force):
             return  # replaced some other way (`meshcli fault`): that one stays
         if undone.fault.id not in {f.id for f in in_force} and not undone.replaced:
             return  # cleared some other way, or expired: nothing to change

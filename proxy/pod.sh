@@ -4,9 +4,10 @@
 # sidecar can be restarted or recreated while the app keeps its network.
 set -eu
 
-INBOUND_PORT=15006
-OUTBOUND_PORT=15001
-SIDECAR_UID=1337
+# The sidecar's ports and uid and the ready file, from the one definition meshcli and the sidecar share.
+eval "$(/opt/meshcli/venv/bin/python -c 'from meshproxy import config as c
+print(f"INBOUND_PORT={c.INBOUND_PORT} OUTBOUND_PORT={c.OUTBOUND_PORT} SIDECAR_UID={c.SIDECAR_UID}")
+print(f"READY={c.POD_READY_FILE}")')"
 # The sidecar's own ports (admin, health, metrics...) are never intercepted.
 MESH_PORTS="${MESH_EXCLUDE_INBOUND_PORTS:-15000:15099}"
 
@@ -25,7 +26,7 @@ if ! rule -L MESH_INBOUND >/dev/null 2>&1; then
   rule -A OUTPUT -p tcp -j MESH_OUTBOUND
 fi
 
-touch /run/mesh-ready
+touch "$READY"
 echo "pod ${MESH_WORKLOAD:-?}: interception rules installed (inbound -> $INBOUND_PORT, outbound -> $OUTBOUND_PORT)"
 
 trap 'exit 0' TERM INT

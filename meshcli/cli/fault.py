@@ -49,15 +49,6 @@ def _applied_text(summary: dict) -> str:
     return f"generation {summary['generation']} {where}"
 
 
-def _fault_json(fault, now: float) -> dict:
-    from meshcli import fault_layer
-
-    left = fault.seconds_left(now)
-    return {**fault.to_json(), "description": fault.describe(),
-            "secondsLeft": None if left is None else round(left, 1),
-            "timeLeft": fault_layer.format_seconds(left)}
-
-
 def register(app: typer.Typer) -> None:
     fault_app = typer.Typer(
         cls=_FaultGroup, no_args_is_help=True,
@@ -100,10 +91,11 @@ def register(app: typer.Typer) -> None:
         stored = fault_layer.add(loaded.workspace, fault)
         summary = _apply(loaded, not no_wait, timeout)
         if as_json:
-            output.emit_json({"fault": _fault_json(stored, time.time()), "config": summary})
+            output.emit_json({"fault": fault_layer.view(stored, time.time()), "config": summary})
             return
         lasting = "until cleared" if stored.until is None else f"for {fault_layer.format_seconds(stored.until - stored.created)}"
-        output.success(f"{stored.service}: {stored.describe()}, {lasting} ({stored.id}) - {_applied_text(summary)}")
+        output.success(f"{stored.service}: {fault_layer.describe(stored)}, {lasting} ({stored.id}) - "
+                       f"{_applied_text(summary)}")
 
     @fault_app.command("list")
     def list_faults(
@@ -119,7 +111,7 @@ def register(app: typer.Typer) -> None:
         now = time.time()
         faults = fault_layer.active(located, now)
         if as_json:
-            output.emit_json({"faults": [_fault_json(f, now) for f in faults]})
+            output.emit_json({"faults": [fault_layer.view(f, now) for f in faults]})
             return
         if not faults:
             output.info("no faults in force")
@@ -128,7 +120,7 @@ def register(app: typer.Typer) -> None:
         for column in ("ID", "SERVICE", "SOURCE", "FAULT", "TIME LEFT"):
             table.add_column(column)
         for f in faults:
-            table.add_row(Text(f.id), Text(f.service), Text(f.source or "*"), Text(f.describe()),
+            table.add_row(Text(f.id), Text(f.service), Text(f.source or "*"), Text(fault_layer.describe(f)),
                           Text(fault_layer.format_seconds(f.seconds_left(now))))
         output.out.print(table)
 
@@ -156,9 +148,9 @@ def register(app: typer.Typer) -> None:
         summary = _apply(loaded, not no_wait, timeout)
         if as_json:
             now = time.time()
-            output.emit_json({"cleared": [_fault_json(f, now) for f in removed], "config": summary})
+            output.emit_json({"cleared": [fault_layer.view(f, now) for f in removed], "config": summary})
         elif removed:
-            names = ", ".join(f"{f.service} {f.describe()} ({f.id})" for f in removed)
+            names = ", ".join(f"{f.service} {fault_layer.describe(f)} ({f.id})" for f in removed)
             output.success(f"cleared {len(removed)} fault{'s' if len(removed) != 1 else ''}: {names} - "
                            f"{_applied_text(summary)}")
         else:

@@ -436,9 +436,11 @@ def _print_rules(service: str, rules: dict) -> None:
 
 def _fault_text(service: str, compiled: dict) -> str:
     """'abort 503 on 10% of requests' for a fault as sidecar.json holds it."""
-    from meshcli.fault_layer import Fault
+    from meshproxy.config import parse_runtime_fault
 
-    return Fault.from_json({"id": "", "service": service, **compiled}).describe()
+    from meshcli.fault_layer import describe
+
+    return describe(parse_runtime_fault({"id": "", "service": service, **compiled}))
 
 
 def _describe_match(match: dict) -> str:

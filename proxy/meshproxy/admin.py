@@ -15,9 +15,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-ADMIN_PORT = 15000
-HEALTH_PORT = 15020
-METRICS_PORT = 15090
+from meshproxy.config import ADMIN_PORT, HEALTH_PATH, HEALTH_PORT, METRICS_PORT
 
 Route = Callable[[], tuple[int, str, bytes]]
 
@@ -81,8 +79,8 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
 
     return [
-        serve(HEALTH_PORT, {"/healthz/ready": json_route(ready)}),
+        serve(HEALTH_PORT, {HEALTH_PATH: json_route(ready)}),
         serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats),
-                           "/healthz/ready": json_route(ready)}),
+                           HEALTH_PATH: json_route(ready)}),
         serve(METRICS_PORT, {"/stats/prometheus": prometheus, "/metrics": prometheus}),
     ]

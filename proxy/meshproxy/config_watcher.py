@@ -20,11 +20,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from meshproxy import config
-from meshproxy.config import MeshState
+from meshproxy.config import REJECTED_FILE, MeshState
 
 logger = logging.getLogger("meshproxy.config")
 CHANGE_EVENTS = {"created", "modified", "moved", "closed"}
-REJECTED_FILE = "rejected.json"
 
 
 class ConfigWatcher:

@@ -18,6 +18,8 @@ import time
 import docker
 import docker.errors
 
+from meshproxy.config import ENV_PROJECT
+
 logger = logging.getLogger("meshproxy.controller")
 GRACE_SECONDS = 0.5  # how long to wait for the `stop` event that follows a deliberate stop
 
@@ -73,7 +75,7 @@ class SidecarKeeper:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    project = os.environ["MESH_PROJECT"]
+    project = os.environ[ENV_PROJECT]
     SidecarKeeper(docker.from_env(), project).run()
 
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Collection
 
-from meshproxy.config import Route, Service, Version
+from meshproxy.config import Direction, Route, Service, Version
 
-INBOUND = "inbound"
-OUTBOUND = "outbound"
+INBOUND = Direction.INBOUND.value
+OUTBOUND = Direction.OUTBOUND.value
 
 
 @dataclass(slots=True, eq=False)

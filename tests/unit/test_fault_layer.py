@@ -1,4 +1,4 @@
-"""The runtime fault layer: .mesh/faults.json, its rules, and its compiled form."""
+"""The runtime fault layer: .mesh/faults.json (the sidecar's own fault objects), its rules, and its compiled form."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from meshcli import fault_layer, sidecar_config, workspace
 from meshcli.errors import InputError, MeshError
-from meshproxy import config as proxy_config
+from meshproxy import config as wire
 
 DEMO = Path(__file__).resolve().parents[2] / "compose"
 NOW = 1_800_000_000.0
@@ -33,8 +33,9 @@ def test_add_writes_faults_json_and_leaves_mesh_yaml_alone(loaded):
 
     assert stored.id.startswith("f-") and len(stored.id) == 6
     assert stored.until == NOW + 30
-    data = json.loads((loaded.workspace.state_dir / "faults.json").read_text())
-    assert data["faults"] == [stored.to_json()]
+    text = (loaded.workspace.state_dir / "faults.json").read_text()
+    assert json.loads(text)["faults"] == [wire.fault_json(stored)]
+    assert wire.parse_faults(text) == (stored,)
     assert loaded.workspace.mesh_file.read_text() == mesh_before
 
 
@@ -69,7 +70,8 @@ def test_expired_faults_are_not_listed_compiled_or_kept(loaded):
 
     assert fault_layer.active(ws, NOW + 5) == [short, lasting]
     assert fault_layer.active(ws, NOW + 10) == [lasting]
-    assert [f["id"] for f in fault_layer.compiled_faults(ws, NOW + 11)] == [lasting.id]
+    assert [f.id for f in sidecar_config.compile_mesh(loaded.mesh, fault_layer.active(ws, NOW + 11)).faults] == [
+        lasting.id]
     fault_layer.add(ws, build(loaded, "frontend", delay="1s"), now=NOW + 11)  # a write prunes the file
     assert short.id not in (ws.state_dir / "faults.json").read_text()
 
@@ -82,19 +84,19 @@ def test_compiled_faults_round_trip_through_the_sidecar_parser(loaded):
     fault_layer.add(ws, build(loaded, "orders", tcp="bandwidth", rate="64KB/s"), now=NOW)
     fault_layer.add(ws, build(loaded, "frontend", tcp="slicer", size=100, latency="10ms"), now=NOW)
 
-    doc = sidecar_config.compile_mesh(loaded.mesh, fault_layer.compiled_faults(ws, NOW))
-    parsed = proxy_config.parse(json.dumps({**doc, "generation": 1}))
+    config = sidecar_config.compile_mesh(loaded.mesh, fault_layer.active(ws, NOW), generation=1)
+    parsed = wire.parse(wire.dump(config))
+    assert parsed.faults == tuple(fault_layer.active(ws, NOW))
 
     by_service = {(f.service, f.source): f for f in parsed.faults}
     delayed = by_service[("payment", "orders")]
-    assert delayed.http.delay == proxy_config.Delay(1.5, 25.0)
-    assert delayed.http.abort == proxy_config.Abort(503, False, 25.0)
+    assert delayed.http.delay == wire.Delay(1.5, 25.0)
+    assert delayed.http.abort == wire.Abort(503, False, 25.0)
     assert delayed.until == NOW + 60
-    assert by_service[("payment", None)].http.abort == proxy_config.Abort(None, True, 100.0)
-    assert by_service[("greeter", None)].tcp == proxy_config.TcpFault("latency", latency=0.1, jitter=0.02,
-                                                                     percent=50.0)
+    assert by_service[("payment", None)].http.abort == wire.Abort(None, True, 100.0)
+    assert by_service[("greeter", None)].tcp == wire.TcpFault("latency", latency=0.1, jitter=0.02, percent=50.0)
     assert by_service[("orders", None)].tcp.rate == 64_000
-    assert by_service[("frontend", None)].tcp == proxy_config.TcpFault("slicer", latency=0.01, bytes=100)
+    assert by_service[("frontend", None)].tcp == wire.TcpFault("slicer", latency=0.01, bytes=100)
     # the sidecar applies them: runtime fault first, for the right source only
     payment = parsed.services["payment"]
     assert parsed.http_fault(payment, payment.routes[-1], "orders", now=NOW).delay.seconds == 1.5
@@ -136,11 +138,11 @@ def test_an_unreadable_file_is_an_error_that_clear_fixes(loaded):
 
 
 def test_describe():
-    http = fault_layer.HttpFault(fault_layer.Delay(2000, 50.0), None)
-    tcp = fault_layer.TcpFault("latency", latency_ms=100, jitter_ms=20)
+    http = wire.HttpFault(wire.Delay(2.0, 50.0), None)
+    tcp = wire.TcpFault("latency", latency=0.1, jitter=0.02)
 
-    assert fault_layer.Fault("f-1", "payment", http=http).describe() == "delay 2 s on 50% of requests"
-    assert (fault_layer.Fault("f-2", "greeter", "client", tcp=tcp).describe()
+    assert fault_layer.describe(fault_layer.Fault("f-1", "payment", http=http)) == "delay 2 s on 50% of requests"
+    assert (fault_layer.describe(fault_layer.Fault("f-2", "greeter", "client", tcp=tcp))
             == "tcp latency 100 ms ± 20 ms on 100% of connections (calls from client)")
 
 

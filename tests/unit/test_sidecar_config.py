@@ -1,20 +1,22 @@
-"""The compiler from the resolved mesh to sidecar.json (schema 2), and the sidecar's parser agreeing with it."""
+"""The compiler from the resolved mesh to sidecar.json (schema 2), written and read by the sidecar's own contract."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
-from meshproxy import config as proxy_config
+from meshproxy import config as wire
 
-from meshcli import mesh_config, sidecar_config
+from meshcli import compose_model, mesh_config, sidecar_config
 from meshcli.sidecar_config import Compiled
 
 REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden" / "demo-sidecar.json"  # sidecar.json of compose/, generation 1
 
 COMPOSE = """
     services:
@@ -33,15 +35,24 @@ def docs_example() -> str:
     return re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
 
 
+def compiled(mesh, faults=(), generation: int = 0) -> dict:
+    """sidecar.json of `mesh`, as JSON."""
+    return json.loads(wire.dump(sidecar_config.compile_mesh(mesh, faults, generation)))
+
+
 def compiled_service(files, body: str, name: str = "payment") -> dict:
-    return sidecar_config.compile_mesh(files.resolve(COMPOSE, mesh_text(body)))["services"][name]
+    return compiled(files.resolve(COMPOSE, mesh_text(body)))["services"][name]
+
+
+def runtime_fault(**data) -> wire.RuntimeFault:
+    return wire.parse_runtime_fault(data)
 
 
 # --- routes: inheritance, order, the default route -----------------------------------------
 
 
 def test_without_rules_a_service_has_one_default_route_balancing_all_versions(files):
-    service = sidecar_config.compile_mesh(files.resolve(COMPOSE))["services"]["payment"]
+    service = compiled(files.resolve(COMPOSE))["services"]["payment"]
     assert service == {
         "versions": [{"name": "v1", "host": "payment-v1"}, {"name": "v2", "host": "payment-v2"}],
         "ports": [8080],
@@ -149,10 +160,9 @@ def test_abort_by_reset_and_delay(files):
 
 
 def test_runtime_faults_are_carried_as_given(files):
-    fault = {"id": "f-1a2b", "service": "payment", "source": None, "http": {"abort": {"status": 503, "percent": 10}},
-             "tcp": None, "until": 1764000000.5}
-    compiled = sidecar_config.compile_mesh(files.resolve(COMPOSE), [fault])
-    assert compiled["faults"] == [fault]
+    fault = {"id": "f-1a2b", "service": "payment", "source": None, "http": {"abort": {"status": 503, "percent": 10.0}},
+             "tcp": None, "until": 1764000000.5, "created": 1763999970.5}
+    assert compiled(files.resolve(COMPOSE), [runtime_fault(**fault)])["faults"] == [fault]
 
 
 # --- the version and the generation ---------------------------------------------------------
@@ -160,13 +170,13 @@ def test_runtime_faults_are_carried_as_given(files):
 
 def test_the_version_is_a_hash_of_everything_but_version_and_generation(files):
     mesh = files.resolve(COMPOSE, docs_example())
-    compiled = sidecar_config.compile_mesh(mesh, generation=7)
-    assert list(compiled)[:4] == ["schema", "project", "version", "generation"]
-    assert (compiled["schema"], compiled["project"], compiled["generation"]) == (2, "shop", 7)
-    rest = {k: v for k, v in compiled.items() if k not in ("version", "generation")}
+    config = compiled(mesh, generation=7)
+    assert list(config)[:4] == ["schema", "project", "version", "generation"]
+    assert (config["schema"], config["project"], config["generation"]) == (2, "shop", 7)
+    rest = {k: v for k, v in config.items() if k not in ("version", "generation")}
     canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
-    assert compiled["version"] == hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    assert sidecar_config.compile_mesh(mesh, generation=1)["version"] == compiled["version"]
+    assert config["version"] == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    assert compiled(mesh, generation=1)["version"] == config["version"]
 
 
 def test_the_version_does_not_depend_on_key_order(files):
@@ -190,15 +200,15 @@ def test_the_version_does_not_depend_on_key_order(files):
             timeout: 2000ms
             split: {v2: 10, v1: 90}
     """))
-    assert sidecar_config.compile_mesh(one)["version"] == sidecar_config.compile_mesh(two)["version"]
+    assert sidecar_config.compile_mesh(one).version == sidecar_config.compile_mesh(two).version
 
 
 def test_the_version_changes_with_any_rule_or_runtime_fault(files):
-    base = sidecar_config.compile_mesh(files.resolve(COMPOSE))["version"]
+    base = sidecar_config.compile_mesh(files.resolve(COMPOSE)).version
     with_rule = sidecar_config.compile_mesh(files.resolve(COMPOSE, mesh_text("services:\n  payment: {timeout: 1s}\n")))
-    with_fault = sidecar_config.compile_mesh(files.resolve(COMPOSE), [{"id": "f-1", "service": "payment",
-                                                                         "http": {"abort": {"status": 500}}}])
-    assert len({base, with_rule["version"], with_fault["version"]}) == 3
+    with_fault = sidecar_config.compile_mesh(files.resolve(COMPOSE), [runtime_fault(
+        id="f-1", service="payment", http={"abort": {"status": 500}})])
+    assert len({base, with_rule.version, with_fault.version}) == 3
 
 
 def test_write_counts_generations_and_skips_unchanged_configs(files, tmp_path):
@@ -209,14 +219,14 @@ def test_write_counts_generations_and_skips_unchanged_configs(files, tmp_path):
     plain = files.resolve(COMPOSE)
     first = sidecar_config.write(plain, config_dir)
     assert first == Compiled(first.version, 1, changed=True)
-    path = config_dir / sidecar_config.FILE_NAME
+    path = config_dir / wire.CONFIG_FILE
     written = path.stat()
 
     again = sidecar_config.write(plain, config_dir)
     assert again == Compiled(first.version, 1, changed=False)
     assert path.stat().st_ino == written.st_ino and path.stat().st_mtime_ns == written.st_mtime_ns  # not rewritten
 
-    fault = {"id": "f-1", "service": "payment", "http": {"delay": {"ms": 100}}}
+    fault = runtime_fault(id="f-1", service="payment", http={"delay": {"ms": 100}})
     second = sidecar_config.write(plain, config_dir, [fault])
     assert (second.generation, second.changed) == (2, True) and second.version != first.version
     third = sidecar_config.write(files.resolve(COMPOSE, mesh_text("services:\n  payment: {to: v2}\n")), config_dir)
@@ -232,20 +242,21 @@ def test_write_counts_generations_and_skips_unchanged_configs(files, tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     ("", None), ("{not json", None), ("[]", None), ('{"schema": 1}', None),
-    ('{"version": "abc", "generation": "x"}', Compiled("abc", 0, changed=False)),
+    ('{"schema": 2, "version": "abc", "generation": "x", "services": {}}', None),  # the sidecars reject it too
+    ('{"schema": 2, "version": "abc", "services": {}}', Compiled("abc", 0, changed=False)),
 ])
 def test_a_missing_or_bad_file_counts_as_none_or_generation_zero(tmp_path, content, expected):
-    (tmp_path / sidecar_config.FILE_NAME).write_text(content)
+    (tmp_path / wire.CONFIG_FILE).write_text(content)
     assert sidecar_config.current(tmp_path) == expected
 
 
 def test_a_schema_1_file_is_replaced_by_generation_1(files, tmp_path):
-    (tmp_path / sidecar_config.FILE_NAME).write_text('{"schema": 1, "project": "shop", "version": "0123abcd", '
+    (tmp_path / wire.CONFIG_FILE).write_text('{"schema": 1, "project": "shop", "version": "0123abcd", '
                                                     '"services": {}}')
     assert sidecar_config.write(files.resolve(COMPOSE), tmp_path).generation == 1
 
 
-# --- round trip: the sidecar's parser accepts what the compiler writes ------------------------
+# --- round trip: parse(dump(config)) == config, for every feature ---------------------------
 
 ROUND_TRIP_MESHES = {
     "no mesh file": None,
@@ -275,30 +286,59 @@ ROUND_TRIP_MESHES = {
           frontend:
             tcpFault: {kind: blackhole, percent: 0}
     """),
+    "outlier counts off": mesh_text("""
+        services:
+          payment:
+            outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 3, baseEjectionTime: 1.5s}
+            retries: {attempts: 1, retryOn: [reset, 5xx], retriableStatusCodes: [503, 409]}
+            routes:
+              - name: b
+                match: [{headers: {X-Upper: {exact: ""}}, method: [POST, GET]}, {path: {prefix: /p}}]
+                timeout: 1.5ms
+    """),
     **{f"tcp {kind}": mesh_text(f"services:\n  payment:\n    tcpFault: {body}\n") for kind, body in {
         "latency": "{kind: latency, latency: 100ms, jitter: 20ms}", "reset": "{kind: reset}",
-        "limit-data": "{kind: limit-data, bytes: 1000}", "bandwidth": "{kind: bandwidth, rate: 512}"}.items()},
+        "limit-data": "{kind: limit-data, bytes: 1000}", "bandwidth": "{kind: bandwidth, rate: 512}",
+        "slicer": "{kind: slicer, bytes: 64, latency: 5ms}", "blackhole": "{kind: blackhole}"}.items()},
 }
 
 
-@pytest.mark.parametrize("name", list(ROUND_TRIP_MESHES))
-def test_the_sidecar_parses_every_compiled_config(files, name):
+RUNTIME_FAULTS = (
+    wire.RuntimeFault("f-1", "payment", "frontend", http=wire.HttpFault(abort=wire.Abort(503, percent=50.0)),
+                      created=1e9),
+    wire.RuntimeFault("f-2", "payment", tcp=sidecar_config.tcp_fault(mesh_config.TcpFault("latency", 10, 1)),
+                      until=1e10),
+    wire.RuntimeFault("f-3", "frontend", http=wire.HttpFault(wire.Delay(1.5, 12.5), wire.Abort(reset=True))),
+)
+
+
+def round_trip_mesh(files, name: str):
     text = ROUND_TRIP_MESHES[name]
     if name == "demo":
         project = files.compose((REPO / "compose" / "compose.yaml").read_text())
-        mesh = mesh_config.resolve(files.mesh(text), project)
-    else:
-        mesh = files.resolve(COMPOSE, text)
-    faults = [{"id": "f-1", "service": "payment", "source": "frontend", "http": {"abort": {"status": 503,
-                                                                                         "percent": 50}},
-               "tcp": None, "until": None},
-              {"id": "f-2", "service": "payment", "source": None, "http": None,
-               "tcp": sidecar_config.compile_tcp_fault(mesh_config.TcpFault("latency", 10, 1)), "until": 1e10}]
-    compiled = sidecar_config.compile_mesh(mesh, faults, generation=3)
-    parsed = proxy_config.parse(json.dumps(compiled))
-    assert (parsed.version, parsed.generation) == (compiled["version"], 3)
-    assert sorted(parsed.services) == sorted(mesh.services)
-    assert len(parsed.faults) == 2
+        return mesh_config.resolve(files.mesh(text), project)
+    return files.resolve(COMPOSE, text)
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP_MESHES))
+def test_parse_of_dump_is_the_same_config(files, name):
+    mesh = round_trip_mesh(files, name)
+    config = sidecar_config.compile_mesh(mesh, RUNTIME_FAULTS, generation=3)
+
+    parsed = wire.parse(wire.dump(config))
+
+    assert parsed == config
+    assert wire.dump(parsed) == wire.dump(config)
+    assert sidecar_config.content_version(parsed) == config.version
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP_MESHES))
+def test_the_sidecar_applies_what_the_mesh_file_says(files, name):
+    mesh = round_trip_mesh(files, name)
+    parsed = wire.parse(wire.dump(sidecar_config.compile_mesh(mesh, RUNTIME_FAULTS, generation=3)))
+    assert parsed.generation == 3 and parsed.project == mesh.project
+    assert sorted(parsed.services) == sorted(mesh.services) == sorted(parsed.by_host)
+    assert len(parsed.faults) == len(RUNTIME_FAULTS)
     for service_name, service in mesh.services.items():
         sidecar_service = parsed.services[service_name]
         routes = sidecar_config.routes_of(service)
@@ -316,3 +356,30 @@ def test_the_sidecar_parses_every_compiled_config(files, name):
             assert len(theirs.matches) == len(ours.matches)
         tcp = service.policy.tcp_fault
         assert (sidecar_service.tcp_fault.kind if sidecar_service.tcp_fault else None) == (tcp.kind if tcp else None)
+        detection = service.policy.outlier_detection
+        if detection is not None:  # 0 in mesh.yaml is "off": never the sidecar's default count
+            assert sidecar_service.outlier_detection.consecutive_5xx == (detection.consecutive_5xx_errors or None)
+
+
+def test_sets_are_written_in_a_fixed_order(files):
+    [route] = compiled_service(files, """
+        services:
+          payment:
+            retries: {attempts: 1, retryOn: [reset, retriable-status-codes, 5xx], retriableStatusCodes: [503, 409]}
+    """)["routes"]
+    assert route["retries"]["retryOn"] == ["5xx", "reset", "retriable-status-codes"]
+    assert route["retries"]["retriableStatusCodes"] == [409, 503]
+
+
+# --- the demo, against a golden file ------------------------------------------------------
+
+
+def test_the_demo_compiles_like_the_golden_file(tmp_path):
+    project = compose_model.load(REPO / "compose" / "compose.yaml")
+    mesh = mesh_config.resolve(mesh_config.load(REPO / "compose" / "mesh.yaml"), project)
+    sidecar_config.write(mesh, tmp_path)
+    text = (tmp_path / wire.CONFIG_FILE).read_text(encoding="utf-8")
+    if os.environ.get("MESHCLI_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert GOLDEN.is_file(), "no golden file: run with MESHCLI_UPDATE_GOLDEN=1 to create it"
+    assert text == GOLDEN.read_text(encoding="utf-8")

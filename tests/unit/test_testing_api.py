@@ -376,7 +376,7 @@ def test_lifecycle_up_without_wait_does_not_wait(shop, compose_calls, monkeypatc
 
 
 def active_faults(mesh) -> list[tuple[str, str]]:
-    return [(f.id, f.describe()) for f in fault_layer.active(mesh.workspace)]
+    return [(f.id, fault_layer.describe(f)) for f in fault_layer.active(mesh.workspace)]
 
 
 def test_a_tcp_fault_takes_a_size_in_bytes(mesh, shop, engine):

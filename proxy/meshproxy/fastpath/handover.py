@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Callable
 
-from meshproxy.exchange import INBOUND
+from meshproxy.exchange import INBOUND, OUTBOUND
 
 logger = logging.getLogger("meshproxy.handover")
 
@@ -29,7 +29,7 @@ def port_for(direction: str) -> int:
 
 
 def direction_of_port(port: int) -> str:
-    return INBOUND if port == HANDOVER_INBOUND_PORT else "outbound"
+    return INBOUND if port == HANDOVER_INBOUND_PORT else OUTBOUND
 
 
 class Mitmproxy:

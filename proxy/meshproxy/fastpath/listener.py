@@ -18,6 +18,7 @@ import socket
 import struct
 from typing import Callable
 
+from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
@@ -28,8 +29,6 @@ from meshproxy.policy.telemetry import Telemetry
 
 logger = logging.getLogger("meshproxy.listener")
 
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 DETECT_TIMEOUT = 0.1  # seconds to wait for a client's first bytes (Istio's protocol detection timeout)
 READ_SIZE = 65536

@@ -15,11 +15,9 @@ from typing import Callable, Collection, Mapping
 from urllib.parse import parse_qsl
 
 from meshproxy import balancer
-from meshproxy.config import MeshState, SidecarConfig, Version
+from meshproxy.config import SOURCE_HEADER, MeshState, SidecarConfig, Version
 from meshproxy.exchange import Exchange
 from meshproxy.outlier import Outliers, ServiceOutliers
-
-SOURCE_HEADER = "x-meshcli-source"  # who called, for the server side's telemetry
 
 
 def host_name(authority: str | None) -> str:

@@ -18,7 +18,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from meshproxy.config import MeshState
-from meshproxy.exchange import INBOUND, Exchange
+from meshproxy.exchange import INBOUND, OUTBOUND, Exchange
 from meshproxy.outlier import Outliers
 
 HTTP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service",
@@ -136,7 +136,7 @@ class Telemetry:
     def tcp_closed(self, labels: tuple[str, ...], error: str | None = None, flags: str = "-") -> None:
         self._child(self.tcp_closed_total, labels).inc()
         if self.access_log is not None:
-            self._log({"kind": "tcp", "direction": "inbound" if labels[0] == "destination" else "outbound",
+            self._log({"kind": "tcp", "direction": INBOUND if labels[0] == "destination" else OUTBOUND,
                        "workload": self.state.identity.workload, "destination": labels[2],
                        "response_flags": flags, "error": error})
 

@@ -56,7 +56,7 @@ def test_version_is_reported_as_text():
 def test_empty_services_is_valid():
     parsed = config.parse(json.dumps({**VALID, "services": {}}))
 
-    assert parsed == SidecarConfig("abc123", {}, {})
+    assert parsed == SidecarConfig("abc123", {}, {}, project="shop")
 
 
 @pytest.mark.parametrize(("text", "message"), [
