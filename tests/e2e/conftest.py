@@ -140,21 +140,20 @@ class Demo:
         return found
 
 
-def add_h2c_workload(compose_file: Path) -> None:
-    """A meshed HTTP/2-only (h2c) server, to prove HTTP/2 crosses both sidecars.
-
-    The sample apps speak HTTP/1.1 only; this one runs tests/e2e/h2c_server.py in the
-    sidecar image, which has the h2 library.
-    """
+def add_test_workloads(compose_file: Path) -> None:
+    """Meshed servers the sample apps cannot play, run in the sidecar image (it has the h2
+    and cryptography libraries): `h2echo` (HTTP/2 only, tests/e2e/h2c_server.py) and
+    `streamer` (streamed HTTP/1.1 answers and TLS, tests/e2e/stream_server.py)."""
     from meshcli import images
 
     data = yaml.safe_load(compose_file.read_text())
-    data["services"]["h2echo"] = {
-        "image": images.sidecar_image_tag(),
-        "command": ["/opt/meshcli/venv/bin/python", "/h2c/h2c_server.py"],
-        "volumes": [f"{Path(__file__).parent}:/h2c:ro"],
-        "expose": ["8080"],
-    }
+    for name, script, ports in (("h2echo", "h2c_server.py", ["8080"]), ("streamer", "stream_server.py", ["8080", "8443"])):
+        data["services"][name] = {
+            "image": images.sidecar_image_tag(),
+            "command": ["/opt/meshcli/venv/bin/python", f"/e2e/{script}"],
+            "volumes": [f"{Path(__file__).parent}:/e2e:ro"],
+            "expose": ports,
+        }
     compose_file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -163,7 +162,7 @@ def demo(tmp_path_factory, request) -> Demo:
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
     shutil.copytree(REPO / "sample-apps", root / "sample-apps", ignore=shutil.ignore_patterns("__pycache__"))
-    add_h2c_workload(root / "compose" / "compose.yaml")
+    add_test_workloads(root / "compose" / "compose.yaml")
     project = f"meshe2e-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {**os.environ, "FRONTEND_PORT": str(port)}
