@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q -e '.[test]'
+# The sidecar's own dependencies (pinned in one place), for its unit tests on the host.
+.venv/bin/python -m pip install -q -r proxy/requirements.txt
 echo "[install] meshcli $(.venv/bin/meshcli --version | awk '{print $2}') in $(pwd)/.venv" >&2
