@@ -250,6 +250,8 @@ class Answer:
                 try:
                     async with asyncio.timeout(idle_timeout):
                         data = await conn.reader.read(READ_SIZE)
+                except TimeoutError:  # an OSError too: not a reset but the caller's idle timeout
+                    raise
                 except OSError as exc:
                     raise Reset(f"connection reset: {exc}") from None
                 if not data:

@@ -105,6 +105,8 @@ class Answer:
         self._arrived.set()
 
     def fail(self, error: Exception) -> None:
+        if self.complete:
+            return  # the whole answer is here: a GOAWAY or a close after it changes nothing
         if self.error is None:
             self.error = error
         if not self.headers_ready.done():

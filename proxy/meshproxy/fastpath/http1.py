@@ -315,7 +315,8 @@ class HttpProxy:
                          + b"\r\n")
             conn = answer.detach()
             error = await tcp.relay((downstream.reader, writer), (conn.reader, conn.writer),
-                                    client_first=downstream.upgraded or b"", server_first=bytes(conn.buffer))
+                                    client_first=(downstream.upgraded or b"") + downstream.stash,
+                                    server_first=bytes(conn.buffer))
             exchange.error = error
             return False
         keep = head.keep_alive
@@ -336,7 +337,9 @@ class HttpProxy:
         try:
             if answer.complete:
                 self.pipeline.finish(exchange)
-            writer.write(head_bytes)
+            if answer.complete or not answer.conn.buffer:
+                writer.write(head_bytes)  # now: a stream's first piece may be long in coming
+                head_bytes = b""
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
                 if chunked:
                     chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
@@ -344,7 +347,8 @@ class HttpProxy:
                     remaining -= len(chunk)
                     if remaining <= 0:
                         self.pipeline.finish(exchange)
-                writer.write(chunk)
+                writer.write(head_bytes + chunk if head_bytes else chunk)  # one send for head and body
+                head_bytes = b""
                 await writer.drain()
         except (Reset, TimeoutError) as exc:
             exchange.error = str(exc) or "stream idle timeout"
@@ -354,6 +358,6 @@ class HttpProxy:
             answer.discard()
             raise
         self.pipeline.finish(exchange)
-        if chunked:
-            writer.write(b"0\r\n\r\n")
+        if head_bytes or chunked:  # an empty body that was not complete at the head
+            writer.write(head_bytes + (b"0\r\n\r\n" if chunked else b""))
         return keep
