@@ -1,8 +1,9 @@
 """The compose rewrite: the user's compose file in, the meshed compose file out.
 
 `render()` is a pure function. For every meshed service it adds a pod container that
-owns the network namespace (and takes over the app's network settings), and a sidecar;
-the app joins the pod's namespace. Everything else in the user's file is kept, with
+owns the network namespace (and takes over the app's network settings), an init that
+installs the interception rules and ends once the sidecar is ready, and the sidecar;
+the app joins the pod's namespace and starts after the init. Everything else in the user's file is kept, with
 relative paths re-based so they point at the same places from the rendered file's
 directory. See ../shared/design/architecture.md, "Pod pattern".
 """
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION, ENV_WORKLOAD,
-                              HEALTH_PATH, HEALTH_PORT, POD_READY_FILE, SIDECAR_UID)
+                              SIDECAR_UID)
 
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
@@ -23,6 +24,7 @@ from meshcli.yaml_source import to_plain
 
 CONTROLLER = "meshcli-controller"
 POD_SUFFIX = "-pod"
+INIT_SUFFIX = "-init"
 SIDECAR_SUFFIX = "-sidecar"
 LABEL_PREFIX = "io.meshcli."
 
@@ -31,7 +33,6 @@ NAMESPACE_KEYS = (
     "networks", "ports", "expose", "hostname", "domainname", "dns", "dns_search", "dns_opt",
     "extra_hosts", "mac_address", "links", "external_links", "network_mode",
 )
-HEALTHCHECK_FAST = {"interval": "1s", "timeout": "2s", "retries": 60}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class RenderOptions:
 
 def pod_name(workload: str) -> str:
     return workload + POD_SUFFIX
+
+
+def init_name(workload: str) -> str:
+    return workload + INIT_SUFFIX
 
 
 def sidecar_name(workload: str) -> str:
@@ -74,12 +79,13 @@ def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[
         app["network_mode"] = f"service:{pod_name(name)}"
         app["depends_on"] = {
             **_depends_on_mapping(service.get("depends_on")),
-            pod_name(name): {"condition": "service_healthy"},
-            # The app starts once its sidecar is ready, so its first calls are meshed.
-            sidecar_name(name): {"condition": "service_healthy"},
+            pod_name(name): {"condition": "service_started"},
+            # The init ends once the rules are in and the sidecar is ready, so the app's first calls are meshed.
+            init_name(name): {"condition": "service_completed_successfully"},
         }
         services[name] = app
         services[pod_name(name)] = _pod_service(name, workload, pod, service, mesh, options.sidecar_image)
+        services[init_name(name)] = _init_service(name, workload, service, mesh, options.sidecar_image)
         services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh, out_dir)
     if mesh.workloads:
         services[CONTROLLER] = _controller_service(mesh, options, data["services"])
@@ -152,17 +158,32 @@ def _add_aliases(pod: dict[str, Any], new_aliases: list[str]) -> None:
 
 def _pod_service(name: str, workload, pod: dict[str, Any], app: dict[str, Any], mesh: Mesh,
                  image: str) -> dict:
+    """Holds the namespace (proxy/pod.sh hold). No health check: nothing polls a pod, so an
+    idle mesh costs Docker nothing (the init below says when the pod is ready)."""
     service: dict[str, Any] = {
         "image": image,
         "command": ["pod"],
-        "cap_add": ["NET_ADMIN"],
         "environment": {ENV_WORKLOAD: name},
-        "healthcheck": {"test": ["CMD", "test", "-f", POD_READY_FILE], **HEALTHCHECK_FAST},
         "restart": "unless-stopped",
         "labels": _labels("pod", workload, mesh.project),
         **pod,
     }
     return _inherit_from_app(service, app, POD_SUFFIX)
+
+
+def _init_service(name: str, workload, app: dict[str, Any], mesh: Mesh, image: str) -> dict:
+    """Installs the interception rules, waits until the sidecar is ready, exits 0 (pod.sh init)."""
+    service: dict[str, Any] = {
+        "image": image,
+        "command": ["init"],
+        "cap_add": ["NET_ADMIN"],
+        "network_mode": f"service:{pod_name(name)}",
+        "environment": {ENV_WORKLOAD: name},
+        "depends_on": {pod_name(name): {"condition": "service_started"},
+                       sidecar_name(name): {"condition": "service_started"}},
+        "labels": _labels("init", workload, mesh.project),
+    }
+    return _inherit_from_app(service, app, INIT_SUFFIX)
 
 
 def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOptions, mesh: Mesh,
@@ -173,7 +194,7 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
         "command": ["sidecar"],
         "user": f"{SIDECAR_UID}:{SIDECAR_UID}",
         "network_mode": f"service:{pod_name(name)}",
-        "depends_on": {pod_name(name): {"condition": "service_healthy"}},
+        "depends_on": {pod_name(name): {"condition": "service_started"}},
         "environment": {
             ENV_PROJECT: mesh.project,
             ENV_WORKLOAD: name,
@@ -182,10 +203,6 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
             ENV_CONFIG_DIR: CONFIG_DIR,
         },
         "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
-        "healthcheck": {
-            "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}{HEALTH_PATH}"],
-            **HEALTHCHECK_FAST,
-        },
         "restart": "unless-stopped",
         "stop_grace_period": "3s",
         "labels": _labels("sidecar", workload, mesh.project),
@@ -194,7 +211,7 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
 
 
 def _inherit_from_app(service: dict[str, Any], app: dict[str, Any], suffix: str) -> dict[str, Any]:
-    """Pod and sidecar follow their app: same profiles, a recognisable container name."""
+    """Pod, init and sidecar follow their app: same profiles, a recognisable container name."""
     if "container_name" in app:
         service["container_name"] = f"{app['container_name']}{suffix}"
     if "profiles" in app:

@@ -108,13 +108,14 @@ def collect(loaded: Loaded) -> list[WorkloadStatus]:
             workload.name, workload.service, workload.version,
             app=app.status if app else "missing",
             sidecar=sidecar.status if sidecar else "missing",
-            sidecar_health=((sidecar.attrs.get("State", {}).get("Health") or {}).get("Status", "unknown")
-                            if sidecar else "unknown"),
+            sidecar_health="unknown",
             sidecar_restarts=sidecar.attrs.get("RestartCount", 0) if sidecar else 0,
             urls=_urls(pod) if pod else [],
         )
         if sidecar is not None and sidecar.status == "running":
             dump = admin_get(sidecar, "/config_dump")
+            # The sidecar's own word (listening, config loaded): no Docker health check polls it.
+            status.sidecar_health = "unhealthy" if dump is None else "healthy" if dump.get("ready") else "starting"
             if dump is not None:
                 status.config_version = dump.get("config_version")
                 status.config_generation = dump.get("generation")

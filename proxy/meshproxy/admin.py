@@ -63,6 +63,7 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
         config = state.config
         return 200, {
             "identity": vars(state.identity),
+            "ready": sidecar.ready(),
             "config_version": config.version,
             "generation": config.generation,
             "last_error": state.last_error,

@@ -68,7 +68,6 @@ HEALTH_PORT = 15020  # HEALTH_PATH
 METRICS_PORT = 15090  # /stats/prometheus
 HEALTH_PATH = "/healthz/ready"
 SIDECAR_UID = 1337  # the proxy runs as this user; its own traffic is not redirected
-POD_READY_FILE = "/run/mesh-ready"  # the pod container's health: its interception rules are installed
 SOURCE_HEADER = "x-meshcli-source"  # the calling workload, from the client side's sidecar to the server side's
 # The environment meshcli gives the sidecar (and the controller) containers: Identity.from_env().
 ENV_PROJECT = "MESH_PROJECT"

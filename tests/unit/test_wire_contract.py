@@ -37,7 +37,8 @@ def test_the_pod_script_and_the_image_use_the_contracts_ports():
     program = re.search(r"python -c '(.*?)'", pod, re.S).group(1)
     assigned = subprocess.run([sys.executable, "-c", program], check=True, capture_output=True, text=True).stdout
     assert assigned.split() == [f"INBOUND_PORT={wire.INBOUND_PORT}", f"OUTBOUND_PORT={wire.OUTBOUND_PORT}",
-                                f"SIDECAR_UID={wire.SIDECAR_UID}", f"READY={wire.POD_READY_FILE}"]
+                                f"SIDECAR_UID={wire.SIDECAR_UID}",
+                                f"READY_URL=http://127.0.0.1:{wire.HEALTH_PORT}{wire.HEALTH_PATH}"]
     assert not re.search(r"\b150\d\d\b|\b1337\b|/run/", pod.replace("15000:15099", ""))
 
 
