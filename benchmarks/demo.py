@@ -1,0 +1,155 @@
+"""The bundled demo, meshed and not: p50 of `GET /` on frontend, the meshed demo's idle CPU
+per pod and in total (containers, their shims, the hot-reload watcher, and the share of
+dockerd and containerd), and `meshcli status` on it.
+
+Each run uses a private copy of compose/ and sample-apps/ (benchmarks/private_demo.py);
+the checkout's files are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+from benchmarks import images, loadgen, meter
+from benchmarks.dataplane import attempt
+from benchmarks.private_demo import MESHCLI, Project, demo_project
+
+ENGINE = ("dockerd", "containerd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frontend_latency(demo: Project, tools_image: str, duration: float) -> dict:
+    """wrk at 1 kept-alive connection from a container on the demo's network (no published
+    port, no docker-proxy in the way)."""
+    command = ["docker", "run", "--rm", "--network", f"{demo.name}_default", tools_image,
+               *loadgen.wrk_command("http://frontend:8080/", connections=1, duration=duration)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return loadgen.parse_wrk(done.stdout)
+
+
+def workload_of(service: str) -> str:
+    """The pod a compose service belongs to: `orders-pod`, `orders-sidecar` and `orders` are orders'."""
+    for suffix in ("-pod", "-sidecar"):
+        if service.endswith(suffix):
+            return service[: -len(suffix)]
+    return service
+
+
+def _host_cpu(pids: list[int], children: bool = False) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += meter.process_cpu_seconds(pid, children)
+        except OSError:
+            pass  # gone meanwhile
+    return total
+
+
+def engine_cpu_over(seconds: float) -> float:
+    """CPU-s dockerd and containerd used in a window (everyone's activity on this engine)."""
+    pids = [pid for name in ENGINE for pid in meter.pids_of(name)]
+    before = _host_cpu(pids)
+    time.sleep(seconds)
+    return _host_cpu(pids) - before
+
+
+def idle_cpu(demo: Project, seconds: float, engine_baseline: float | None) -> dict:
+    """% of one core over `seconds` with no traffic: per pod (pod + sidecar + app containers and
+    their shims), the controller, the watcher, and dockerd+containerd minus their baseline."""
+    ids = demo.container_ids()
+    cgroups = meter.containers(ids)
+    shims = meter.shim_pids(list(ids.values()))
+    watcher_file = demo.directory / ".mesh" / "watcher.pid"
+    watcher = [int(watcher_file.read_text())] if watcher_file.exists() else []
+    engine = [pid for name in ENGINE for pid in meter.pids_of(name)]
+
+    def sample() -> tuple[dict, float, float, float]:
+        return ({n: c.cpu_seconds() for n, c in cgroups.items()}, _host_cpu(shims, children=True),
+                _host_cpu(watcher), _host_cpu(engine))
+
+    start = sample()
+    time.sleep(seconds)
+    end = sample()
+    percent = lambda used: round(100 * used / seconds, 1)  # noqa: E731
+    pods: dict[str, float] = {}
+    for name in cgroups:
+        pods[workload_of(name)] = pods.get(workload_of(name), 0.0) + end[0][name] - start[0][name]
+    result = {"seconds": seconds, "pods_percent": {pod: percent(used) for pod, used in sorted(pods.items())},
+              "containers_percent": percent(sum(pods.values())),
+              "shims_percent": percent(end[1] - start[1]),
+              "watcher_percent": percent(end[2] - start[2]) if watcher else None,
+              "engine_percent": percent(end[3] - start[3]),
+              "engine_baseline_percent": percent(engine_baseline) if engine_baseline is not None else None}
+    engine_share = result["engine_percent"] - (result["engine_baseline_percent"] or 0.0)
+    result["total_percent"] = round(result["containers_percent"] + result["shims_percent"]
+                                    + (result["watcher_percent"] or 0.0) + max(engine_share, 0.0), 1)
+    return result
+
+
+def cli_status_seconds(demo: Project, runs: int) -> dict:
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        done = subprocess.run([*MESHCLI, "status", "-p", demo.name], cwd=demo.directory, capture_output=True,
+                              text=True, env=demo.env)
+        times.append(time.monotonic() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"meshcli status exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return {"runs": runs, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
+
+
+def run(tools_image: str, latency_seconds: float, idle_seconds: float, status_runs: int,
+        step: Callable[[str], None]) -> tuple[dict, dict]:
+    """(demo figures, `meshcli status` timing on the meshed demo)."""
+    results: dict = {}
+    status: dict = {}
+    step("demo: dockerd+containerd baseline, no demo running")
+    baseline: float | None = None
+    try:
+        baseline = engine_cpu_over(idle_seconds)
+    except OSError:
+        pass
+    # The sample apps build FROM the sidecar's base (compose/compose.yaml), also when unmeshed.
+    base = {"MESHCLI_BASE_IMAGE": os.environ.get("MESHCLI_BASE_IMAGE") or images.base_image()}
+    env = {**os.environ, **base, "FRONTEND_PORT": str(free_port())}
+    with demo_project(meshed=True, env=env) as demo:
+        step("demo: meshcli up (meshed)")
+        try:
+            results["meshed_up_s"] = round(demo.up(), 1)
+        except Exception as exc:  # noqa: BLE001
+            results["meshed"] = results["idle"] = status = {"failed": str(exc)[:800]}
+        else:
+            time.sleep(3)  # start-up work settles (first healthchecks, config push)
+            step(f"demo: idle CPU over {idle_seconds:g} s")
+            attempt(results, "idle", lambda: idle_cpu(demo, idle_seconds, baseline))
+            step("demo: GET / on frontend, meshed")
+            attempt(results, "meshed", lambda: frontend_latency(demo, tools_image, latency_seconds))
+            step("cli: meshcli status on the meshed demo")
+            try:
+                status = cli_status_seconds(demo, status_runs)
+            except Exception as exc:  # noqa: BLE001
+                status = {"failed": str(exc)[:500]}
+    env = {**os.environ, **base, "FRONTEND_PORT": str(free_port())}
+    with demo_project(meshed=False, env=env) as plain:
+        step("demo: docker compose up (unmeshed)")
+        try:
+            plain.up()
+        except Exception as exc:  # noqa: BLE001
+            results["unmeshed"] = {"failed": str(exc)[:800]}
+        else:
+            step("demo: GET / on frontend, unmeshed")
+            attempt(results, "unmeshed", lambda: frontend_latency(plain, tools_image, latency_seconds))
+    return results, status
+
