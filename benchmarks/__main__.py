@@ -102,8 +102,9 @@ def run(args: argparse.Namespace, step) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # exits 2 on a usage error
-    err = Console(stderr=True)
-    out = err if args.json else Console()
+    # Off a terminal rich would wrap the tables at 80 columns; keep them readable in a log.
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    out = err if args.json else Console(width=None if sys.stdout.isatty() else 140)
     sizes_ = args.sizes or ((1, 5) if args.quick else clitime.SIZES)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                         console=err, transient=True)

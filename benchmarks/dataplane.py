@@ -97,6 +97,28 @@ def _run(box: Project, *command: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+WAIT_SCRIPT = """
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[3])
+while True:
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(f"nothing listens on {sys.argv[1]}:{sys.argv[2]}")
+        time.sleep(0.1)
+"""
+
+
+def wait_listening(box: Project, address: str, seconds: float = 30) -> None:
+    """Until `address` accepts connections from the client (compose only waits for a container
+    to run; a proxy without a healthcheck may not listen yet, and one is not added because its
+    runs would count in the proxy's CPU)."""
+    host, _, port = address.partition(":")
+    _run(box, "python3", "-c", WAIT_SCRIPT, host, port or "80", str(seconds), timeout=seconds + 10)
+
+
 def wrk(box: Project, url: str, connections: int, duration: float, close: bool = False) -> dict:
     command = loadgen.wrk_command(url, connections=connections, duration=duration, close=close)
     return loadgen.parse_wrk(_run(box, *command, timeout=duration + 60))
@@ -154,6 +176,7 @@ def measure(box: Project, scenario: Scenario, durations: Durations, step: Callab
     proxies: dict[str, meter.Container] = {}
 
     def idle() -> dict:
+        wait_listening(box, scenario.http_host)
         proxies.update(proxy_containers(box, scenario))
         return rss(proxies)
 

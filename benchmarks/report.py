@@ -122,7 +122,7 @@ def errors_total(figures: dict) -> int | None:
 def num(value, digits: int = 2, suffix: str = "") -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and value >= 100:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 100:
         return f"{value:,.0f}{suffix}"
     return f"{value:.{digits}f}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
 
@@ -210,10 +210,13 @@ def dataplane_table(dp: dict, derived: dict) -> Table:
     row("p50 / p90 / p99 ms", lambda n, f: triple(f, "keepalive"))
     row("added p50 / p99 vs direct", lambda n, f: "" if n == BASE else
         f"{signed(get(derived, n, 'added', 'keepalive_p50_ms'))} / {signed(get(derived, n, 'added', 'keepalive_p99_ms'))}")
+    row("requests/s", lambda n, f: cell(f, "keepalive", "rps", digits=0))
     section("HTTP, 1 connection per request")
     row("p50 / p90 / p99 ms", lambda n, f: triple(f, "close"))
     row("added p50 / p99 vs direct", lambda n, f: "" if n == BASE else
         f"{signed(get(derived, n, 'added', 'close_p50_ms'))} / {signed(get(derived, n, 'added', 'close_p99_ms'))}")
+    # wrk's latency clock starts once connected; its rate includes connecting and closing.
+    row("requests/s (connect included)", lambda n, f: cell(f, "close", "rps", digits=0))
     section("HTTP, 16 connections")
     row("requests/s", lambda n, f: cell(f, "load", "rps", digits=0))
     row("p50 / p99 ms", lambda n, f: f"{cell(f, 'load', 'p50_ms')} / {cell(f, 'load', 'p99_ms')}")
