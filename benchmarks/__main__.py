@@ -47,6 +47,14 @@ def phases(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average: how busy the machine was (others' work included)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -62,9 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def step_count(args: argparse.Namespace, sizes_: tuple[int, ...]) -> int:
     count = 1  # images
     if "dataplane" in args.only:
-        count += len(dataplane.PROJECTS) + sum(4 + (2 if s.raw_tcp else 0) for s in dataplane.SCENARIOS)
+        rounds = (dataplane.Durations.quick() if args.quick else dataplane.Durations()).rounds
+        count += dataplane.step_count(rounds=rounds)
     if "demo" in args.only:
-        count += 7
+        count += 6
     if "cli" in args.only:
         count += 1 + len(sizes_)
     return count
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace, step) -> dict:
     started = time.monotonic()
     result: dict = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                              "commit": git_commit(), "quick": quick, "note": args.note, "cores": os.cpu_count(),
-                             "phases": list(args.only)},
+                             "phases": list(args.only), "load_average_before": load_average()},
                     "dataplane": {}, "derived": {}, "demo": {}, "cli": {}}
     step("images: tools (wrk, nginx, redis, stream server) and sidecar")
     try:
@@ -91,11 +100,12 @@ def run(args: argparse.Namespace, step) -> dict:
             result["derived"] = report.derive(result["dataplane"])
         if "demo" in args.only:
             result["demo"], result["cli"]["status"] = demo.run(
-                tools, durations.latency, idle_seconds=8.0 if quick else 20.0, status_runs=3 if quick else 5,
-                step=step)
+                tools, durations.latency, durations.rounds, idle_seconds=8.0 if quick else 20.0,
+                status_runs=3 if quick else 5, step=step)
         if "cli" in args.only:
             result["cli"].update(clitime.run(tools, sizes_, help_runs=3 if quick else 5, step=step))
     result["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    result["meta"]["load_average_after"] = load_average()
     result["failures"] = report.failures({k: v for k, v in result.items() if k != "meta"})
     return result
 

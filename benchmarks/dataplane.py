@@ -14,7 +14,8 @@ SCENARIOS with a project that turns mTLS on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Callable
 
 from benchmarks import loadgen, meter
@@ -44,9 +45,10 @@ SCENARIOS = [
 
 @dataclass(frozen=True)
 class Durations:
-    """Seconds per wrk run and the sizes of the other runs (`--quick` shrinks them)."""
-    latency: float = 5.0
-    load: float = 8.0
+    """Rounds, seconds per wrk run and the sizes of the other runs (`--quick` shrinks them)."""
+    rounds: int = 3
+    latency: float = 3.0
+    load: float = 4.0
     warmup: float = 1.0
     redis_requests: int = 5000
     redis_pipelined: int = 40000
@@ -54,7 +56,8 @@ class Durations:
 
     @classmethod
     def quick(cls) -> "Durations":
-        return cls(latency=2.0, load=3.0, warmup=0.5, redis_requests=1000, redis_pipelined=8000, stream_runs=2)
+        return cls(rounds=2, latency=2.0, load=2.0, warmup=1.0, redis_requests=1000, redis_pipelined=8000,
+                   stream_runs=2)
 
 
 def compose_text(tools_image: str, sidecar_image: str, with_mitmdump: bool) -> str:
@@ -169,47 +172,68 @@ def stream(box: Project, protocol: str, port: int, runs: int) -> dict:
     return loadgen.summarize_stream(output, STREAM_MESSAGES)
 
 
-def measure(box: Project, scenario: Scenario, durations: Durations, step: Callable[[str], None]) -> dict:
-    """Every figure of one scenario, in a project that is up."""
-    results: dict = {"description": scenario.description}
-    url = f"http://{scenario.http_host}/"
-    proxies: dict[str, meter.Container] = {}
+def rotated(items: list, by: int) -> list:
+    """The same items starting at position `by`: each round starts with another scenario."""
+    by %= max(len(items), 1)
+    return items[by:] + items[:by]
 
-    def idle() -> dict:
-        wait_listening(box, scenario.http_host)
-        proxies.update(proxy_containers(box, scenario))
-        return rss(proxies)
 
-    attempt(results, "idle", idle)
-    step(f"{scenario.name}: warm-up")
-    attempt(results, "warmup", lambda: wrk(box, url, 1, durations.warmup))
-    step(f"{scenario.name}: latency, 1 kept-alive connection")
-    attempt(results, "keepalive", lambda: wrk(box, url, 1, durations.latency))
-    step(f"{scenario.name}: latency, 1 connection per request")
-    attempt(results, "close", lambda: wrk(box, url, 1, durations.latency, close=True))
-    step(f"{scenario.name}: requests/s at 16 connections")
-    attempt(results, "load", lambda: load_with_costs(box, url, durations.load, proxies))
-    results.pop("warmup", None)
-    if scenario.raw_tcp:
-        step(f"{scenario.name}: redis round trips")
-        attempt(results, "tcp", lambda: redis(box, durations.redis_requests, 1))
-        attempt(results, "tcp_pipelined", lambda: redis(box, durations.redis_pipelined, 16))
-        step(f"{scenario.name}: streamed answers")
-        attempt(results, "stream_http1", lambda: stream(box, "http1", 8081, durations.stream_runs))
-        attempt(results, "stream_grpc", lambda: stream(box, "grpc", 8082, durations.stream_runs))
-    return results
+class Bench:
+    """One scenario in its project that is up: the client to run load from, the proxies'
+    cgroups, and the figures gathered so far (wrk runs kept per round until combined)."""
+
+    def __init__(self, box: Project, scenario: Scenario):
+        self.box, self.scenario = box, scenario
+        self.url = f"http://{scenario.http_host}/"
+        self.proxies: dict[str, meter.Container] = {}
+        self.figures: dict = {"description": scenario.description}
+        self.rounds: dict[str, list[dict]] = {"keepalive": [], "close": [], "load": []}
+
+    def prepare(self, durations: Durations) -> None:
+        def idle() -> dict:
+            wait_listening(self.box, self.scenario.http_host)
+            self.proxies.update(proxy_containers(self.box, self.scenario))
+            return rss(self.proxies)
+
+        attempt(self.figures, "idle", idle)
+        attempt(self.figures, "warmup", lambda: wrk(self.box, self.url, 1, durations.warmup))
+        self.figures.pop("warmup")  # only there to load code paths and connection pools
+
+    def one_round(self, durations: Durations) -> None:
+        runs = {"keepalive": lambda: wrk(self.box, self.url, 1, durations.latency),
+                "close": lambda: wrk(self.box, self.url, 1, durations.latency, close=True),
+                "load": lambda: load_with_costs(self.box, self.url, durations.load, self.proxies)}
+        for key, measure in runs.items():
+            slot: dict = {}
+            attempt(slot, key, measure)
+            self.rounds[key].append(slot[key])
+
+    def raw_tcp_and_streams(self, durations: Durations) -> None:
+        box = self.box
+        attempt(self.figures, "tcp", lambda: redis(box, durations.redis_requests, 1))
+        attempt(self.figures, "tcp_pipelined", lambda: redis(box, durations.redis_pipelined, 16))
+        attempt(self.figures, "stream_http1", lambda: stream(box, "http1", 8081, durations.stream_runs))
+        attempt(self.figures, "stream_grpc", lambda: stream(box, "grpc", 8082, durations.stream_runs))
+
+    def result(self) -> dict:
+        for key, rounds in self.rounds.items():
+            self.figures[key] = loadgen.combine_rounds(rounds)
+        return self.figures
 
 
 def run(tools_image: str, sidecar_image: str, durations: Durations, step: Callable[[str], None],
         scenarios: list[Scenario] = SCENARIOS) -> dict:
-    """{scenario name: figures}, one project at a time (each taken down before the next)."""
+    """{scenario name: figures}. Every project is up at once and the rounds go round the
+    scenarios, so a burst of load from elsewhere on the machine hits them all alike."""
     results: dict = {}
-    for kind, spec in PROJECTS.items():
-        wanted = [s for s in scenarios if s.project == kind]
-        if not wanted:
-            continue
-        with project(compose_text(tools_image, sidecar_image, spec["mitmdump"]), meshed=spec["meshed"],
-                     prefix=f"meshbench-{kind}") as box:
+    benches: list[Bench] = []
+    with ExitStack() as projects:
+        for kind, spec in PROJECTS.items():
+            wanted = [s for s in scenarios if s.project == kind]
+            if not wanted:
+                continue
+            box = projects.enter_context(project(compose_text(tools_image, sidecar_image, spec["mitmdump"]),
+                                                 meshed=spec["meshed"], prefix=f"meshbench-{kind}"))
             step(f"starting the {kind} project ({'meshcli up' if spec['meshed'] else 'docker compose up'})")
             try:
                 up_seconds = box.up()
@@ -218,8 +242,28 @@ def run(tools_image: str, sidecar_image: str, durations: Durations, step: Callab
                     results[scenario.name] = {"description": scenario.description,
                                               "failed": f"project did not start: {exc}"[:800]}
                 continue
-            time.sleep(2)  # let start-up work (healthchecks, first config push) settle before idle figures
             for scenario in wanted:
-                results[scenario.name] = measure(box, scenario, durations, step)
-                results[scenario.name]["project_up_s"] = round(up_seconds, 1)
-    return results
+                benches.append(Bench(box, scenario))
+                benches[-1].figures["project_up_s"] = round(up_seconds, 1)
+        time.sleep(2)  # let start-up work (healthchecks, first config push) settle before idle figures
+        for bench in benches:
+            step(f"{bench.scenario.name}: idle memory, warm-up")
+            bench.prepare(durations)
+        for number in range(durations.rounds):
+            for bench in rotated(benches, number):
+                step(f"round {number + 1}/{durations.rounds}: {bench.scenario.name}, wrk at 1 connection "
+                     "(kept alive, then one per request) and at 16")
+                bench.one_round(durations)
+        for bench in benches:
+            if bench.scenario.raw_tcp:
+                step(f"{bench.scenario.name}: redis round trips, streamed answers")
+                bench.raw_tcp_and_streams(durations)
+        for bench in benches:
+            results[bench.scenario.name] = bench.result()
+    return {s.name: results[s.name] for s in scenarios if s.name in results}
+
+
+def step_count(scenarios: list[Scenario] = SCENARIOS, rounds: int = 3) -> int:
+    """How many times run() calls `step` (for a progress bar)."""
+    kinds = {s.project for s in scenarios}
+    return len(kinds) + len(scenarios) * (1 + rounds) + sum(1 for s in scenarios if s.raw_tcp)

@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import time
+from contextlib import ExitStack
 from typing import Callable
 
 from benchmarks import images, loadgen, meter
@@ -110,12 +111,13 @@ def cli_status_seconds(demo: Project, runs: int) -> dict:
     return {"runs": runs, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
 
 
-def run(tools_image: str, latency_seconds: float, idle_seconds: float, status_runs: int,
+def run(tools_image: str, latency_seconds: float, rounds: int, idle_seconds: float, status_runs: int,
         step: Callable[[str], None]) -> tuple[dict, dict]:
-    """(demo figures, `meshcli status` timing on the meshed demo)."""
+    """(demo figures, `meshcli status` timing on the meshed demo). The idle CPU is measured with
+    only the meshed demo up; then the unmeshed one joins it and the latency rounds alternate."""
     results: dict = {}
     status: dict = {}
-    step("demo: dockerd+containerd baseline, no demo running")
+    step(f"demo: dockerd+containerd baseline over {idle_seconds:g} s, no demo running")
     baseline: float | None = None
     try:
         baseline = engine_cpu_over(idle_seconds)
@@ -123,33 +125,40 @@ def run(tools_image: str, latency_seconds: float, idle_seconds: float, status_ru
         pass
     # The sample apps build FROM the sidecar's base (compose/compose.yaml), also when unmeshed.
     base = {"MESHCLI_BASE_IMAGE": os.environ.get("MESHCLI_BASE_IMAGE") or images.base_image()}
-    env = {**os.environ, **base, "FRONTEND_PORT": str(free_port())}
-    with demo_project(meshed=True, env=env) as demo:
+    with ExitStack() as stack:
+        meshed = stack.enter_context(demo_project(meshed=True, env={**os.environ, **base,
+                                                                    "FRONTEND_PORT": str(free_port())}))
         step("demo: meshcli up (meshed)")
         try:
-            results["meshed_up_s"] = round(demo.up(), 1)
+            results["meshed_up_s"] = round(meshed.up(), 1)
         except Exception as exc:  # noqa: BLE001
             results["meshed"] = results["idle"] = status = {"failed": str(exc)[:800]}
-        else:
+            meshed = None
+        if meshed:
             time.sleep(3)  # start-up work settles (first healthchecks, config push)
             step(f"demo: idle CPU over {idle_seconds:g} s")
-            attempt(results, "idle", lambda: idle_cpu(demo, idle_seconds, baseline))
-            step("demo: GET / on frontend, meshed")
-            attempt(results, "meshed", lambda: frontend_latency(demo, tools_image, latency_seconds))
+            attempt(results, "idle", lambda: idle_cpu(meshed, idle_seconds, baseline))
             step("cli: meshcli status on the meshed demo")
             try:
-                status = cli_status_seconds(demo, status_runs)
+                status = cli_status_seconds(meshed, status_runs)
             except Exception as exc:  # noqa: BLE001
                 status = {"failed": str(exc)[:500]}
-    env = {**os.environ, **base, "FRONTEND_PORT": str(free_port())}
-    with demo_project(meshed=False, env=env) as plain:
+        plain = stack.enter_context(demo_project(meshed=False, env={**os.environ, **base,
+                                                                    "FRONTEND_PORT": str(free_port())}))
         step("demo: docker compose up (unmeshed)")
         try:
             plain.up()
         except Exception as exc:  # noqa: BLE001
             results["unmeshed"] = {"failed": str(exc)[:800]}
-        else:
-            step("demo: GET / on frontend, unmeshed")
-            attempt(results, "unmeshed", lambda: frontend_latency(plain, tools_image, latency_seconds))
+            plain = None
+        step("demo: GET / on frontend, meshed and unmeshed in turns")
+        demos = {name: demo for name, demo in (("meshed", meshed), ("unmeshed", plain)) if demo}
+        latency: dict[str, list[dict]] = {name: [] for name in demos}
+        for _ in range(rounds):
+            for name, demo in demos.items():
+                slot: dict = {}
+                attempt(slot, name, lambda: frontend_latency(demo, tools_image, latency_seconds))
+                latency[name].append(slot[name])
+        for name, runs in latency.items():
+            results[name] = loadgen.combine_rounds(runs)
     return results, status
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import statistics
 
@@ -15,9 +16,11 @@ _TIME = r"([\d.]+)(us|ms|s|m|h)"
 
 
 def wrk_command(url: str, *, connections: int, duration: float, close: bool = False) -> list[str]:
-    """wrk with its latency distribution; one thread per 8 connections, at most 2 (2 cores)."""
+    """wrk with its latency distribution; one thread per 8 connections, at most 2 (2 cores).
+    wrk takes whole seconds only: a fraction is rounded up."""
     threads = min(2, max(1, connections // 8))
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--latency",
+    seconds = max(1, math.ceil(duration))
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
                "--timeout", "5s"]
     if close:
         command += ["-H", "Connection: close"]
@@ -84,3 +87,37 @@ def summarize_stream(text: str, expected: int) -> dict:
             "first_ms": round(statistics.median(r["first_ms"] for r in runs), 1),
             "last_ms": round(statistics.median(r["last_ms"] for r in runs), 1),
             "first_ms_all": [r["first_ms"] for r in runs]}
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """Several wrk runs of one figure (parse_wrk, plus load_with_costs' proxies) -> one: the
+    median of each rate and percentile, counts summed, CPU per 1,000 requests over all the
+    requests, peak RSS the highest. A failed round is left out and listed; all failed -> failed."""
+    done = [r for r in rounds if "failed" not in r]
+    failed = [r["failed"] for r in rounds if "failed" in r]
+    if not done:
+        return {"failed": failed[-1] if failed else "not measured"}
+    combined: dict = {"rounds": len(done)}
+    for key in ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms"):
+        values = [r[key] for r in done if r.get(key) is not None]
+        if values:
+            combined[key] = round(statistics.median(values), 3)
+    for key in ("requests", "non_2xx", "errors"):
+        combined[key] = sum(r[key] for r in done)
+    combined["seconds"] = round(sum(r["seconds"] for r in done), 2)
+    combined["socket_errors"] = {kind: sum(r["socket_errors"][kind] for r in done) for kind in done[0]["socket_errors"]}
+    if "proxies" in done[0]:
+        proxies = {}
+        for name in done[0]["proxies"]:
+            cpu = sum(r["proxies"][name]["cpu_s"] for r in done)
+            proxies[name] = {"cpu_s": round(cpu, 2),
+                             "cpu_s_per_1k": round(cpu / combined["requests"] * 1000, 3) if combined["requests"] else None,
+                             "rss_load_mb": max(r["proxies"][name]["rss_load_mb"] for r in done)}
+        combined["proxies"] = proxies
+        per_1k = [p["cpu_s_per_1k"] for p in proxies.values()]
+        combined["cpu_s_per_1k"] = round(sum(per_1k), 3) if proxies and None not in per_1k else None
+        peaks = [r["rss_load_mb"] for r in done if r.get("rss_load_mb") is not None]
+        combined["rss_load_mb"] = max(peaks) if peaks else None
+    if failed:
+        combined["failed_rounds"] = failed
+    return combined

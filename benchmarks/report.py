@@ -42,9 +42,14 @@ Columns (a/b/c = direct/mitmdump/mesh):
 - **demo idle**: the meshed demo with no traffic, % of one core: containers, shims,
   watcher and the engine's share above its baseline.
 - **up N**: warm `meshcli up` wall time in s for 1/5/10/20 generated services.
+- **load**: the host's 1-minute load average before -> after the run (2 cores: above 2,
+  something else was running too); **run**: the run's wall time.
 
-| date (UTC) | commit | mode | p50 keep-alive | p50 conn/req | req/s @16 | errors | CPU-s/1k | RSS load | redis rt/s | TTFM | demo p50 | demo idle | up N | run | note |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+Latency and requests/s are medians over rounds that take the scenarios in turns (all
+projects up at once), so noise from elsewhere on the machine hits every scenario alike.
+
+| date (UTC) | commit | mode | p50 keep-alive | p50 conn/req | req/s @16 | errors | CPU-s/1k | RSS load | redis rt/s | TTFM | demo p50 | demo idle | up N | load | run | note |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 
@@ -104,7 +109,8 @@ def failures(tree, path: str = "") -> list[str]:
         return []
     if "failed" in tree:
         return [f"{path or 'run'}: {tree['failed']}"]
-    found = []
+    found = [f"{path}: {len(tree['failed_rounds'])} round(s) failed: {tree['failed_rounds'][0]}"] \
+        if tree.get("failed_rounds") else []
     for key, value in tree.items():
         found += failures(value, f"{path}.{key}" if path else str(key))
     return found
@@ -179,6 +185,7 @@ def results_row(run: dict) -> list[str]:
         "/".join(cell(demo, key, "p50_ms", digits=1) for key in ("unmeshed", "meshed")),
         cell(demo, "idle", "total_percent", digits=1, suffix="%"),
         "/".join(cell(sizes, n, "up_s", digits=1) for n in sizes) or "-",
+        f"{num(run['meta'].get('load_average_before'), 1)}->{num(run['meta'].get('load_average_after'), 1)}",
         f"{run['meta'].get('seconds', 0):.0f} s",
         run["meta"].get("note") or "",
     ]
@@ -301,6 +308,10 @@ def demo_table(demo: dict, status: dict, cli: dict) -> Table:
 
 
 def print_tables(run: dict, console: Console) -> None:
+    meta = run["meta"]
+    console.print(f"{meta['date']} UTC, {meta['commit']}, {'quick' if meta.get('quick') else 'full'} run, "
+                  f"load average {num(meta.get('load_average_before'), 1)} -> {num(meta.get('load_average_after'), 1)}"
+                  f" on {meta.get('cores')} cores", highlight=False, markup=False)
     console.print(dataplane_table(run["dataplane"], run["derived"]))
     console.print(demo_table(run.get("demo", {}), run.get("cli", {}).get("status", {}), run.get("cli", {})))
     for failure in run.get("failures", []):

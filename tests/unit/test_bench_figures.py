@@ -75,7 +75,7 @@ def test_wrk_command_closes_connections_when_asked_and_uses_two_threads_at_most(
     assert loadgen.wrk_command("http://web/", connections=1, duration=5) == \
         ["wrk", "-t", "1", "-c", "1", "-d", "5s", "--latency", "--timeout", "5s", "http://web/"]
     command = loadgen.wrk_command("http://web/", connections=64, duration=2.5, close=True)
-    assert command[1:7] == ["-t", "2", "-c", "64", "-d", "2.5s"]
+    assert command[1:7] == ["-t", "2", "-c", "64", "-d", "3s"]  # wrk takes whole seconds
     assert command[-3:] == ["-H", "Connection: close", "http://web/"]
 
 
@@ -141,7 +141,8 @@ def run_figures(quick: bool = False) -> dict:
     dp["mesh"]["load"]["errors"] = 7
     dp["mesh"]["stream_http1"] = {"first_ms": 1043.7}
     dp["mesh"]["stream_grpc"] = {"failed": "ValueError: expected 50 messages per run, got [0]"}
-    return {"meta": {"date": "2026-12-01 09:00", "quick": quick, "seconds": 421.4, "note": "shared machine"},
+    return {"meta": {"date": "2026-12-01 09:00", "quick": quick, "seconds": 421.4, "note": "shared machine",
+                     "load_average_before": 1.52, "load_average_after": 3.0},
             "dataplane": dp, "derived": report.derive(dp),
             "demo": {"unmeshed": {"p50_ms": 3.9}, "meshed": {"p50_ms": 16.03}, "idle": {"total_percent": 67.25}},
             "cli": {"up": {"1": {"up_s": 4.8}, "5": {"failed": "RuntimeError: meshcli up exited 1"}}}}
@@ -150,7 +151,8 @@ def run_figures(quick: bool = False) -> dict:
 def test_results_row_cells():
     assert report.results_row(run_figures()) == [
         "full", "0.10/1.10/2.10", "0.20/2.20/4.20", "50,000/1,000/500", "7", "1.000/2.000", "50/100",
-        "20,000/2,000", "1,044/failed", "3.9/16.0", "67.2%", "4.8/failed", "421 s", "shared machine"]
+        "20,000/2,000", "1,044/failed", "3.9/16.0", "67.2%", "4.8/failed", "1.5->3.0", "421 s",
+        "shared machine"]
     assert report.results_row(run_figures(quick=True))[0] == "quick"
 
 
@@ -164,3 +166,26 @@ def test_results_file_gets_its_header_once_then_one_row_per_run(tmp_path):
     rows = [line for line in lines if line.startswith("| 2026-12-01 09:00 |")]
     assert len(rows) == 2 and header.count("|") == rows[0].count("|")
     assert rows[0].split(" | ")[2] == "full" and rows[1].split(" | ")[2] == "quick"
+
+
+def wrk_round(rps: float, p50: float, requests: int, cpu: dict[str, float], errors: int = 0) -> dict:
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p50 * 3, "requests": requests, "seconds": 4.0, "non_2xx": errors,
+            "errors": errors, "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+            "proxies": {name: {"cpu_s": used, "rss_load_mb": 50.0 + used} for name, used in cpu.items()},
+            "rss_load_mb": 100.0 + sum(cpu.values())}
+
+
+def test_rounds_combine_to_medians_sums_and_cpu_over_all_requests():
+    rounds = [wrk_round(1000, 1.0, 4000, {"a": 2.0, "b": 1.0}),
+              wrk_round(500, 3.0, 2000, {"a": 1.0, "b": 1.0}, errors=2),
+              wrk_round(900, 2.0, 3600, {"a": 3.0, "b": 2.0}),
+              {"failed": "RuntimeError: wrk exited 1: unable to connect"}]
+    combined = loadgen.combine_rounds(rounds)
+    assert combined["rounds"] == 3 and combined["rps"] == 900 and combined["p50_ms"] == 2.0
+    assert combined["requests"] == 9600 and combined["errors"] == 2 and combined["seconds"] == 12.0
+    assert combined["proxies"]["a"] == {"cpu_s": 6.0, "cpu_s_per_1k": 0.625, "rss_load_mb": 53.0}
+    assert combined["cpu_s_per_1k"] == round(6.0 / 9.6 + 4.0 / 9.6, 3)
+    assert combined["rss_load_mb"] == 105.0
+    assert report.failures({"load": combined}) == [
+        "load: 1 round(s) failed: RuntimeError: wrk exited 1: unable to connect"]
+    assert loadgen.combine_rounds(rounds[3:]) == {"failed": "RuntimeError: wrk exited 1: unable to connect"}
