@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 from contextlib import ExitStack
 from typing import Callable
 
@@ -21,6 +22,14 @@ from benchmarks.dataplane import attempt
 from benchmarks.private_demo import MESHCLI, Project, demo_project
 
 ENGINE = ("dockerd", "containerd")
+# Unmeshed, nothing resolves the logical name `payment` that orders calls (the mesh gives
+# both versions that alias): the plain copy gets it on payment-v1, compose's override file.
+UNMESHED_OVERRIDE = """services:
+  payment-v1:
+    networks:
+      default:
+        aliases: [payment]
+"""
 
 
 def free_port() -> int:
@@ -38,6 +47,23 @@ def frontend_latency(demo: Project, tools_image: str, duration: float) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()[-400:]}")
     return loadgen.parse_wrk(done.stdout)
+
+
+def wait_answering(demo: Project, seconds: float = 60) -> None:
+    """Until frontend answers `GET /` with 200 on its published port (compose's --wait only
+    waits for the containers to run: the unmeshed demo has no healthchecks)."""
+    url = f"http://127.0.0.1:{demo.env['FRONTEND_PORT']}/"
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {seconds:g} s")
+        time.sleep(0.2)
 
 
 def workload_of(service: str) -> str:
@@ -67,8 +93,9 @@ def engine_cpu_over(seconds: float) -> float:
 
 
 def idle_cpu(demo: Project, seconds: float, engine_baseline: float | None) -> dict:
-    """% of one core over `seconds` with no traffic: per pod (pod + sidecar + app containers and
-    their shims), the controller, the watcher, and dockerd+containerd minus their baseline."""
+    """% of one core over `seconds` with no traffic: per pod (its pod, sidecar and app
+    containers, and their shims, which run the healthchecks' runc), the controller, the
+    watcher, and dockerd+containerd above their baseline."""
     ids = demo.container_ids()
     cgroups = meter.containers(ids)
     shims = meter.shim_pids(list(ids.values()))
@@ -76,22 +103,28 @@ def idle_cpu(demo: Project, seconds: float, engine_baseline: float | None) -> di
     watcher = [int(watcher_file.read_text())] if watcher_file.exists() else []
     engine = [pid for name in ENGINE for pid in meter.pids_of(name)]
 
-    def sample() -> tuple[dict, float, float, float]:
-        return ({n: c.cpu_seconds() for n, c in cgroups.items()}, _host_cpu(shims, children=True),
-                _host_cpu(watcher), _host_cpu(engine))
+    def sample() -> dict:
+        taken = {f"container:{n}": c.cpu_seconds() for n, c in cgroups.items()}
+        taken.update({f"shim:{n}": _host_cpu([shims[cid]], children=True) for n, cid in ids.items() if cid in shims})
+        taken.update(watcher=_host_cpu(watcher), engine=_host_cpu(engine))
+        return taken
 
     start = sample()
     time.sleep(seconds)
-    end = sample()
-    percent = lambda used: round(100 * used / seconds, 1)  # noqa: E731
-    pods: dict[str, float] = {}
-    for name in cgroups:
-        pods[workload_of(name)] = pods.get(workload_of(name), 0.0) + end[0][name] - start[0][name]
-    result = {"seconds": seconds, "pods_percent": {pod: percent(used) for pod, used in sorted(pods.items())},
-              "containers_percent": percent(sum(pods.values())),
-              "shims_percent": percent(end[1] - start[1]),
-              "watcher_percent": percent(end[2] - start[2]) if watcher else None,
-              "engine_percent": percent(end[3] - start[3]),
+    used = {key: value - start[key] for key, value in sample().items()}
+    percent = lambda cpu: round(100 * cpu / seconds, 1)  # noqa: E731
+    pods: dict[str, dict[str, float]] = {}
+    for key, cpu in used.items():
+        kind, _, service = key.partition(":")
+        if service:
+            pod = pods.setdefault(workload_of(service), {"containers": 0.0, "shims": 0.0})
+            pod["containers" if kind == "container" else "shims"] += cpu
+    result = {"seconds": seconds,
+              "pods": {name: {k: percent(v) for k, v in pod.items()} for name, pod in sorted(pods.items())},
+              "containers_percent": percent(sum(p["containers"] for p in pods.values())),
+              "shims_percent": percent(sum(p["shims"] for p in pods.values())),
+              "watcher_percent": percent(used["watcher"]) if watcher else None,
+              "engine_percent": percent(used["engine"]),
               "engine_baseline_percent": percent(engine_baseline) if engine_baseline is not None else None}
     engine_share = result["engine_percent"] - (result["engine_baseline_percent"] or 0.0)
     result["total_percent"] = round(result["containers_percent"] + result["shims_percent"]
@@ -144,10 +177,12 @@ def run(tools_image: str, latency_seconds: float, rounds: int, idle_seconds: flo
             except Exception as exc:  # noqa: BLE001
                 status = {"failed": str(exc)[:500]}
         plain = stack.enter_context(demo_project(meshed=False, env={**os.environ, **base,
-                                                                    "FRONTEND_PORT": str(free_port())}))
+                                                                    "FRONTEND_PORT": str(free_port())},
+                                                 files={"compose.override.yaml": UNMESHED_OVERRIDE}))
         step("demo: docker compose up (unmeshed)")
         try:
             plain.up()
+            wait_answering(plain)
         except Exception as exc:  # noqa: BLE001
             results["unmeshed"] = {"failed": str(exc)[:800]}
             plain = None

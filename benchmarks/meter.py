@@ -79,16 +79,18 @@ def pids_of(name: str) -> list[int]:
     return found
 
 
-def shim_pids(container_ids: list[str]) -> list[int]:
-    """The containerd shims of these containers (one per container, its id on the command line)."""
-    wanted, found = set(container_ids), []
-    for pid in pids_of("containerd-shim"):
+def shim_pids(container_ids: list[str]) -> dict[str, int]:
+    """Container id -> the pid of its containerd shim (one per container, the id on its command
+    line). The shim runs runc for every healthcheck and exec, so its children's time counts."""
+    wanted, found = set(container_ids), {}
+    for pid in pids_of("containerd-shim"):  # comm is cut to 15 characters
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg.decode(errors="replace") in wanted for arg in args):
-            found.append(pid)
+        for arg in args:
+            if arg.decode(errors="replace") in wanted:
+                found[arg.decode()] = pid
     return found
 
 

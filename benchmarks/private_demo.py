@@ -116,12 +116,16 @@ def project(compose_text: str, meshed: bool, prefix: str = "meshbench", env: dic
 
 
 @contextmanager
-def demo_project(meshed: bool = True, env: dict | None = None) -> Iterator[Project]:
-    """A private copy of the demo (compose/ and sample-apps/) under a unique name; taken down after."""
+def demo_project(meshed: bool = True, env: dict | None = None, files: dict[str, str] | None = None
+                 ) -> Iterator[Project]:
+    """A private copy of the demo (compose/ and sample-apps/, plus `files` in compose/) under a
+    unique name; taken down after."""
     with tempfile.TemporaryDirectory(prefix="meshcli-bench-") as tmp:
         root = Path(tmp)
         shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
         shutil.copytree(REPO / "sample-apps", root / "sample-apps")
+        for name, text in (files or {}).items():
+            (root / "compose" / name).write_text(text)
         demo = Project(root / "compose", unique_name(), meshed, env)
         try:
             yield demo

@@ -287,13 +287,17 @@ def demo_table(demo: dict, status: dict, cli: dict) -> Table:
                   + (f" ({signed(subtract(meshed, unmeshed))})" if meshed is not None and unmeshed is not None else ""))
     table.add_row("demo GET / p99 ms, unmeshed / meshed",
                   f"{cell(demo, 'unmeshed', 'p99_ms')} / {cell(demo, 'meshed', 'p99_ms')}")
+    table.add_row("demo GET / errors (non-2xx + socket), unmeshed / meshed",
+                  f"{cell(demo, 'unmeshed', 'errors')} / {cell(demo, 'meshed', 'errors')}")
     idle = get(demo, "idle")
     if idle is None:
         table.add_row("demo idle CPU", cell(demo, "idle"))
     else:
-        for pod, percent in idle["pods_percent"].items():
-            table.add_row(f"demo idle CPU, {pod}", f"{percent:.1f}%")
-        table.add_row("demo idle CPU, containers' shims", f"{idle['shims_percent']:.1f}%")
+        for pod, split in idle["pods"].items():
+            table.add_row(f"demo idle CPU, {pod}: containers + shims",
+                          f"{split['containers']:.1f}% + {split['shims']:.1f}%")
+        table.add_row("demo idle CPU, all pods: containers + shims",
+                      f"{idle['containers_percent']:.1f}% + {idle['shims_percent']:.1f}%")
         table.add_row("demo idle CPU, hot-reload watcher", num(idle["watcher_percent"], 1, "%"))
         table.add_row("demo idle CPU, dockerd+containerd (baseline)",
                       f"{idle['engine_percent']:.1f}% ({num(idle['engine_baseline_percent'], 1, '%')})")
@@ -312,7 +316,9 @@ def print_tables(run: dict, console: Console) -> None:
     console.print(f"{meta['date']} UTC, {meta['commit']}, {'quick' if meta.get('quick') else 'full'} run, "
                   f"load average {num(meta.get('load_average_before'), 1)} -> {num(meta.get('load_average_after'), 1)}"
                   f" on {meta.get('cores')} cores", highlight=False, markup=False)
-    console.print(dataplane_table(run["dataplane"], run["derived"]))
-    console.print(demo_table(run.get("demo", {}), run.get("cli", {}).get("status", {}), run.get("cli", {})))
+    if run.get("dataplane"):
+        console.print(dataplane_table(run["dataplane"], run["derived"]))
+    if run.get("demo") or run.get("cli"):
+        console.print(demo_table(run.get("demo", {}), run.get("cli", {}).get("status", {}), run.get("cli", {})))
     for failure in run.get("failures", []):
         console.print(f"[red]failed[/red] {escape(failure)}", highlight=False)
