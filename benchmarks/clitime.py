@@ -7,21 +7,24 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 from benchmarks import meter
-from benchmarks.dataplane import attempt
-from benchmarks.private_demo import MESHCLI, REPO, project
+from benchmarks.private_demo import MESHCLI, REPO, attempt, project
 
 SIZES = (1, 5, 10, 20)
 
 
-def help_seconds(runs: int) -> dict:
+def cli_seconds(args: list[str], runs: int, cwd: Path = REPO, env: dict | None = None) -> dict:
+    """Wall time of the real CLI (a fresh process each time, as a user runs it), over `runs` runs."""
     times = []
     for _ in range(runs):
         started = time.monotonic()
-        subprocess.run([*MESHCLI, "--help"], cwd=REPO, capture_output=True, check=True)
+        done = subprocess.run([*MESHCLI, *args], cwd=cwd, capture_output=True, text=True, env=env)
         times.append(time.monotonic() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"meshcli {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-400:]}")
     return {"runs": runs, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
 
 
@@ -47,7 +50,7 @@ def up_down(tools_image: str, services: int) -> dict:
 def run(tools_image: str, sizes: tuple[int, ...], help_runs: int, step: Callable[[str], None]) -> dict:
     results: dict = {}
     step("cli: meshcli --help")
-    attempt(results, "help", lambda: help_seconds(help_runs))
+    attempt(results, "help", lambda: cli_seconds(["--help"], help_runs))
     results["up"] = {}
     for n in sizes:
         step(f"cli: meshcli up and down, {n} service{'s' if n > 1 else ''}")

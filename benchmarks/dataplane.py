@@ -7,8 +7,8 @@ load generators run in it with `docker exec`) calling `web` (nginx), `redis` and
 also holds `mitmdump`, one stock reverse proxy in its own container; the meshed project is
 the same file run through the real `meshcli up`, so every service is a pod with the sidecar
 built from this tree's proxy/, and the client's calls cross its own sidecar and the
-server's. A scenario names the project it needs; an mTLS hop is one more entry in
-SCENARIOS with a project that turns mTLS on.
+server's. A scenario names the project it needs: an mTLS hop is one more entry in
+SCENARIOS and one in PROJECTS whose files (a mesh.yaml) turn mTLS on.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from benchmarks import loadgen, meter
-from benchmarks.private_demo import Project, project
+from benchmarks.private_demo import Project, attempt, project
 
 STREAM_MESSAGES = 50  # stream_server.py: one every 20 ms for 1 s
 
@@ -79,18 +79,17 @@ def compose_text(tools_image: str, sidecar_image: str, with_mitmdump: bool) -> s
     return text
 
 
+@dataclass(frozen=True)
+class ProjectSpec:
+    meshed: bool
+    mitmdump: bool = False
+    files: tuple[tuple[str, str], ...] = ()  # (name, text) beside compose.yaml, e.g. a mesh.yaml
+
+
 PROJECTS = {
-    "plain": {"meshed": False, "mitmdump": True},
-    "mesh": {"meshed": True, "mitmdump": False},
+    "plain": ProjectSpec(meshed=False, mitmdump=True),
+    "mesh": ProjectSpec(meshed=True),
 }
-
-
-def attempt(results: dict, key: str, measure: Callable[[], dict]) -> None:
-    """results[key] = measure(), or {"failed": why}: a failed figure is reported, never made up."""
-    try:
-        results[key] = measure()
-    except Exception as exc:  # noqa: BLE001 - any failure of one measurement is that figure's failure
-        results[key] = {"failed": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _run(box: Project, *command: str, timeout: float = 120) -> str:
@@ -232,9 +231,10 @@ def run(tools_image: str, sidecar_image: str, durations: Durations, step: Callab
             wanted = [s for s in scenarios if s.project == kind]
             if not wanted:
                 continue
-            box = projects.enter_context(project(compose_text(tools_image, sidecar_image, spec["mitmdump"]),
-                                                 meshed=spec["meshed"], prefix=f"meshbench-{kind}"))
-            step(f"starting the {kind} project ({'meshcli up' if spec['meshed'] else 'docker compose up'})")
+            box = projects.enter_context(project(compose_text(tools_image, sidecar_image, spec.mitmdump),
+                                                 meshed=spec.meshed, prefix=f"meshbench-{kind}",
+                                                 files=dict(spec.files)))
+            step(f"starting the {kind} project ({'meshcli up' if spec.meshed else 'docker compose up'})")
             try:
                 up_seconds = box.up()
             except Exception as exc:  # noqa: BLE001 - the scenarios of this project fail, the rest run

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import subprocess
 import time
 import urllib.request
 from contextlib import ExitStack
 from typing import Callable
 
-from benchmarks import images, loadgen, meter
-from benchmarks.dataplane import attempt
-from benchmarks.private_demo import MESHCLI, Project, demo_project
+from benchmarks import clitime, images, loadgen, meter
+from benchmarks.private_demo import Project, attempt, demo_project
 
 ENGINE = ("dockerd", "containerd")
 # Unmeshed, nothing resolves the logical name `payment` that orders calls (the mesh gives
@@ -132,18 +130,6 @@ def idle_cpu(demo: Project, seconds: float, engine_baseline: float | None) -> di
     return result
 
 
-def cli_status_seconds(demo: Project, runs: int) -> dict:
-    times = []
-    for _ in range(runs):
-        started = time.monotonic()
-        done = subprocess.run([*MESHCLI, "status", "-p", demo.name], cwd=demo.directory, capture_output=True,
-                              text=True, env=demo.env)
-        times.append(time.monotonic() - started)
-        if done.returncode != 0:
-            raise RuntimeError(f"meshcli status exited {done.returncode}: {done.stderr.strip()[-400:]}")
-    return {"runs": runs, "median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2)}
-
-
 def run(tools_image: str, latency_seconds: float, rounds: int, idle_seconds: float, status_runs: int,
         step: Callable[[str], None]) -> tuple[dict, dict]:
     """(demo figures, `meshcli status` timing on the meshed demo). The idle CPU is measured with
@@ -172,10 +158,10 @@ def run(tools_image: str, latency_seconds: float, rounds: int, idle_seconds: flo
             step(f"demo: idle CPU over {idle_seconds:g} s")
             attempt(results, "idle", lambda: idle_cpu(meshed, idle_seconds, baseline))
             step("cli: meshcli status on the meshed demo")
-            try:
-                status = cli_status_seconds(meshed, status_runs)
-            except Exception as exc:  # noqa: BLE001
-                status = {"failed": str(exc)[:500]}
+            slot: dict = {}
+            attempt(slot, "status", lambda: clitime.cli_seconds(["status", "-p", meshed.name], status_runs,
+                                                                meshed.directory, meshed.env))
+            status = slot["status"]
         plain = stack.enter_context(demo_project(meshed=False, env={**os.environ, **base,
                                                                     "FRONTEND_PORT": str(free_port())},
                                                  files={"compose.override.yaml": UNMESHED_OVERRIDE}))

@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 MESHCLI = [sys.executable, "-m", "meshcli.cli.main"]
@@ -32,6 +32,14 @@ def meshcli(directory: Path, *args: str, env: dict | None = None) -> tuple[float
         raise RuntimeError(f"meshcli {' '.join(args)} exited {done.returncode}: "
                            f"{(done.stderr or done.stdout).strip()[-1500:]}")
     return time.monotonic() - started, done.stdout
+
+
+def attempt(results: dict, key: str, measure: Callable[[], dict]) -> None:
+    """results[key] = measure(), or {"failed": why}: a failed figure is reported, never made up."""
+    try:
+        results[key] = measure()
+    except Exception as exc:  # noqa: BLE001 - any failure of one measurement is that figure's failure
+        results[key] = {"failed": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def unique_name(prefix: str = "meshbench") -> str:

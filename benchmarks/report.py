@@ -17,7 +17,7 @@ BASE = "direct"
 HEADER = """# Data-plane and CLI benchmark (`python -m benchmarks`)
 
 One row per full run, appended by the benchmark itself. Reproduce (after
-`bash scripts/install.sh`): `.venv/bin/python -m benchmarks` (about 7 minutes; `--quick`
+`bash scripts/install.sh`): `.venv/bin/python -m benchmarks` (about 6 minutes; `--quick`
 for a shorter, noisier run, marked `quick` in the mode column). Every figure comes from a
 real run in Docker on this tree's sidecar; `failed` means that measurement failed.
 
