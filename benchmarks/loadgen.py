@@ -102,6 +102,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
         values = [r[key] for r in done if r.get(key) is not None]
         if values:
             combined[key] = round(statistics.median(values), 3)
+    combined["p50_ms_rounds"] = [r.get("p50_ms") for r in done]  # the spread the median hides
     for key in ("requests", "non_2xx", "errors"):
         combined[key] = sum(r[key] for r in done)
     combined["seconds"] = round(sum(r["seconds"] for r in done), 2)

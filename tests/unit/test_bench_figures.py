@@ -182,6 +182,7 @@ def test_rounds_combine_to_medians_sums_and_cpu_over_all_requests():
               {"failed": "RuntimeError: wrk exited 1: unable to connect"}]
     combined = loadgen.combine_rounds(rounds)
     assert combined["rounds"] == 3 and combined["rps"] == 900 and combined["p50_ms"] == 2.0
+    assert combined["p50_ms_rounds"] == [1.0, 3.0, 2.0]
     assert combined["requests"] == 9600 and combined["errors"] == 2 and combined["seconds"] == 12.0
     assert combined["proxies"]["a"] == {"cpu_s": 6.0, "cpu_s_per_1k": 0.625, "rss_load_mb": 53.0}
     assert combined["cpu_s_per_1k"] == round(6.0 / 9.6 + 4.0 / 9.6, 3)
