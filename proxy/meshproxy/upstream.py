@@ -118,7 +118,7 @@ BodySource = AsyncIterator[bytes]
 
 
 class Connection:
-    __slots__ = ("reader", "writer", "key", "served", "answered", "buffer", "idle_since")
+    __slots__ = ("reader", "writer", "key", "served", "answered", "buffer", "idle_since", "idle_timer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple[str, int]) -> None:
         self.reader, self.writer, self.key = reader, writer, key
@@ -126,6 +126,7 @@ class Connection:
         self.answered = False  # the current exchange received bytes
         self.buffer = bytearray()  # received, not yet parsed
         self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None  # closes it once it was idle for IDLE_TIMEOUT
 
     def usable(self) -> bool:
         """Still open as far as we know (an idle connection the server closed reads EOF)."""
@@ -182,6 +183,7 @@ class Answer:
         self._parser = httptools.HttpResponseParser(self)
         self._extra = False  # bytes after the message: the connection cannot be reused
         self._done = False
+        self.sending: asyncio.Future | None = None  # a streamed request body still going up (full duplex)
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -282,7 +284,11 @@ class Answer:
         self._done = True
         conn = self.conn
         conn.served += 1
-        reusable = (self.keep_alive and not self._extra and not self.upgraded and not conn.buffer
+        sent = self.sending is None or (self.sending.done() and not self.sending.cancelled()
+                                        and self.sending.exception() is None)
+        if self.sending is not None and not self.sending.done():
+            self.sending.cancel()  # answered before the whole body went up: the rest is not wanted
+        reusable = (sent and self.keep_alive and not self._extra and not self.upgraded and not conn.buffer
                     and not (self.max_requests and conn.served >= self.max_requests))
         self.pool.give_back(conn, reusable)
 
@@ -290,6 +296,8 @@ class Answer:
         """Not forwarded (a retry follows) or given up: close its connection."""
         if not self._done:
             self._done = True
+            if self.sending is not None:
+                self.sending.cancel()
             self.conn.close()
 
     def detach(self) -> Connection:
@@ -326,6 +334,7 @@ class Pool:
         idle = self._idle[key]
         while idle:
             conn = idle.pop()
+            conn.idle_timer.cancel()
             if not conn.usable():
                 conn.close()
                 continue
@@ -365,13 +374,19 @@ class Pool:
     async def _exchange(self, conn: Connection, method: bytes, head: bytes, body: bytes | None,
                         source: BodySource | None, length: int | None, max_requests: int | None) -> Answer:
         answer = Answer(self, conn, method, max_requests)
+        sending = None
         try:
-            await conn.send(head, body, source, chunked=source is not None and length is None)
+            if source is None:
+                await conn.send(head, body, None, chunked=False)
+            else:
+                # Full duplex: a server may answer (a 413, or a stream of its own) before it read the
+                # whole body, so the body goes up in its own task while the answer is awaited.
+                sending = asyncio.ensure_future(conn.send(head, None, source, chunked=length is None))
             while True:
                 while conn.buffer.find(b"\r\n\r\n") < 0:
                     if len(conn.buffer) > MAX_HEAD:
                         raise Reset("response head too large")
-                    if not await conn.fill():
+                    if not await self._fill(conn, sending):
                         raise Reset("connection closed before a complete response")
                 answer._parse_head()
                 if 100 <= answer.status < 200 and not answer.upgraded:
@@ -379,23 +394,53 @@ class Pool:
                     continue
                 break
         except BaseException:  # a reset, or cancelled by a timeout: the connection is in an unknown state
+            if sending is not None:
+                sending.cancel()
             conn.close()
             raise
+        answer.sending = sending
+        if sending is not None:
+            sending.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved: answered
         if answer.complete and not answer.upgraded:
             answer._finish()
         return answer
+
+    @staticmethod
+    async def _fill(conn: Connection, sending: asyncio.Future | None) -> bool:
+        """conn.fill(), unless the body being sent fails first (then its error)."""
+        if sending is None or sending.done():
+            if sending is not None and not sending.cancelled() and sending.exception() is not None:
+                raise sending.exception()
+            return await conn.fill()
+        reading = asyncio.ensure_future(conn.fill())
+        await asyncio.wait((reading, sending), return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            if sending.exception() is None:
+                return await reading  # the whole body went up: now the answer
+            reading.cancel()
+            await asyncio.wait((reading,))
+            raise sending.exception()
+        return reading.result()
 
     def give_back(self, conn: Connection, reusable: bool) -> None:
         idle = self._idle[conn.key]
         if reusable and len(idle) < MAX_IDLE_PER_HOST and not conn.writer.is_closing():
             conn.idle_since = time.monotonic()
+            conn.idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, conn)
             idle.append(conn)
         else:
             conn.close()
 
+    def _expire(self, conn: Connection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+        conn.close()
+
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:
+                conn.idle_timer.cancel()
                 conn.close()
         self._idle.clear()
 

@@ -37,6 +37,7 @@ logger = logging.getLogger("meshproxy.http1")
 BUFFER_LIMIT = 1 << 20  # request bodies kept for retries and mirroring (Envoy's per-request buffer)
 STREAM_IDLE_TIMEOUT = 300.0  # an answer that sends nothing for this long is cut (Envoy's default)
 MAX_STASH = 1 << 16  # bytes read ahead (pipelined requests) while an exchange is in flight
+LINGER_SECONDS = 2.0  # how long a closing connection still reads what the caller sends
 SOURCE = SOURCE_HEADER.encode()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 END = object()  # the end of a request's body
@@ -44,6 +45,10 @@ END = object()  # the end of a request's body
 
 class BadRequest(Exception):
     pass
+
+
+class CallerLeft(Exception):
+    """The caller closed its connection in the middle of a request."""
 
 
 @dataclass(slots=True)
@@ -137,8 +142,10 @@ class Downstream:
             event = await self.next()
             if event is END:
                 return
-            if event is None or isinstance(event, RequestHead):
-                raise BadRequest("the request ended before its body")
+            if event is None:
+                raise CallerLeft("the caller closed its connection before the end of its request")
+            if isinstance(event, RequestHead):
+                raise BadRequest("a request before the end of the previous one's body")
             yield event
 
     async def read_body(self) -> bytes:
@@ -156,6 +163,21 @@ class Downstream:
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
+
+
+async def lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close as RFC 9112 9.6 asks: stop sending, then read (and drop) what the caller still
+    sends for a little while. Closing with its bytes unread would reset the connection, and
+    a reset can destroy an answer (a 413 before the body was read) the caller has not read yet."""
+    try:
+        if not writer.is_closing() and writer.can_write_eof():
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await reader.read(READ_SIZE):
+                    pass
+    except (OSError, RuntimeError):  # TimeoutError is an OSError
+        pass
+    writer.close()
 
 
 def _status_line(version: str, status: int, reason: bytes) -> bytes:
@@ -193,7 +215,7 @@ class HttpProxy:
         except (OSError, Reset, asyncio.IncompleteReadError):
             pass  # the caller went away
         finally:
-            writer.close()
+            await lingering_close(reader, writer)
 
     async def _one(self, downstream: Downstream, head: RequestHead, direction: str,
                    destination: tuple[str, int]) -> bool:
@@ -211,8 +233,9 @@ class HttpProxy:
             fields[key] = f"{fields[key]}, {text}" if key in fields else text
         for name, value in without_hop_by_hop(head.headers):
             lower = name.lower()
-            if lower == SOURCE and direction == INBOUND:
-                source = value.decode("latin-1")
+            if lower == SOURCE:  # only a sidecar says who calls: an app's own value is dropped
+                if direction == INBOUND and source is None:
+                    source = value.decode("latin-1")
             elif lower not in NOT_FORWARDED:
                 headers.append((name, value))
         if head.upgrade:
@@ -222,6 +245,9 @@ class HttpProxy:
                                           source)
             host = version.host if version is not None else destination[0]
             return await self._forward(downstream, head, exchange, headers, host, destination[1])
+        except CallerLeft:
+            exchange.flags.append("DC")  # Envoy: downstream connection termination
+            return False
         finally:
             self.pipeline.finish(exchange)
 
@@ -247,23 +273,28 @@ class HttpProxy:
             copy = [(b"host", authority.encode())] + headers[1:]
             return self.pool.request(to.host, port, exchange.method, head.target, copy, body)
 
-        work = self.pipeline.forward(exchange, replayable, attempt, lambda: attempt(Version("", host), None),
-                                     send_copy)
+        work = self._exchange(downstream, head, exchange, replayable, attempt, send_copy, host, drained=source is None)
+        if source is not None or head.upgrade:  # the caller's side is being read (or will be relayed)
+            return await work
+        keep = await self._unless_caller_leaves(downstream, work)
+        if keep is None:
+            exchange.flags.append("DC")  # Envoy: downstream connection termination
+            return False
+        return keep
+
+    async def _exchange(self, downstream: Downstream, head: RequestHead, exchange: Exchange, replayable: bool,
+                        attempt, send_copy, host: str, drained: bool) -> bool:
+        """The request through the policies, and its answer back to the caller."""
         try:
-            if source is None:
-                outcome = await self._unless_caller_leaves(downstream, work)
-                if outcome is None:
-                    exchange.flags.append("DC")  # Envoy: downstream connection termination
-                    return False
-            else:
-                outcome = await work
+            outcome = await self.pipeline.forward(exchange, replayable, attempt,
+                                                  lambda: attempt(Version("", host), None), send_copy)
         except Unsendable as exc:
             outcome = LocalReply(400, str(exc).encode())
         if outcome is RESET:
             tcp.reset(downstream.writer)
             return False
         if isinstance(outcome, LocalReply):
-            return self._answer_locally(downstream, head, exchange, outcome, drained=source is None)
+            return self._answer_locally(downstream, head, exchange, outcome, drained=drained)
         try:
             if outcome.reply is not None:
                 return self._answer_locally(downstream, head, exchange, outcome.reply, drained=True)
@@ -273,7 +304,8 @@ class HttpProxy:
 
     @staticmethod
     async def _unless_caller_leaves(downstream: Downstream, work):
-        """Run `work` unless the caller closes its connection first (then None)."""
+        """Run `work` (the exchange and the answer's streaming) unless the caller closes its
+        connection first (then None): a silent stream must not keep a caller that left."""
         task = asyncio.ensure_future(work)
         watch = asyncio.ensure_future(downstream.closed())
         try:

@@ -250,8 +250,9 @@ class H2Proxy:
                 continue
             key, text = name.decode("latin-1").lower(), value.decode("latin-1")
             fields[key] = f"{fields[key]}, {text}" if key in fields else text
-            if key == SOURCE_HEADER and direction == INBOUND:
-                source = text
+            if key == SOURCE_HEADER:  # only a sidecar says who calls: an app's own value is dropped
+                if direction == INBOUND and source is None:
+                    source = text
             else:
                 kept.append((name, value))
         exchange.grpc = fields.get("content-type", "").startswith("application/grpc")
