@@ -65,8 +65,9 @@ def wait_answering(demo: Project, seconds: float = 60) -> None:
 
 
 def workload_of(service: str) -> str:
-    """The pod a compose service belongs to: `orders-pod`, `orders-sidecar` and `orders` are orders'."""
-    for suffix in ("-pod", "-sidecar"):
+    """The pod a compose service belongs to: `orders-pod`, `orders-init`, `orders-sidecar` and
+    `orders` are orders' (an init container that has ended is not running, so not counted)."""
+    for suffix in ("-pod", "-init", "-sidecar"):
         if service.endswith(suffix):
             return service[: -len(suffix)]
     return service

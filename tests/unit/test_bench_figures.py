@@ -195,7 +195,7 @@ def test_rounds_combine_to_medians_sums_and_cpu_over_all_requests():
 def test_demo_containers_are_grouped_by_pod_and_rounds_rotate():
     from benchmarks import dataplane, demo
 
-    assert [demo.workload_of(s) for s in ("payment-v1-pod", "payment-v1-sidecar", "payment-v1",
-                                          "meshcli-controller")] == ["payment-v1"] * 3 + ["meshcli-controller"]
+    assert [demo.workload_of(s) for s in ("payment-v1-pod", "payment-v1-init", "payment-v1-sidecar", "payment-v1",
+                                          "meshcli-controller")] == ["payment-v1"] * 4 + ["meshcli-controller"]
     assert dataplane.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
     assert dataplane.rotated([], 1) == []
