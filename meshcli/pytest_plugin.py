@@ -16,7 +16,9 @@ Fixtures:
     mesh_project_name     the project name (session): --mesh-project, else with --mesh-attach
                           the compose file's own, else a unique `meshtest-<hex>` so parallel
                           CI jobs on one Docker engine do not clash
-    mesh                  a meshcli.testing.Mesh (session): up once, down at the end
+    mesh                  a meshcli.testing.Mesh (session): up once, down at the end with
+                          the volumes it created (`meshcli down -v`); an attached or
+                          kept project keeps them
     mesh_rules            the same Mesh (per test); every fault and rule change made during
                           the test is undone after it
 

@@ -241,10 +241,13 @@ class Mesh:
                             + "; ".join(lifecycle.not_ready(statuses)))
         return cls(workspace, owned=False)
 
-    def down(self) -> None:
+    def down(self, volumes: bool | None = None) -> None:
         """Undo the rules still applied (mesh.yaml is the user's file), then remove every
-        container, network and volume of the project (`meshcli down`)."""
-        _all_of([self.reset, lambda: lifecycle.down(self.workspace, _progress)])
+        container and network of the project (`meshcli down`). Its named volumes go too
+        when this object brought the project up (`Mesh.up()` created them), and stay for
+        an attached one, unless `volumes` says otherwise."""
+        remove_volumes = self.owned if volumes is None else volumes
+        _all_of([self.reset, lambda: lifecycle.down(self.workspace, _progress, volumes=remove_volumes)])
         self.owned = False
 
     def __enter__(self) -> Mesh:
@@ -543,7 +546,8 @@ def _all_of(steps: list[Callable[[], object]]) -> None:
 
 
 def _down_quietly(workspace: Workspace) -> None:
+    """Remove a project `Mesh.up()` failed to bring up, with the volumes it created."""
     try:
-        lifecycle.down(workspace, _progress)
+        lifecycle.down(workspace, _progress, volumes=True)
     except MeshError as exc:  # the original failure matters more
         log.warning("could not take the project down: %s", exc.message)

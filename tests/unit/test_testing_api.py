@@ -298,8 +298,8 @@ def fake_lifecycle(engine, monkeypatch):
         return lifecycle.UpResult(loaded, workspace.rendered_file, "meshcli-sidecar:test", list(engine.statuses))
 
     monkeypatch.setattr(lifecycle, "up", up)
-    monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=True: engine.downs.append(
-        workspace.project_name))
+    monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=False: engine.downs.append(
+        (workspace.project_name, volumes)))
 
 
 def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engine, fake_lifecycle):
@@ -307,7 +307,7 @@ def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engi
         assert mesh.project == "ci-7" and mesh.owned
         mesh.split("payment", v2=100)
     assert engine.ups == [{"project": "ci-7", "timeout": 60, "build": False}]
-    assert engine.downs == ["ci-7"]
+    assert engine.downs == [("ci-7", True)]  # the volumes it created go with it
     assert (shop / "mesh.yaml").read_text() == MESH
 
 
@@ -315,7 +315,7 @@ def test_up_that_is_not_ready_takes_the_project_down_and_says_why(shop, engine, 
     engine.statuses = [workload("orders", "orders", app="exited")]
     with pytest.raises(MeshError, match="not ready after 5s: orders: app exited"):
         Mesh.up(shop / "compose.yaml", project="ci-8", timeout=5)
-    assert engine.downs == ["ci-8"]
+    assert engine.downs == [("ci-8", True)]
 
 
 def test_up_can_leave_a_failed_project_running_to_look_at(shop, engine, fake_lifecycle):
@@ -329,6 +329,13 @@ def test_an_attached_mesh_is_never_taken_down_by_with(mesh, engine):
     with mesh:
         pass
     assert engine.downs == []
+
+
+def test_down_of_an_attached_mesh_keeps_its_volumes_like_meshcli_down(mesh, engine, fake_lifecycle):
+    mesh.down()
+    assert engine.downs == [(None, False)]
+    mesh.down(volumes=True)
+    assert engine.downs[-1] == (None, True)
 
 
 # -- lifecycle.up's wait ------------------------------------------------------------------
