@@ -11,6 +11,7 @@ until every running sidecar runs the new version.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import time
@@ -141,15 +142,18 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
     """
     progress = progress or _quiet
     path = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
-    with ws.state_lock(workspace):  # read, transform and write as one step against other editors
-        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    # Read, transform and write as one step against other editors; a dry run writes
+    # nothing at all, not even the lock file.
+    with contextlib.nullcontext() if dry_run else ws.state_lock(workspace):
+        file = yaml_source.TextFile.read(path) if path.is_file() else yaml_source.TextFile(path)
         if service is not None:
-            _check_service(workspace, path, old, service)
-        new = transform(old)
-        diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+            _check_service(workspace, path, file.text, service)
+        new_text = transform(file.text)
+        new = file.encode(new_text)  # with the file's byte order mark and line ends
+        diff = "".join(difflib.unified_diff(file.content.splitlines(keepends=True), new.splitlines(keepends=True),
                                             fromfile=str(path), tofile=str(path)))
-        result = EditResult(path, diff, changed=new != old)
-        project = _validate(workspace, path, new)
+        result = EditResult(path, diff, changed=new != file.content)
+        project = _validate(workspace, path, new_text)
         if dry_run:
             return result
         if result.changed:

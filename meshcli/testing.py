@@ -471,8 +471,12 @@ class Mesh:
         return self.workspace.mesh_file or self.workspace.compose_file.parent / ws.MESH_FILE
 
     def _mesh_text(self) -> str:
+        """mesh.yaml as control_plane.edit() transforms it (no BOM, "\n" line ends): it writes
+        the text back with the file's own."""
+        from meshcli import yaml_source
+
         path = self._mesh_path
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
+        return yaml_source.TextFile.read(path).text if path.is_file() else ""
 
     def _edit(self, description: str, transform: Callable[[str, Path], str]) -> Rule:
         before = self._mesh_text()
