@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from meshcli import durations, yaml_source
 from meshcli.compose_model import ComposeProject, Workload
@@ -38,6 +38,9 @@ TCP_FAULT_FIELDS = {"latency": ("latency", "jitter"), "bandwidth": ("rate",), "r
                     "limit-data": ("bytes",), "slicer": ("bytes", "latency")}
 TCP_FAULT_REQUIRED = {"latency": ("latency",), "bandwidth": ("rate",), "limit-data": ("bytes",), "slicer": ("bytes",)}
 SCHEMA_RESOURCE = "schema/mesh-v1.schema.json"
+# Upper bounds (docs/mesh-file.md, "Limits"); durations and rates: meshcli/durations.py.
+MAX_COUNT = 2**31 - 1  # connection limits, error counts, bytes: Istio's int32 fields
+MAX_ATTEMPTS = 10  # retries after the first try
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -227,18 +230,19 @@ class _Collector:
                          f"expected one of: {', '.join(allowed)}", node, name)
         return True
 
-    def number(self, node: dict, key: str, what: str, minimum: float = 0, maximum: float | None = None,
+    def number(self, node: dict, key: str, what: str, minimum: float = 0, maximum: float = MAX_COUNT,
                integer: bool = True) -> Any:
         if key not in node:
             return None
         value = node[key]
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        # 3.0 is a whole number, as for JSON (and the JSON Schema); NaN is no number at all.
+        whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or integer and not whole:
             self.add("MESH0102", f"{what} must be {'a whole number' if integer else 'a number'}, got {_kind(value)}",
                      node, key)
             return None
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
-            self.add("MESH0106", f"{what} is {value}; it must be {bounds}", node, key)
+        if not minimum <= value <= maximum:
+            self.add("MESH0106", f"{what} is {value}; it must be from {minimum} to {maximum}", node, key)
             return None
         return int(value) if integer else float(value)
 
@@ -246,13 +250,19 @@ class _Collector:
         return self.number(node, key, what, 0, 100, integer=False)
 
     def duration(self, node: dict, key: str, what: str) -> float | None:
+        return self.parsed(node, key, what, durations.parse_ms)
+
+    def parsed(self, node: dict, key: str, what: str, parse: Callable[[Any], Any]) -> Any:
+        """A duration or byte rate: `parse` (meshcli/durations.py) raises ValueError."""
         if key not in node:
             return None
         try:
-            return durations.parse_ms(node[key])
+            return parse(node[key])
+        except durations.OutOfRangeError as exc:
+            self.add("MESH0106", f"{what}: {exc}", node, key)
         except ValueError as exc:
             self.add("MESH0105", f"{what}: {exc}", node, key)
-            return None
+        return None
 
     def string(self, node: dict, key: str, what: str) -> str | None:
         if key not in node:
@@ -548,7 +558,7 @@ def _parse_retries(check: _Collector, node: dict, where: str) -> Retries | None:
     if not check.mapping(raw, f"{where} retries", RETRIES_FIELDS, node, "retries"):
         return None
     check.required(raw, ("attempts",), what, node, "retries")
-    attempts = check.number(raw, "attempts", f"{what}.attempts")
+    attempts = check.number(raw, "attempts", f"{what}.attempts", 0, MAX_ATTEMPTS)
     retry_on = _parse_list(check, raw, "retryOn", f"{what}.retryOn", RETRY_ON)
     codes = _parse_list(check, raw, "retriableStatusCodes", f"{what}.retriableStatusCodes", None)
     per_try_timeout = check.duration(raw, "perTryTimeout", f"{what}.perTryTimeout")
@@ -658,12 +668,7 @@ def _parse_tcp_fault(check: _Collector, node: dict, where: str) -> TcpFault | No
             check.add("MESH0101", f'{what}: a {kind} fault does not take "{name}"; it takes: {", ".join(takes)}',
                       raw, name)
     check.required(raw, TCP_FAULT_REQUIRED.get(kind, ()), f"{what} of kind {kind}", node, "tcpFault")
-    rate = None
-    if "rate" in raw:
-        try:
-            rate = durations.parse_rate(raw["rate"])
-        except ValueError as exc:
-            check.add("MESH0105", f"{what}.rate: {exc}", raw, "rate")
+    rate = check.parsed(raw, "rate", f"{what}.rate", durations.parse_rate)
     latency = check.duration(raw, "latency", f"{what}.latency")
     jitter = check.duration(raw, "jitter", f"{what}.jitter")
     size = check.number(raw, "bytes", f"{what}.bytes")

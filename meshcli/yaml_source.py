@@ -3,6 +3,14 @@
 Compose and mesh files are read with ruamel.yaml's round-trip loader so that every
 mapping and sequence remembers where it came from; diagnostics use that to point at
 file:line:column. `atomic_write` is the only way meshcli writes a file.
+
+Reading is bounded, so that any input gets its answer in a few seconds and a few hundred
+MB at most: a file may have at most MAX_FILE_BYTES, nest at most MAX_DEPTH deep and hold
+at most MAX_VALUES values counted as its aliases expand them (an alias bomb: anchors
+that alias each other ten times per level). Each limit is a diagnostic with file:line.
+The round-trip parser costs about 40 microseconds per value on a small machine, so
+MAX_VALUES keeps the worst file near one second; real compose and mesh files have a
+few thousand values and nest less than ten deep.
 """
 
 from __future__ import annotations
@@ -16,12 +24,19 @@ from typing import Any, BinaryIO
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarint import ScalarInt
 
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError, MeshError
+
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 25_000
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,13 @@ class TextFile:
 
     @classmethod
     def read(cls, path: Path) -> TextFile:
-        """Read `path` as UTF-8; raise InvalidFileError (MESH0003) when it cannot be read."""
+        """Read `path` as UTF-8; raise InvalidFileError when it cannot be read (MESH0003) or
+        is larger than MAX_FILE_BYTES (MESH0004; only that much is ever read)."""
         try:
-            return cls(path, path.read_bytes().decode("utf-8"))
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+            _check_size(path, data)
+            return cls(path, data.decode("utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidFileError([Diagnostic("MESH0003", f"cannot read file: {exc}", path)]) from exc
 
@@ -102,12 +121,72 @@ class TextFile:
         return (BOM if self.bom else "") + text.replace("\n", self.newline)
 
 
+def _check_size(path: Path, data: bytes) -> None:
+    if len(data) > MAX_FILE_BYTES:
+        line = data[:MAX_FILE_BYTES].count(b"\n") + 1
+        raise InvalidFileError([Diagnostic(
+            "MESH0004", f"the file is larger than {MAX_FILE_BYTES / 2**20:g} MiB, the most meshcli reads; "
+                        "split it (compose: several -f files) or move large values out of it", path, line)])
+
+
+class _LimitExceeded(Exception):
+    def __init__(self, code: str, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.mark = code, message, mark
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, counting the document's depth and its values as aliases expand
+    them (MAX_DEPTH, MAX_VALUES); it stops at the first value beyond either."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self._depth = 0
+        self._values = 0
+        self._anchored: dict[int, int] = {}  # id(anchored node) -> values it expands to
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._anchored.get(id(node))
+            if size is None:
+                raise _LimitExceeded("MESH0006", f"alias *{event.anchor} is inside the value it names, "
+                                                 "so it never ends", event.start_mark)
+            self._count(size, event)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _LimitExceeded("MESH0005", f"values nest more than {MAX_DEPTH} levels deep", event.start_mark)
+        before = self._values
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event)
+        if event.anchor is not None:
+            self._anchored[id(node)] = self._values - before
+        return node
+
+    def _count(self, values: int, event: Any) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            how = f" once alias *{event.anchor} here is expanded" if isinstance(event, AliasEvent) else ""
+            raise _LimitExceeded("MESH0006", f"the file holds more than {MAX_VALUES} values{how} (every use of "
+                                             "an alias counts the values it names)", event.start_mark)
+
+
 def load(path: Path, text: str | None = None) -> YamlDocument:
-    """Parse one YAML file; raise InvalidFileError (MESH0001/0003) with a position."""
+    """Parse one YAML file; raise InvalidFileError (MESH0001/0003-0006) with a position."""
     if text is None:
         text = TextFile.read(path).text
+    else:
+        _check_size(path, text.encode("utf-8"))
+    loader = _round_trip()
+    loader.Composer = _BoundedComposer
     try:
-        data = _round_trip().load(text)
+        data = loader.load(text)
+    except _LimitExceeded as exc:
+        raise InvalidFileError([Diagnostic(exc.code, exc.message, path, exc.mark.line + 1,
+                                           exc.mark.column + 1)]) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
