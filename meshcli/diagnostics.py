@@ -52,6 +52,7 @@ CATALOGUE: dict[str, Code] = {
         Code("MESH0204", Level.ERROR, "workload is not part of the mesh"),
         Code("MESH0205", Level.ERROR, "unknown version"),
         Code("MESH0206", Level.ERROR, "unknown source service"),
+        Code("MESH0207", Level.ERROR, "too many meshed services"),
         Code("MESH0301", Level.WARNING, "service cannot be meshed"),
         Code("MESH0302", Level.INFO, "service opted out of the mesh"),
         Code("MESH0303", Level.WARNING, "service has more than one replica"),

@@ -41,6 +41,7 @@ SCHEMA_RESOURCE = "schema/mesh-v1.schema.json"
 # Upper bounds (docs/mesh-file.md, "Limits"); durations and rates: meshcli/durations.py.
 MAX_COUNT = 2**31 - 1  # connection limits, error counts, bytes: Istio's int32 fields
 MAX_ATTEMPTS = 10  # retries after the first try
+MAX_WORKLOADS = 1000  # meshed compose services (three containers each) in one project
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -746,6 +747,12 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
         line, column = yaml_source.position(node, key)
         problems.append(Diagnostic(code, message, config.source if config else None, line, column))
 
+    if len(project.workloads) > MAX_WORKLOADS:  # the rendered file grows ~30 values per workload
+        first_beyond = list(project.workloads)[MAX_WORKLOADS]
+        problems.append(project.doc.diag(
+            "MESH0207", f"{project.path.name} has {len(project.workloads)} meshed services; meshcli meshes at most "
+                        f"{MAX_WORKLOADS} (three containers each): opt the others out with "
+                        "`x-mesh: {inject: false}`", project.services, first_beyond))
     claimed: dict[str, tuple[str, str]] = {}
     for service in (config.services.values() if config else ()):
         if not service.versions and service.name not in discovered:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcli import yaml_source
+from meshcli import mesh_config, yaml_source
 from meshcli.errors import InvalidFileError
 
 COMPOSE_HEAD = "services:\n  web:\n    image: nginx\n"
@@ -125,3 +125,19 @@ def test_only_the_limit_is_read_from_a_huge_file(tmp_path):
 def test_text_given_directly_is_bounded_too():
     found = diagnostic("a: 1\n" * (yaml_source.MAX_FILE_BYTES // 5 + 1))
     assert found.code == "MESH0004"
+
+
+def test_the_largest_project_renders_within_the_budget_and_one_more_service_is_refused(tmp_path):
+    services = "".join(f'  s{i}:\n    image: x\n    ports: ["{10000 + i}:8080"]\n    environment: {{A: a, B: b}}\n'
+                       for i in range(mesh_config.MAX_WORKLOADS))
+    (tmp_path / "compose.yaml").write_text("services:\n" + services)
+    result, seconds, peak_mb = meshcli_bounded(tmp_path, "render")
+    assert result.returncode == 0, result.stderr
+    assert seconds < 5 and peak_mb < 256, (seconds, peak_mb)
+
+    (tmp_path / "compose.yaml").write_text("services:\n" + services + "  one-more: {image: x}\n")
+    result, _, _ = meshcli_bounded(tmp_path, "validate")
+    assert result.returncode == 2
+    line = 1 + 4 * mesh_config.MAX_WORKLOADS + 1
+    assert f"compose.yaml:{line}:3: error MESH0207: compose.yaml has 1001 meshed services; meshcli meshes at " \
+           "most 1000" in result.stderr
