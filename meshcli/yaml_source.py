@@ -8,9 +8,10 @@ Reading is bounded, so that any input gets its answer in a few seconds and a few
 MB at most: a file may have at most MAX_FILE_BYTES, nest at most MAX_DEPTH deep and hold
 at most MAX_VALUES values counted as its aliases expand them (an alias bomb: anchors
 that alias each other ten times per level). Each limit is a diagnostic with file:line.
-The round-trip parser costs about 40 microseconds per value on a small machine, so
-MAX_VALUES keeps the worst file near one second; real compose and mesh files have a
-few thousand values and nest less than ten deep.
+The round-trip parser costs about 40 microseconds per value on a small machine, and an
+edit (`meshcli split`) parses the mesh file several times, so MAX_VALUES keeps the worst
+edit within a few seconds; real compose and mesh files have a few thousand values and
+nest less than ten deep.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from meshcli.errors import InvalidFileError, MeshError
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
-MAX_VALUES = 25_000
+MAX_VALUES = 10_000
 
 
 @dataclass(frozen=True)
