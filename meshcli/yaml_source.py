@@ -296,16 +296,19 @@ def atomic_write(path: Path, text: str) -> None:
         if existing is None:
             os.chmod(tmp, 0o644)
         elif existing.st_nlink > 1 or not _take_owner(tmp, existing):
-            handed_over = True
-            _rewrite_in_place(target, data, shown, tmp)
+            with open(target, "r+b") as fh:
+                handed_over = True
+                _rewrite_in_place(fh, data, shown, tmp)
             return
         else:
             os.chmod(tmp, existing.st_mode & 0o7777)  # after chown, which clears set-id bits
         os.replace(tmp, target)
-        _fsync_directory(target.parent)
+    except OSError as exc:  # a full disk, a directory gone read-only: the old file is whole
+        raise MeshError(f"cannot write {shown}: {exc.strerror or exc}; it is unchanged") from exc
     finally:
         if not handed_over and os.path.exists(tmp):
             os.unlink(tmp)
+    _fsync_directory(target.parent)
 
 
 def _take_owner(tmp: str, existing: os.stat_result) -> bool:
@@ -321,23 +324,22 @@ def _take_owner(tmp: str, existing: os.stat_result) -> bool:
     return True
 
 
-def _rewrite_in_place(target: Path, data: bytes, shown: str, copy: str) -> None:
-    """Overwrite `target`'s contents with `data` (the same inode: hard links, owner and mode
-    stay). `copy` already holds `data`, fsynced, and is removed once the file is whole again:
-    on failure the old contents are put back, and if even that fails the copy stays, named
-    in the error."""
-    with open(target, "r+b") as fh:
-        old = fh.read()
+def _rewrite_in_place(fh: BinaryIO, data: bytes, shown: str, copy: str) -> None:
+    """Overwrite the contents of the file open in `fh` with `data` (the same inode: hard
+    links, owner and mode stay). `copy` already holds `data`, fsynced, and is removed once
+    the file is whole again: on failure the old contents are put back, and if even that
+    fails the copy stays, named in the error."""
+    old = fh.read()
+    try:
+        _overwrite(fh, data)
+    except OSError as exc:
         try:
-            _overwrite(fh, data)
-        except OSError as exc:
-            try:
-                _overwrite(fh, old)
-            except OSError:
-                raise MeshError(f"could not rewrite {shown} in place ({exc.strerror or exc}) nor restore it; "
-                                f"its new text is in {copy}") from exc
-            os.unlink(copy)
-            raise MeshError(f"could not rewrite {shown} in place: {exc.strerror or exc}; it is unchanged") from exc
+            _overwrite(fh, old)
+        except OSError:
+            raise MeshError(f"could not rewrite {shown} in place ({exc.strerror or exc}) nor restore it; "
+                            f"its new text is in {copy}") from exc
+        os.unlink(copy)
+        raise MeshError(f"could not rewrite {shown} in place: {exc.strerror or exc}; it is unchanged") from exc
     os.unlink(copy)
 
 
@@ -350,12 +352,16 @@ def _overwrite(fh: BinaryIO, data: bytes) -> None:
 
 
 def _fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
+    """Make a rename in `directory` survive a crash, where the filesystem allows it (some
+    refuse to fsync a directory; the rename is done either way)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 __all__ = ["YamlDocument", "TextFile", "load", "to_plain", "dump_round_trip", "atomic_write", "position",

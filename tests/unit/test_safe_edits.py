@@ -160,7 +160,7 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_file(tmp_path
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(MeshError, match=f"cannot write {path}: No space left on device; it is unchanged"):
         yaml_source.atomic_write(path, "apiVersion: meshcli/v1\nservices: {}\n")
     assert path.read_text() == MESH
     assert [p.name for p in tmp_path.iterdir()] == ["mesh.yaml"]
