@@ -236,9 +236,10 @@ class _Collector:
         if key not in node:
             return None
         value = node[key]
-        # 3.0 is a whole number, as for JSON (and the JSON Schema); NaN is no number at all.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+        # 3.0 is a whole number, as in JSON (and for the JSON Schema).
         whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or integer and not whole:
+        if not number or integer and not whole:
             self.add("MESH0102", f"{what} must be {'a whole number' if integer else 'a number'}, got {_kind(value)}",
                      node, key)
             return None
