@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 
 import pytest
 
-from conftest import MESHCLI
+MESHCLI = [sys.executable, "-m", "meshcli.cli.main"]  # not imported from conftest: tests/unit has one too
 
 COMPOSE = """\
 services:
