@@ -131,7 +131,7 @@ def mesh(pytestconfig: pytest.Config, mesh_compose_file: Path | None,
             instance.reset()
             if keep and not attach:
                 _say(pytestconfig, f"meshcli: left project {instance.project} running; remove it with "
-                                   f"`meshcli down -f {instance.workspace.compose_file} -p {instance.project}`")
+                                   f"`meshcli down -v -f {instance.workspace.compose_file} -p {instance.project}`")
         else:
             instance.down()
 
