@@ -1,6 +1,6 @@
 """Applying the mesh file to running sidecars: compile, record rejections, edit, wait for sync.
 
-`apply()` compiles mesh.yaml plus the runtime faults into `.mesh/config/sidecar.json`,
+`apply()` compiles mesh.yaml plus the runtime rules and faults into `.mesh/config/sidecar.json`,
 which every sidecar watches. An invalid mesh file is never applied: the rejection (every
 error with file:line:column, and the generation the sidecars keep) goes to
 `.mesh/config/rejected.json`, where `meshcli status` and the sidecars' logs show it.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from meshcli import fault_layer, mesh_config, sidecar_config, status, workspace as ws, yaml_source
+from meshcli import fault_layer, mesh_config, rule_layer, sidecar_config, status, workspace as ws, yaml_source
 from meshcli.diagnostics import did_you_mean
 from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
@@ -36,16 +36,17 @@ def _quiet(message: str) -> None:
 
 
 def apply(workspace: Workspace) -> sidecar_config.Compiled:
-    """Compile mesh.yaml and the runtime faults into sidecar.json; raise InvalidFileError
-    (after recording it in rejected.json) when the files are invalid."""
+    """Compile mesh.yaml, the runtime rules (meshcli/rule_layer.py) and the runtime faults
+    into sidecar.json; raise InvalidFileError (after recording it in rejected.json) when
+    the files are invalid, or the rules no longer fit them."""
     with ws.state_lock(workspace):  # the generation count must not be raced by the watcher
         try:
-            loaded = ws.load(workspace)
+            mesh = rule_layer.layered(ws.load(workspace))
         except InvalidFileError as exc:
             _record_rejection(workspace, exc)
             raise
         workspace.config_dir.mkdir(parents=True, exist_ok=True)  # a project edited before its first `up`
-        compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.compiled_faults(workspace))
+        compiled = sidecar_config.write(mesh, workspace.config_dir, fault_layer.compiled_faults(workspace))
         rejected_path(workspace).unlink(missing_ok=True)
         return compiled
 
@@ -110,8 +111,8 @@ def _describe(s: WorkloadStatus) -> str:
 def effective_rules(workspace: Workspace, service: str) -> dict:
     """What callers' sidecars apply to `service`: its compiled entry of sidecar.json (routes in
     order, each complete), plus the runtime faults on it."""
-    loaded = ws.load(workspace)
-    compiled = sidecar_config.compile_mesh(loaded.mesh, fault_layer.compiled_faults(workspace))
+    compiled = sidecar_config.compile_mesh(rule_layer.layered(ws.load(workspace)),
+                                           fault_layer.compiled_faults(workspace))
     if service not in compiled["services"]:
         raise InputError(f'unknown service "{service}"{did_you_mean(service, compiled["services"])}; '
                          f"services: {', '.join(compiled['services'])}")

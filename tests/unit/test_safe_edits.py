@@ -137,16 +137,18 @@ def test_dry_run_writes_nothing_at_all(shop, capsys, with_mesh_file):
     assert tree(shop) == before  # no mesh.yaml, no .mesh/ directory, no .mesh/.lock
 
 
-def test_the_testing_api_restores_a_crlf_file_byte_for_byte(shop, monkeypatch):
+def test_the_testing_api_puts_a_hand_edited_bom_and_crlf_file_back_byte_for_byte(shop, monkeypatch):
     from meshcli import control_plane
     from meshcli.testing import Mesh
 
-    original = MESH.replace("\n", "\r\n").encode()
+    original = ("\ufeff" + MESH).replace("\n", "\r\n").encode()
     (shop / "mesh.yaml").write_bytes(original)
     monkeypatch.setattr(control_plane, "wait_synced", lambda *args, **kwargs: [])
     mesh = Mesh(workspace.locate(shop / "compose.yaml"), owned=False)
-    with mesh.timeout("payment", "300ms"):
-        assert b"timeout: 300ms\r\n" in (shop / "mesh.yaml").read_bytes()
+    with mesh.scope():
+        with mesh.timeout("payment", "300ms"):
+            assert (shop / "mesh.yaml").read_bytes() == original  # a runtime rule: the file is not touched
+        (shop / "mesh.yaml").write_text(MESH.replace("2s", "5s"))  # by hand, inside the test
     assert (shop / "mesh.yaml").read_bytes() == original
 
 
