@@ -3,7 +3,7 @@ mesh-file edits on top of mesh.yaml, as meshcli/fault_layer.py is a layer of fau
 
 They live in `.mesh/rules.json`, never in mesh.yaml: a test's rule leaves no trace in the
 user's file, also when the test is killed before its cleanup (then `meshcli status`
-lists the rules still in force). Each rule is one transform of meshcli/mesh_edit.py on a
+lists the rules still in force; removing the file and `meshcli apply` drops them). Each rule is one transform of meshcli/mesh_edit.py on a
 service or one of its routes; `layered()` applies them, in the order they were set, to
 the mesh file's text in memory, and validates and resolves the result exactly like an
 edit of the file. `control_plane.apply()` compiles that into sidecar.json, so the rules
