@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # pytest is the application that loads meshcli's pytest plugin, not a dependency of meshcli.
 HOST_OF_THE_PLUGIN = {"pytest"}
+# The wheel's own top-level packages (meshcli, and meshproxy for the contract both sides share).
+OWN_PACKAGES = {Path(package).name for package in PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]}
 
 
 def canonical(name: str) -> str:
@@ -38,7 +40,7 @@ def imported_distributions(package: Path) -> set[str]:
                 modules |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules.add(node.module.split(".")[0])
-    third_party = modules - set(sys.stdlib_module_names) - {"meshcli"} - HOST_OF_THE_PLUGIN
+    third_party = modules - set(sys.stdlib_module_names) - OWN_PACKAGES - HOST_OF_THE_PLUGIN
     distributions = importlib.metadata.packages_distributions()
     # The first distribution of a module is the one that provides it (ruamel: ruamel.yaml).
     return {canonical(distributions[module][0]) for module in third_party}
