@@ -1,6 +1,6 @@
 """Applying the mesh file to running sidecars: compile, record rejections, edit, wait for sync.
 
-`apply()` compiles mesh.yaml plus the runtime faults into `.mesh/config/sidecar.json`,
+`apply()` compiles mesh.yaml plus the runtime rules and faults into `.mesh/config/sidecar.json`,
 which every sidecar watches. An invalid mesh file is never applied: the rejection (every
 error with file:line:column, and the generation the sidecars keep) goes to
 `.mesh/config/rejected.json`, where `meshcli status` and the sidecars' logs show it.
@@ -11,6 +11,7 @@ until every running sidecar runs the new version.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import time
@@ -20,7 +21,7 @@ from typing import Callable
 
 from meshproxy import config as wire
 
-from meshcli import fault_layer, mesh_config, sidecar_config, status, workspace as ws, yaml_source
+from meshcli import fault_layer, mesh_config, rule_layer, sidecar_config, status, workspace as ws, yaml_source
 from meshcli.diagnostics import did_you_mean
 from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
@@ -36,16 +37,17 @@ def _quiet(message: str) -> None:
 
 
 def apply(workspace: Workspace) -> sidecar_config.Compiled:
-    """Compile mesh.yaml and the runtime faults into sidecar.json; raise InvalidFileError
-    (after recording it in rejected.json) when the files are invalid."""
+    """Compile mesh.yaml, the runtime rules (meshcli/rule_layer.py) and the runtime faults
+    into sidecar.json; raise InvalidFileError (after recording it in rejected.json) when
+    the files are invalid, or the rules no longer fit them."""
     with ws.state_lock(workspace):  # the generation count must not be raced by the watcher
         try:
-            loaded = ws.load(workspace)
+            mesh = rule_layer.layered(ws.load(workspace))
         except InvalidFileError as exc:
             _record_rejection(workspace, exc)
             raise
         workspace.config_dir.mkdir(parents=True, exist_ok=True)  # a project edited before its first `up`
-        compiled = sidecar_config.write(loaded.mesh, workspace.config_dir, fault_layer.active(workspace))
+        compiled = sidecar_config.write(mesh, workspace.config_dir, fault_layer.active(workspace))
         rejected_path(workspace).unlink(missing_ok=True)
         return compiled
 
@@ -110,8 +112,7 @@ def _describe(s: WorkloadStatus) -> str:
 def effective_rules(workspace: Workspace, service: str) -> dict:
     """What callers' sidecars apply to `service`: its compiled entry of sidecar.json (routes in
     order, each complete), plus the runtime faults on it."""
-    loaded = ws.load(workspace)
-    config = sidecar_config.compile_mesh(loaded.mesh, fault_layer.active(workspace))
+    config = sidecar_config.compile_mesh(rule_layer.layered(ws.load(workspace)), fault_layer.active(workspace))
     if service not in config.services:
         raise InputError(f'unknown service "{service}"{did_you_mean(service, config.services)}; '
                          f"services: {', '.join(config.services)}")
@@ -141,15 +142,18 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
     """
     progress = progress or _quiet
     path = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
-    with ws.state_lock(workspace):  # read, transform and write as one step against other editors
-        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    # Read, transform and write as one step against other editors; a dry run writes
+    # nothing at all, not even the lock file.
+    with contextlib.nullcontext() if dry_run else ws.state_lock(workspace):
+        file = yaml_source.TextFile.read(path) if path.is_file() else yaml_source.TextFile(path)
         if service is not None:
-            _check_service(workspace, path, old, service)
-        new = transform(old)
-        diff = "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+            _check_service(workspace, path, file.text, service)
+        new_text = transform(file.text)
+        new = file.encode(new_text)  # with the file's byte order mark and line ends
+        diff = "".join(difflib.unified_diff(file.content.splitlines(keepends=True), new.splitlines(keepends=True),
                                             fromfile=str(path), tofile=str(path)))
-        result = EditResult(path, diff, changed=new != old)
-        project = _validate(workspace, path, new)
+        result = EditResult(path, diff, changed=new != file.content)
+        project = _validate(workspace, path, new_text)
         if dry_run:
             return result
         if result.changed:

@@ -212,9 +212,10 @@ def _write(workspace: Workspace, faults: list[Fault]) -> None:
     atomic_write(path(workspace), wire.dump_faults(faults))
 
 
-def _new_id(taken: set[str]) -> str:
+def new_id(taken: set[str], prefix: str = "f-") -> str:
+    """A short id not in `taken`: f-1a2b for faults (the rule layer's are r-...)."""
     while True:
-        candidate = "f-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+        candidate = prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
         if candidate not in taken:
             return candidate
 
@@ -222,7 +223,7 @@ def _new_id(taken: set[str]) -> str:
 def add(workspace: Workspace, fault: Fault, now: float | None = None) -> Fault:
     """Store `fault` with a new id; it replaces any fault for the same service, source and layer."""
     with state_lock(workspace):
-        stored = replace(fault, id=_new_id({f.id for f in _read(workspace)}))
+        stored = replace(fault, id=new_id({f.id for f in _read(workspace)}))
         _store(workspace, stored, now)
     return stored
 

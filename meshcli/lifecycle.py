@@ -109,11 +109,13 @@ def _apply_edits_made_meanwhile(workspace: Workspace) -> None:
         pass
 
 
-def down(workspace: Workspace, progress: Progress, volumes: bool = True) -> str:
-    """Remove every container, network (and volume) of the project; return its name.
+def down(workspace: Workspace, progress: Progress, volumes: bool = False) -> str:
+    """Remove every container and network of the project; return its name.
 
-    Needs only the project's name: a half-edited mesh.yaml must never stop a teardown,
-    and nothing is rendered just to be deleted.
+    Named volumes hold the user's data: they stay unless `volumes` (`docker compose down
+    -v`), exactly as with `docker compose down`. Needs only the project's name: a
+    half-edited mesh.yaml must never stop a teardown, and nothing is rendered just to be
+    deleted.
     """
     name = compose_model.load(workspace.compose_file, workspace.project_name).name
     if watcher.stop(workspace) is not None:

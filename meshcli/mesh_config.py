@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from meshproxy.config import (DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS, DEFAULT_CONSECUTIVE_5XX,
                               DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_PERCENT, DEFAULT_RETRY_ON,
@@ -38,6 +38,10 @@ TCP_FAULT_FIELDS = {TcpFaultKind.LATENCY.value: ("latency", "jitter"), TcpFaultK
 TCP_FAULT_REQUIRED = {TcpFaultKind.LATENCY.value: ("latency",), TcpFaultKind.BANDWIDTH.value: ("rate",),
                       TcpFaultKind.LIMIT_DATA.value: ("bytes",), TcpFaultKind.SLICER.value: ("bytes",)}
 SCHEMA_RESOURCE = "schema/mesh-v1.schema.json"
+# Upper bounds (docs/mesh-file.md, "Limits"); durations and rates: meshcli/durations.py.
+MAX_COUNT = 2**31 - 1  # connection limits, error counts, bytes: Istio's int32 fields
+MAX_ATTEMPTS = 10  # retries after the first try
+MAX_WORKLOADS = 1000  # meshed compose services (three containers each) in one project
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -227,18 +231,20 @@ class _Collector:
                          f"expected one of: {', '.join(allowed)}", node, name)
         return True
 
-    def number(self, node: dict, key: str, what: str, minimum: float = 0, maximum: float | None = None,
+    def number(self, node: dict, key: str, what: str, minimum: float = 0, maximum: float = MAX_COUNT,
                integer: bool = True) -> Any:
         if key not in node:
             return None
         value = node[key]
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+        # 3.0 is a whole number, as in JSON (and for the JSON Schema).
+        whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+        if not number or integer and not whole:
             self.add("MESH0102", f"{what} must be {'a whole number' if integer else 'a number'}, got {_kind(value)}",
                      node, key)
             return None
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
-            self.add("MESH0106", f"{what} is {value}; it must be {bounds}", node, key)
+        if not minimum <= value <= maximum:
+            self.add("MESH0106", f"{what} is {value}; it must be from {minimum} to {maximum}", node, key)
             return None
         return int(value) if integer else float(value)
 
@@ -246,13 +252,19 @@ class _Collector:
         return self.number(node, key, what, 0, 100, integer=False)
 
     def duration(self, node: dict, key: str, what: str) -> float | None:
+        return self.parsed(node, key, what, durations.parse_ms)
+
+    def parsed(self, node: dict, key: str, what: str, parse: Callable[[Any], Any]) -> Any:
+        """A duration or byte rate: `parse` (meshcli/durations.py) raises ValueError."""
         if key not in node:
             return None
         try:
-            return durations.parse_ms(node[key])
+            return parse(node[key])
+        except durations.OutOfRangeError as exc:
+            self.add("MESH0106", f"{what}: {exc}", node, key)
         except ValueError as exc:
             self.add("MESH0105", f"{what}: {exc}", node, key)
-            return None
+        return None
 
     def string(self, node: dict, key: str, what: str) -> str | None:
         if key not in node:
@@ -548,7 +560,7 @@ def _parse_retries(check: _Collector, node: dict, where: str) -> Retries | None:
     if not check.mapping(raw, f"{where} retries", RETRIES_FIELDS, node, "retries"):
         return None
     check.required(raw, ("attempts",), what, node, "retries")
-    attempts = check.number(raw, "attempts", f"{what}.attempts")
+    attempts = check.number(raw, "attempts", f"{what}.attempts", 0, MAX_ATTEMPTS)
     retry_on = _parse_list(check, raw, "retryOn", f"{what}.retryOn", RETRY_ON)
     codes = _parse_list(check, raw, "retriableStatusCodes", f"{what}.retriableStatusCodes", None)
     per_try_timeout = check.duration(raw, "perTryTimeout", f"{what}.perTryTimeout")
@@ -658,12 +670,7 @@ def _parse_tcp_fault(check: _Collector, node: dict, where: str) -> TcpFault | No
             check.add("MESH0101", f'{what}: a {kind} fault does not take "{name}"; it takes: {", ".join(takes)}',
                       raw, name)
     check.required(raw, TCP_FAULT_REQUIRED.get(kind, ()), f"{what} of kind {kind}", node, "tcpFault")
-    rate = None
-    if "rate" in raw:
-        try:
-            rate = durations.parse_rate(raw["rate"])
-        except ValueError as exc:
-            check.add("MESH0105", f"{what}.rate: {exc}", raw, "rate")
+    rate = check.parsed(raw, "rate", f"{what}.rate", durations.parse_rate)
     latency = check.duration(raw, "latency", f"{what}.latency")
     jitter = check.duration(raw, "jitter", f"{what}.jitter")
     size = check.number(raw, "bytes", f"{what}.bytes")
@@ -742,6 +749,12 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
         line, column = yaml_source.position(node, key)
         problems.append(Diagnostic(code, message, config.source if config else None, line, column))
 
+    if len(project.workloads) > MAX_WORKLOADS:  # the rendered file grows ~30 values per workload
+        first_beyond = list(project.workloads)[MAX_WORKLOADS]
+        problems.append(project.doc.diag(
+            "MESH0207", f"{project.path.name} has {len(project.workloads)} meshed services; meshcli meshes at most "
+                        f"{MAX_WORKLOADS} (three containers each): opt the others out with "
+                        "`x-mesh: {inject: false}`", project.services, first_beyond))
     claimed: dict[str, tuple[str, str]] = {}
     for service in (config.services.values() if config else ()):
         if not service.versions and service.name not in discovered:

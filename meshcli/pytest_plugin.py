@@ -16,7 +16,9 @@ Fixtures:
     mesh_project_name     the project name (session): --mesh-project, else with --mesh-attach
                           the compose file's own, else a unique `meshtest-<hex>` so parallel
                           CI jobs on one Docker engine do not clash
-    mesh                  a meshcli.testing.Mesh (session): up once, down at the end
+    mesh                  a meshcli.testing.Mesh (session): up once, down at the end with
+                          the volumes it created (`meshcli down -v`); an attached or
+                          kept project keeps them
     mesh_rules            the same Mesh (per test); every fault and rule change made during
                           the test is undone after it
 
@@ -129,7 +131,7 @@ def mesh(pytestconfig: pytest.Config, mesh_compose_file: Path | None,
             instance.reset()
             if keep and not attach:
                 _say(pytestconfig, f"meshcli: left project {instance.project} running; remove it with "
-                                   f"`meshcli down -f {instance.workspace.compose_file} -p {instance.project}`")
+                                   f"`meshcli down -v -f {instance.workspace.compose_file} -p {instance.project}`")
         else:
             instance.down()
 

@@ -10,16 +10,16 @@ fixtures hand out, usable on its own from any test runner.
         assert (mesh.stats("payment") - before).count(version="v1") == 0
 
 `Mesh.up()` starts a project (and `down()` removes it); `Mesh.attach()` drives one that is
-already running. Rules are applied through the same core as the CLI: runtime faults
-through `meshcli.fault_layer`, traffic rules as edits of mesh.yaml through
-`meshcli.control_plane.edit()`, so they are validated, applied and synced like `meshcli
-apply`. Each returns a `Rule` only once every sidecar runs it; leaving its `with` block
-(or `Rule.undo()`) removes it again and waits for the sidecars too, also on exceptions.
+already running. Rules are applied through the same core as the CLI, as runtime layers
+on top of mesh.yaml, which a test never edits: faults through `meshcli.fault_layer`,
+traffic rules (split, timeout, retries) through `meshcli.rule_layer`, validated like an
+edit of mesh.yaml and applied and synced like `meshcli apply`. Each returns a `Rule` only
+once every sidecar runs it; leaving its `with` block (or `Rule.undo()`) removes it again
+and waits for the sidecars too, also on exceptions.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import Counter
@@ -35,6 +35,7 @@ from meshcli.workspace import Loaded, Workspace
 
 if TYPE_CHECKING:
     from meshcli.fault_layer import Fault
+    from meshcli.rule_layer import TrafficRule
 
 log = logging.getLogger("meshcli.testing")
 
@@ -241,10 +242,13 @@ class Mesh:
                             + "; ".join(lifecycle.not_ready(statuses)))
         return cls(workspace, owned=False)
 
-    def down(self) -> None:
+    def down(self, volumes: bool | None = None) -> None:
         """Undo the rules still applied (mesh.yaml is the user's file), then remove every
-        container, network and volume of the project (`meshcli down`)."""
-        _all_of([self.reset, lambda: lifecycle.down(self.workspace, _progress)])
+        container and network of the project (`meshcli down`). Its named volumes go too
+        when this object brought the project up (`Mesh.up()` created them), and stay for
+        an attached one, unless `volumes` says otherwise."""
+        remove_volumes = self.owned if volumes is None else volumes
+        _all_of([self.reset, lambda: lifecycle.down(self.workspace, _progress, volumes=remove_volumes)])
         self.owned = False
 
     def __enter__(self) -> Mesh:
@@ -344,18 +348,13 @@ class Mesh:
 
     def split(self, service: str, *, route: str | None = None, **weights: int) -> Rule:
         """Split the service's traffic by version weight: `split("payment", v1=90, v2=10)`,
-        or `split("payment", v2=100)` to send everything to v2 (`meshcli split`)."""
-        from meshcli import mesh_edit
-
-        return self._edit(f"split {service} {weights}",
-                          lambda text, path: mesh_edit.set_split(text, path, service, weights, route))
+        or `split("payment", v2=100)` to send everything to v2 (as `meshcli split`, but
+        mesh.yaml is not touched)."""
+        return self._traffic_rule("split", service, weights, route)
 
     def timeout(self, service: str, timeout: str, *, route: str | None = None) -> Rule:
         """Give calls to the service a deadline ("300ms"), retries included; callers then get 504."""
-        from meshcli import mesh_edit
-
-        return self._edit(f"timeout {service} {timeout}",
-                          lambda text, path: mesh_edit.set_timeout(text, path, service, timeout, route))
+        return self._traffic_rule("timeout", service, timeout, route)
 
     def retries(self, service: str, attempts: int = 3, *, per_try_timeout: str | None = None,
                 retry_on: list[str] | None = None, retriable_status_codes: list[int] | None = None,
@@ -363,14 +362,11 @@ class Mesh:
                 route: str | None = None) -> Rule:
         """Retry failed calls to the service up to `attempts` times after the first try; the
         other settings are the mesh file's (docs/mesh-file.md), defaults where None."""
-        from meshcli import mesh_edit
-
         policy = {"attempts": attempts, "perTryTimeout": per_try_timeout, "retryOn": retry_on,
                   "retriableStatusCodes": retriable_status_codes, "backoff": backoff,
                   "retryNonIdempotent": retry_non_idempotent}
         policy = {key: value for key, value in policy.items() if value is not None}
-        return self._edit(f"retries {service} x{attempts}",
-                          lambda text, path: mesh_edit.set_retries(text, path, service, policy, route))
+        return self._traffic_rule("retries", service, policy, route)
 
     def reset(self) -> None:
         """Undo every rule this object applied and has not undone yet, newest first."""
@@ -379,23 +375,28 @@ class Mesh:
     @contextmanager
     def scope(self) -> Iterator[Mesh]:
         """Whatever changes inside is undone on exit: rules of this object, runtime faults
-        set any other way (`meshcli fault`), edits of mesh.yaml by hand or by `meshcli split`."""
-        from meshcli import fault_layer
+        and rules set any other way (`meshcli fault`, another Mesh), edits of mesh.yaml by
+        hand or by `meshcli split`."""
+        from meshcli import fault_layer, rule_layer
 
-        mesh_text = self._mesh_text()
+        mesh_content = self._mesh_content()
         faults = {f.id for f in fault_layer.active(self.workspace)}
+        traffic_rules = {r.id for r in rule_layer.active(self.workspace)}
         rules_before = list(self._rules)
 
-        def clear_stray_faults() -> None:
-            stray = [f.id for f in fault_layer.active(self.workspace) if f.id not in faults]
-            for fault_id in stray:
+        def clear_stray_layers() -> None:
+            stray_faults = [f.id for f in fault_layer.active(self.workspace) if f.id not in faults]
+            for fault_id in stray_faults:
                 fault_layer.clear(self.workspace, fault_id=fault_id)
-            if stray:
+            stray_rules = [r.id for r in rule_layer.active(self.workspace) if r.id not in traffic_rules]
+            for rule_id in stray_rules:
+                rule_layer.remove(self.workspace, rule_id)
+            if stray_faults or stray_rules:
                 self._apply_and_sync()
 
         def restore_mesh_file() -> None:
-            if self._mesh_text() != mesh_text:
-                self._write_mesh_text(mesh_text)
+            if self._mesh_content() != mesh_content:
+                self._restore_mesh_file(mesh_content)
 
         try:
             yield self
@@ -403,7 +404,7 @@ class Mesh:
             # Every step runs even when one fails; the first failure is raised at the end.
             # Not a slice from the old length: a rule from before may have been undone inside.
             _all_of([rule.undo for rule in reversed(self._rules) if rule not in rules_before]
-                    + [clear_stray_faults, restore_mesh_file])
+                    + [clear_stray_layers, restore_mesh_file])
 
     def wait_synced(self, timeout: float | None = None) -> None:
         """Wait until every running sidecar runs the config on disk (MeshError after `timeout`)."""
@@ -464,42 +465,43 @@ class Mesh:
 
     @property
     def _mesh_path(self) -> Path:
-        # Where control_plane.edit() reads and writes, creating it when the project has none.
+        # mesh.yaml, or where it goes when the project has none yet.
         return self.workspace.mesh_file or self.workspace.compose_file.parent / ws.MESH_FILE
 
-    def _mesh_text(self) -> str:
+    def _mesh_content(self) -> str | None:
+        """mesh.yaml exactly as it is on disk; None when there is none."""
+        from meshcli import yaml_source
+
         path = self._mesh_path
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
+        return yaml_source.TextFile.read(path).content if path.is_file() else None
 
-    def _edit(self, description: str, transform: Callable[[str, Path], str]) -> Rule:
-        before = self._mesh_text()
-        rule = _MeshFileRule(self, description, before, transform)
-        return self._applied(rule, lambda: self._write_mesh_text(transform(before, self._mesh_path)))
+    def _traffic_rule(self, kind: str, service: str, value: object, route: str | None) -> Rule:
+        """A runtime traffic rule (meshcli/rule_layer.py): InvalidFileError, and nothing
+        changes, when the mesh with it would be invalid."""
+        from meshcli import rule_layer
 
-    def _undo_edit(self, undone: _MeshFileRule) -> None:
-        """Put mesh.yaml back as it was before `undone`, keeping the edits made after it."""
-        later = [r for r in self._rules if isinstance(r, _MeshFileRule) and r.order > undone.order]
-        text = undone.before
-        for rule in sorted(later, key=lambda r: r.order):
-            rule.before = text
-            text = rule.transform(text, self._mesh_path)
-        if text != self._mesh_text():  # unchanged when the edit itself failed (see _applied)
-            self._write_mesh_text(text)
+        stored = rule_layer.add(self.loaded, rule_layer.TrafficRule(kind, service, value, route))
+        return self._applied(_TrafficRule(self, stored), self._apply_and_sync)
 
-    def _write_mesh_text(self, text: str) -> None:
-        """Make mesh.yaml `text` through control_plane.edit(): validated, applied, synced.
-        Empty text: the project had no mesh file; remove the one a rule created."""
-        from meshcli import control_plane
+    def _undo_traffic_rule(self, undone: _TrafficRule) -> None:
+        from meshcli import rule_layer
 
-        if not text:
-            self._mesh_path.unlink(missing_ok=True)
-            self.workspace = replace(self.workspace, mesh_file=None)
-            self._apply_and_sync()
-            return
-        control_plane.edit(self.workspace, lambda _old: text, wait=True, timeout=self.sync_timeout,
-                           progress=_progress)
-        if self.workspace.mesh_file is None and self._mesh_path.is_file():  # edit() created it
-            self.workspace = replace(self.workspace, mesh_file=self._mesh_path)
+        rule_layer.remove(self.workspace, undone.rule.id)
+        self._apply_and_sync()
+
+    def _restore_mesh_file(self, content: str | None) -> None:
+        """Put mesh.yaml back byte for byte (None: remove the one made since), then apply it
+        and wait for the sidecars."""
+        from meshcli import yaml_source
+
+        path = self._mesh_path
+        with ws.state_lock(self.workspace):  # against other editors of the file
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                yaml_source.atomic_write(path, content)
+        self.workspace = replace(self.workspace, mesh_file=path if content is not None else None)
+        self._apply_and_sync()
 
 
 class _FaultRule(Rule):
@@ -512,16 +514,12 @@ class _FaultRule(Rule):
         self.replaced = replaced
 
 
-class _MeshFileRule(Rule):
-    """A change of mesh.yaml: undoing it restores the text it replaced (see Mesh._undo_edit)."""
+class _TrafficRule(Rule):
+    """A runtime split, timeout or retry policy: undoing it removes it from the rule layer."""
 
-    _counter = itertools.count()
-
-    def __init__(self, mesh: Mesh, description: str, before: str, transform: Callable[[str, Path], str]) -> None:
-        super().__init__(mesh, description, lambda: mesh._undo_edit(self))
-        self.before = before
-        self.transform = transform
-        self.order = next(self._counter)
+    def __init__(self, mesh: Mesh, rule: TrafficRule) -> None:
+        super().__init__(mesh, f"rule {rule.id}: {rule.describe()}", lambda: mesh._undo_traffic_rule(self))
+        self.rule = rule
 
 
 def _locate(compose_file: PathLike | None, mesh_file: PathLike | None, project: str | None) -> Workspace:
@@ -543,7 +541,8 @@ def _all_of(steps: list[Callable[[], object]]) -> None:
 
 
 def _down_quietly(workspace: Workspace) -> None:
+    """Remove a project `Mesh.up()` failed to bring up, with the volumes it created."""
     try:
-        lifecycle.down(workspace, _progress)
+        lifecycle.down(workspace, _progress, volumes=True)
     except MeshError as exc:  # the original failure matters more
         log.warning("could not take the project down: %s", exc.message)

@@ -3,6 +3,15 @@
 Compose and mesh files are read with ruamel.yaml's round-trip loader so that every
 mapping and sequence remembers where it came from; diagnostics use that to point at
 file:line:column. `atomic_write` is the only way meshcli writes a file.
+
+Reading is bounded, so that any input gets its answer in a few seconds and a few hundred
+MB at most: a file may have at most MAX_FILE_BYTES, nest at most MAX_DEPTH deep and hold
+at most MAX_VALUES values counted as its aliases expand them (an alias bomb: anchors
+that alias each other ten times per level). Each limit is a diagnostic with file:line.
+The round-trip parser costs about 40 microseconds per value on a small machine, and an
+edit (`meshcli split`) parses the mesh file several times, so MAX_VALUES keeps the worst
+edit within a few seconds; real compose and mesh files have a few thousand values and
+nest less than ten deep.
 """
 
 from __future__ import annotations
@@ -12,16 +21,23 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarint import ScalarInt
 
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError, MeshError
+
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,117 @@ def _round_trip() -> YAML:
     return yaml
 
 
-def load(path: Path, text: str | None = None) -> YamlDocument:
-    """Parse one YAML file; raise InvalidFileError (MESH0001/0003) with a position."""
-    if text is None:
+BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """A user's text file as read, so that an edit can write it back the same way.
+
+    `content` is the file exactly (decoded); `text` is what editors work on: no byte order
+    mark, "\n" line ends. `encode(text)` puts the file's BOM and line ends back.
+    """
+
+    path: Path
+    content: str = ""
+
+    @classmethod
+    def read(cls, path: Path) -> TextFile:
+        """Read `path` as UTF-8; raise InvalidFileError when it cannot be read (MESH0003) or
+        is larger than MAX_FILE_BYTES (MESH0004; only that much is ever read)."""
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+            _check_size(path, data)
+            return cls(path, data.decode("utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidFileError([Diagnostic("MESH0003", f"cannot read file: {exc}", path)]) from exc
+
+    @property
+    def bom(self) -> bool:
+        return self.content.startswith(BOM)
+
+    @property
+    def newline(self) -> str:
+        """The line end most lines use: "\r\n" or "\n"."""
+        crlf = self.content.count("\r\n")
+        return "\r\n" if crlf and crlf >= self.content.count("\n") - crlf else "\n"
+
+    @property
+    def text(self) -> str:
+        return self.content.removeprefix(BOM).replace("\r\n", "\n")
+
+    def encode(self, text: str) -> str:
+        """`text` (from an editor) with this file's byte order mark and line ends."""
+        return (BOM if self.bom else "") + text.replace("\n", self.newline)
+
+
+def _check_size(path: Path, data: bytes) -> None:
+    if len(data) > MAX_FILE_BYTES:
+        line = data[:MAX_FILE_BYTES].count(b"\n") + 1
+        raise InvalidFileError([Diagnostic(
+            "MESH0004", f"the file is larger than {MAX_FILE_BYTES / 2**20:g} MiB, the most meshcli reads; "
+                        "split it (compose: several -f files) or move large values out of it", path, line)])
+
+
+class _LimitExceeded(Exception):
+    def __init__(self, code: str, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.mark = code, message, mark
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, counting the document's depth and its values as aliases expand
+    them (MAX_DEPTH, MAX_VALUES); it stops at the first value beyond either."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self._depth = 0
+        self._values = 0
+        self._anchored: dict[int, int] = {}  # id(anchored node) -> values it expands to
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._anchored.get(id(node))
+            if size is None:
+                raise _LimitExceeded("MESH0006", f"alias *{event.anchor} is inside the value it names, "
+                                                 "so it never ends", event.start_mark)
+            self._count(size, event)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _LimitExceeded("MESH0005", f"values nest more than {MAX_DEPTH} levels deep", event.start_mark)
+        before = self._values
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event)
+        if event.anchor is not None:
+            self._anchored[id(node)] = self._values - before
+        return node
+
+    def _count(self, values: int, event: Any) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            how = f" once alias *{event.anchor} here is expanded" if isinstance(event, AliasEvent) else ""
+            raise _LimitExceeded("MESH0006", f"the file holds more than {MAX_VALUES} values{how} (every use of "
+                                             "an alias counts the values it names)", event.start_mark)
+
+
+def load(path: Path, text: str | None = None) -> YamlDocument:
+    """Parse one YAML file; raise InvalidFileError (MESH0001/0003-0006) with a position."""
+    if text is None:
+        text = TextFile.read(path).text
+    else:
+        _check_size(path, text.encode("utf-8"))
+    loader = _round_trip()
+    loader.Composer = _BoundedComposer
     try:
-        data = _round_trip().load(text)
+        data = loader.load(text)
+    except _LimitExceeded as exc:
+        raise InvalidFileError([Diagnostic(exc.code, exc.message, path, exc.mark.line + 1,
+                                           exc.mark.column + 1)]) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
@@ -136,31 +254,115 @@ def dump_round_trip(data: Any) -> str:
     return buf.getvalue()
 
 
-def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
-    """Write `text` to `path` so readers see the old file or the new one, never half."""
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` so that no reader ever sees half of it, keeping what
+    makes the file the user's.
+
+    The text goes to a temporary file in the same directory, is fsynced, and replaces
+    the file by a rename (then the directory is fsynced). A symlink is followed: its
+    target is rewritten and the link stays a link. An existing file keeps its mode,
+    owner and group (as root, the temporary file is chowned before the rename). A file
+    with other hard links, or whose owner cannot be kept, is rewritten in place instead
+    (a rename would split the links or change the owner), once the complete new text is
+    on disk beside it; meshcli writes under the project lock (`workspace.state_lock`),
+    so its own readers never see that rewrite half done. A read-only file (no write
+    permission for this user, or no write bit at all, even for root) is refused with a
+    MeshError naming it, and nothing changes.
+    """
+    target = Path(os.path.realpath(path))
+    shown = f"{path} (a link to {target})" if target != Path(os.path.abspath(path)) else str(path)
     try:
-        path.parent.mkdir(exist_ok=True)  # .mesh/ itself, never a whole missing tree
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        existing: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:  # a symlink loop, a directory without search permission
+        raise MeshError(f"cannot write {shown}: {exc.strerror or exc}") from exc
+    if existing is not None and (not existing.st_mode & 0o222 or not os.access(target, os.W_OK)):
+        raise MeshError(f"{shown} is read-only (mode {existing.st_mode & 0o777:o}): nothing was changed",
+                        hint=f"make it writable (chmod u+w {target}) for meshcli to change it")
+    data = text.encode("utf-8")
+    try:
+        target.parent.mkdir(exist_ok=True)  # .mesh/ itself, never a whole missing tree
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise MeshError(f"cannot write {path}: {exc.strerror or exc}",
+        raise MeshError(f"cannot write {shown}: {exc.strerror or exc}",
                         hint="check that the directory exists and is writable") from exc
+    handed_over = False  # to _rewrite_in_place, which removes the copy once the file is whole
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        elif path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
+        if existing is None:
             os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        elif existing.st_nlink > 1 or not _take_owner(tmp, existing):
+            with open(target, "r+b") as fh:
+                handed_over = True
+                _rewrite_in_place(fh, data, shown, tmp)
+            return
+        else:
+            os.chmod(tmp, existing.st_mode & 0o7777)  # after chown, which clears set-id bits
+        os.replace(tmp, target)
+    except OSError as exc:  # a full disk, a directory gone read-only: the old file is whole
+        raise MeshError(f"cannot write {shown}: {exc.strerror or exc}; it is unchanged") from exc
+    finally:
+        if not handed_over and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+    _fsync_directory(target.parent)
 
 
-__all__ = ["YamlDocument", "load", "to_plain", "dump_round_trip", "atomic_write", "position",
+def _take_owner(tmp: str, existing: os.stat_result) -> bool:
+    """Give the temporary file the owner and group of the file it replaces; False when this
+    user may not (then only an in-place rewrite keeps them)."""
+    current = os.stat(tmp)
+    if (current.st_uid, current.st_gid) == (existing.st_uid, existing.st_gid):
+        return True
+    try:
+        os.chown(tmp, existing.st_uid, existing.st_gid)
+    except PermissionError:
+        return False
+    return True
+
+
+def _rewrite_in_place(fh: BinaryIO, data: bytes, shown: str, copy: str) -> None:
+    """Overwrite the contents of the file open in `fh` with `data` (the same inode: hard
+    links, owner and mode stay). `copy` already holds `data`, fsynced, and is removed once
+    the file is whole again: on failure the old contents are put back, and if even that
+    fails the copy stays, named in the error."""
+    old = fh.read()
+    try:
+        _overwrite(fh, data)
+    except OSError as exc:
+        try:
+            _overwrite(fh, old)
+        except OSError:
+            raise MeshError(f"could not rewrite {shown} in place ({exc.strerror or exc}) nor restore it; "
+                            f"its new text is in {copy}") from exc
+        os.unlink(copy)
+        raise MeshError(f"could not rewrite {shown} in place: {exc.strerror or exc}; it is unchanged") from exc
+    os.unlink(copy)
+
+
+def _overwrite(fh: BinaryIO, data: bytes) -> None:
+    fh.seek(0)
+    fh.write(data)
+    fh.truncate()
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` survive a crash, where the filesystem allows it (some
+    refuse to fsync a directory; the rename is done either way)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+__all__ = ["YamlDocument", "TextFile", "load", "to_plain", "dump_round_trip", "atomic_write", "position",
            "CommentedMap", "CommentedSeq"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install meshcli (editable, with test extras) into .venv, after making sure this
-# machine has a Docker engine, Compose v2 and a base image (scripts/setup-docker.sh).
+# Install meshcli (editable, with test extras) and the sidecar's pinned dependencies
+# (proxy/requirements.txt) into .venv, after making sure this machine has a Docker engine,
+# Compose v2 and a base image (scripts/setup-docker.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-docker.sh >/dev/null
@@ -9,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q -e '.[test]'
-# The sidecar's own dependencies (pinned in one place), for its unit tests on the host.
+# The sidecar's dependencies, for the unit tests of proxy/meshproxy: the same pins as its image.
 .venv/bin/python -m pip install -q -r proxy/requirements.txt
 echo "[install] meshcli $(.venv/bin/meshcli --version | awk '{print $2}') in $(pwd)/.venv" >&2

@@ -101,19 +101,28 @@ def register(app: typer.Typer) -> None:
         compose_file: Optional[Path] = common.ComposeFile,
         mesh_file: Optional[Path] = common.MeshFile,
         project: Optional[str] = common.ProjectName,
-        keep_volumes: bool = typer.Option(False, "--keep-volumes", help="Keep the project's named volumes."),
+        volumes: bool = typer.Option(False, "--volumes", "-v",
+                                     help="Also remove the project's named volumes and the data in them."),
+        keep_volumes: bool = typer.Option(False, "--keep-volumes", hidden=True,
+                                          help="Deprecated: volumes are kept unless -v."),
         as_json: bool = common.Json,
     ) -> None:
-        """Stop and remove every container, network and volume the project created."""
+        """Stop and remove every container and network of the project; its volumes stay unless -v."""
         from meshcli import lifecycle
+        from meshcli.errors import InputError
 
         with _json_failure(as_json, "down"):
+            if volumes and keep_volumes:
+                raise InputError("--volumes and --keep-volumes contradict each other",
+                                 hint="volumes are kept by default; -v removes them")
             located = common.locate(compose_file, mesh_file, project)
             started = time.monotonic()
             with output.progress("stopping the mesh") as progress:
-                name = lifecycle.down(located, progress, volumes=not keep_volumes)
+                name = lifecycle.down(located, progress, volumes=volumes)
         elapsed = time.monotonic() - started
         if as_json:
-            output.emit_json({"ok": True, "project": name, "removed": True, "seconds": round(elapsed, 1)})
+            output.emit_json({"ok": True, "project": name, "removed": True, "volumes_removed": volumes,
+                              "seconds": round(elapsed, 1)})
         else:
-            output.success(f"project {name} removed in {elapsed:.1f}s")
+            output.success(f"project {name} removed in {elapsed:.1f}s"
+                           + ("" if volumes else " (volumes kept: -v removes them)"))

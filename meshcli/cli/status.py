@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = common.Json,
     ) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
-        from meshcli import control_plane, fault_layer, sidecar_config, status as core, watcher
+        from meshcli import control_plane, fault_layer, rule_layer, sidecar_config, status as core, watcher
 
         located = common.locate(compose_file, mesh_file, project)
         loaded, mesh_error = core.load(located)
@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         rejected = control_plane.rejection(located)
         watcher_pid = watcher.running_pid(located)
         faults = fault_layer.in_force(located, loaded.mesh)
+        rules = rule_layer.active(located)
         if as_json:
             output.emit_json({
                 "project": loaded.project.name, "healthy": healthy(statuses),
@@ -64,11 +65,15 @@ def register(app: typer.Typer) -> None:
                 "mesh_errors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
                 "watcher": {"running": watcher_pid is not None, "pid": watcher_pid},
                 "faults": faults,
+                "rules": [rule.to_json() for rule in rules],
                 "workloads": [s.to_json() for s in statuses]})
         else:
             print_table(statuses)
             _print_config(on_disk, watcher_pid, located)
             _print_faults(faults)
+            for rule in rules:
+                output.warning(f"runtime rule {rule.id}: {rule.describe()} (set by a test, in "
+                               f"{rule_layer.path(located)}; not in mesh.yaml)")
             _print_rejection(rejected, mesh_error)
         if not healthy(statuses):
             raise typer.Exit(1)

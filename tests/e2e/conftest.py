@@ -177,7 +177,7 @@ def demo(tmp_path_factory, request) -> Demo:
                                     f"({len(up['workloads'])} workloads, sidecar image {up['sidecar_image']})")
         yield instance
     finally:
-        down = instance.cli("down", "-p", project, check=False)
+        down = instance.cli("down", "-v", "-p", project, check=False)
         if down.returncode != 0:  # never leave containers behind, even if our own down is broken
             subprocess.run(["docker", "compose", "-p", project, "down", "-v", "--remove-orphans", "-t", "1"],
                            capture_output=True)

@@ -99,8 +99,8 @@ def stubbed_engine(monkeypatch):
         return lifecycle.UpResult(ws.load(workspace), workspace.rendered_file, "meshcli-sidecar:test",
                                   state["statuses"])
 
-    def down(workspace, progress, volumes=True):
-        calls.append(("down", workspace.compose_file, workspace.project_name))
+    def down(workspace, progress, volumes=False):
+        calls.append(("down", workspace.compose_file, workspace.project_name, volumes))
         return workspace.project_name
 
     monkeypatch.setattr(lifecycle, "up", up)
@@ -124,8 +124,8 @@ def test_the_workflows_up_and_down_commands_work_and_print_json(workflow, stubbe
 
     assert main(expand(step(workflow, "Take the mesh down")["run"], workflow)[1:]) == 0
     assert json.loads(capsys.readouterr().out) == {"ok": True, "project": "meshci-1-1", "removed": True,
-                                                   "seconds": 0.0}
-    assert calls[-1] == ("down", REPO / "compose" / "compose.yaml", "meshci-1-1")
+                                                   "volumes_removed": True, "seconds": 0.0}
+    assert calls[-1] == ("down", REPO / "compose" / "compose.yaml", "meshci-1-1", True)  # CI made the volumes
 
 
 def test_up_exits_1_with_json_when_the_mesh_is_not_ready_in_time(workflow, stubbed_engine, capsys):

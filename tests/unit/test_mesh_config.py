@@ -364,10 +364,10 @@ RULE_PROBLEMS = [
     ("fault: {delay: {fixed: 1s, percent: 100.5}}", ("MESH0106", 4, 32), "fault.delay.percent is 100.5"),
     ("split: {v1: 110, v2: 0}", ("MESH0106", 4, 13), 'split weight of version "v1" is 110; it must be from 0 to 100'),
     ("split: {v1: 100, v2: -10}", ("MESH0106", 4, 22), 'split weight of version "v2" is -10'),
-    ("retries: {attempts: -1}", ("MESH0106", 4, 15), "retries.attempts is -1; it must be 0 or more"),
-    ("circuitBreaker: {maxConnections: -1}", ("MESH0106", 4, 22), "circuitBreaker.maxConnections is -1; it must be 0 or more"),
+    ("retries: {attempts: -1}", ("MESH0106", 4, 15), "retries.attempts is -1; it must be from 0 to 10"),
+    ("circuitBreaker: {maxConnections: -1}", ("MESH0106", 4, 22), "circuitBreaker.maxConnections is -1; it must be from 0 to 2147483647"),
     ("outlierDetection: {maxEjectionPercent: 150}", ("MESH0106", 4, 24), "maxEjectionPercent is 150"),
-    ("tcpFault: {kind: limit-data, bytes: -1}", ("MESH0106", 4, 34), "tcpFault.bytes is -1; it must be 0 or more"),
+    ("tcpFault: {kind: limit-data, bytes: -1}", ("MESH0106", 4, 34), "tcpFault.bytes is -1; it must be from 0 to 2147483647"),
     ("retries: {attempts: 1, retriableStatusCodes: [409, 700]}",
      ("MESH0106", 4, 56), "retries.retriableStatusCodes: 700 is not an HTTP status code (100-599)"),
     # abort status

@@ -95,3 +95,92 @@ def test_meshcli_schema_prints_the_schema(capsys):
 
 def test_the_schema_is_a_file_of_the_package():
     assert resources.files("meshcli").joinpath(mesh_config.SCHEMA_RESOURCE).is_file()
+
+
+# --- the CLI validator and the schema agree on every edge case ------------------------------
+
+def payment(body: str) -> str:
+    return HEADER + "services:\n  payment:\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+def tcp(fault: str) -> str:
+    return payment(f"tcpFault: {{{fault}}}")
+
+
+# (mesh file, valid?): empty and comment-only files, the limits of docs/mesh-file.md
+# ("Limits") exactly and just beyond, zero, negative and huge numbers.
+AGREEMENT = [
+    ("", True),
+    ("# nothing here yet\n", True),
+    ("\n\n# comments\n   # and blank lines\n\n", True),
+    ("---\n", True),
+    (HEADER, True),
+    (HEADER + "services:\n", True),
+    (HEADER + "services: {}\n", True),
+    ("services: {}\n", False),  # no apiVersion
+    ("[]\n", False),
+    ("42\n", False),
+    ("just text\n", False),
+    *[(payment(f"timeout: {value}"), True) for value in (
+        "0s", "0ms", "1ms", "0.5ms", "2s", "1.5s", "24h", "24.0h", "0024h", "23.9999h", "1440m", "86400s",
+        "86400.000s", "86400000ms", "86399999.999ms")],
+    *[(payment(f"timeout: {value}"), False) for value in (
+        "24.001h", "25h", "1441m", "86401s", "86400.001s", "86400001ms", "99999999999999999999h", "-1s", "1e3s",
+        "2", "0", "soon", "1.s", ".5s", "1 s", "2S")],
+    *[(payment(f"retries: {{attempts: {value}}}"), True) for value in ("0", "1", "3", "10", "3.0")],
+    *[(payment(f"retries: {{attempts: {value}}}"), False) for value in (
+        "11", "100", "100000000", "-1", "2.5", "true", '"3"', "1e400")],
+    (payment("retries: {attempts: 3, perTryTimeout: 24h, backoff: 24h}"), True),
+    (payment("retries: {attempts: 3, perTryTimeout: 25h}"), False),
+    (payment("retries: {attempts: 3, backoff: 86401s}"), False),
+    *[(payment(f"circuitBreaker: {{maxConnections: {value}}}"), True) for value in ("0", "1", "2147483647")],
+    *[(payment(f"circuitBreaker: {{maxPendingRequests: {value}}}"), False) for value in (
+        "2147483648", "99999999999999999999", "-1", "1.5")],
+    *[(payment(f"outlierDetection: {{consecutive5xxErrors: {value}}}"), True) for value in ("0", "2147483647")],
+    (payment("outlierDetection: {consecutiveGatewayErrors: 2147483648}"), False),
+    (payment("outlierDetection: {baseEjectionTime: 24h, maxEjectionPercent: 100}"), True),
+    (payment("outlierDetection: {baseEjectionTime: 24h1m}"), False),
+    (payment("outlierDetection: {maxEjectionPercent: 101}"), False),
+    *[(payment(f"mirror: {{version: v2, percent: {value}}}"), True) for value in ("0", "100", "99.5", "0.001")],
+    *[(payment(f"mirror: {{version: v2, percent: {value}}}"), False) for value in (
+        "100.1", "-0.5", "1e400", "101", '"50"')],
+    (payment("fault: {delay: {fixed: 24h, percent: 100}}"), True),
+    (payment("fault: {delay: {fixed: 25h}}"), False),
+    (payment("fault: {abort: {httpStatus: 599, percent: 0}}"), True),
+    (payment("fault: {abort: {httpStatus: 600}}"), False),
+    (payment("split: {v1: 100, v2: 0}"), True),
+    (payment("split: {v1: 101, v2: -1}"), False),
+    *[(tcp(fault), True) for fault in (
+        "kind: latency, latency: 24h, jitter: 24h", "kind: bandwidth, rate: 1GiB/s", "kind: bandwidth, rate: 1024MiB/s",
+        "kind: bandwidth, rate: 1073741824", "kind: bandwidth, rate: 1073741824B/s", "kind: bandwidth, rate: 0",
+        "kind: bandwidth, rate: 1.073741824GB/s", "kind: bandwidth, rate: 64KB/s",
+        "kind: limit-data, bytes: 2147483647", "kind: slicer, bytes: 0, latency: 0ms")],
+    *[(tcp(fault), False) for fault in (
+        "kind: latency, latency: 25h", "kind: latency, latency: 1ms, jitter: 24.5h",
+        "kind: bandwidth, rate: 1.1GiB/s", "kind: bandwidth, rate: 1073741825", "kind: bandwidth, rate: 2GB/s",
+        "kind: bandwidth, rate: 1.073741825GB/s", "kind: bandwidth, rate: -1", "kind: bandwidth, rate: 1TB/s",
+        "kind: limit-data, bytes: 2147483648", "kind: limit-data, bytes: -1")],
+]
+
+
+@pytest.mark.parametrize("text, valid", AGREEMENT, ids=[f"{i}-{'valid' if v else 'invalid'}"
+                                                         for i, (_, v) in enumerate(AGREEMENT)])
+def test_the_cli_validator_and_the_json_schema_agree(files, capsys, text, valid):
+    files.write("compose.yaml", COMPOSE)
+    path = files.root / "mesh.yaml"
+    path.write_text(text)
+
+    cli = main(["validate", "-f", str(files.root / "compose.yaml"), "--mesh", str(path)])
+    cli_output = capsys.readouterr().err
+    schema = schema_errors(path)
+
+    assert (cli == 0) is valid, cli_output
+    assert (schema == []) is valid, schema
+    if not valid:
+        assert cli == 2 and "Traceback" not in cli_output
+
+
+@pytest.mark.parametrize("text", [payment("retries: {attempts: .nan}"), payment("mirror: {version: v2, percent: .nan}")])
+def test_nan_is_no_number_for_the_validator(files, text):
+    # JSON has no NaN, so a JSON Schema never sees one: only YAML can write it.
+    assert files.mesh_errors(text)[0].code == "MESH0102"

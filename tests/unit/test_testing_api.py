@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from meshcli import control_plane, fault_layer, lifecycle, status, workspace
+from meshcli import control_plane, fault_layer, lifecycle, rule_layer, status, workspace
 from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
 from meshcli.testing import Mesh, ServiceStats
@@ -141,15 +141,42 @@ def test_a_bad_fault_is_refused_before_anything_changes(mesh, shop, engine):
 # -- mesh-file rules ----------------------------------------------------------------------
 
 
-def test_split_applies_through_mesh_yaml_and_restores_the_exact_text(mesh, shop, engine):
-    with mesh.split("payment", v2=100):
-        assert "split: {v2: 100}" in (shop / "mesh.yaml").read_text()
-        assert "# the money path" in (shop / "mesh.yaml").read_text()
+def test_split_is_a_runtime_rule_that_never_touches_mesh_yaml(mesh, shop, engine):
+    before = (shop / "mesh.yaml").stat()
+    with mesh.split("payment", v2=100) as rule:
+        assert (shop / "mesh.yaml").read_text() == MESH
+        assert [(r.kind, r.service, r.value) for r in rule_layer.active(mesh.workspace)] == \
+            [("split", "payment", {"v2": 100})]
+        assert rule.description == f"rule {rule.rule.id}: split payment v2=100"
         assert default_route(shop)["split"] == [{"version": "v2", "weight": 100}]
         assert engine.synced == [sidecar_json(shop)["version"]]
-    assert (shop / "mesh.yaml").read_text() == MESH
+    after = (shop / "mesh.yaml").stat()
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+    assert not (shop / ".mesh" / "rules.json").exists()
     assert default_route(shop)["split"] == []
     assert engine.synced[-1] == sidecar_json(shop)["version"]
+
+
+def test_a_runtime_rule_survives_a_reload_of_mesh_yaml(mesh, shop, engine):
+    with mesh.timeout("payment", "300ms"):
+        (shop / "mesh.yaml").write_text(MESH.replace("round-robin", "random"))  # a hand edit, applied
+        control_plane.apply(mesh.workspace)
+        assert default_route(shop)["timeoutMs"] == 300
+        assert sidecar_json(shop)["services"]["payment"]["loadBalancer"] == "random"
+    assert default_route(shop).get("timeoutMs") is None
+    assert sidecar_json(shop)["services"]["payment"]["loadBalancer"] == "random"
+
+
+def test_a_hand_edit_that_breaks_a_runtime_rule_is_rejected_naming_the_rule(mesh, shop, engine):
+    with mesh.split("payment", v2=100):
+        (shop / "mesh.yaml").write_text(MESH.replace("v2: payment-v2", "beta: payment-v2"))  # v2 is gone
+        with pytest.raises(InvalidFileError) as info:
+            control_plane.apply(mesh.workspace)
+        [diagnostic] = info.value.diagnostics
+        assert diagnostic.file == shop / ".mesh" / "rules.json"
+        assert 'unknown version "v2"' in diagnostic.message and "split payment v2=100" in diagnostic.message
+        assert default_route(shop)["split"] == [{"version": "v2", "weight": 100}]  # the sidecars keep it
+        (shop / "mesh.yaml").write_text(MESH)
 
 
 def test_timeout_and_retries_nest_and_unwind(mesh, shop, engine):
@@ -168,7 +195,10 @@ def test_an_invalid_rule_raises_and_changes_nothing(mesh, shop, engine):
         mesh.split("payment", v1=90, v2=20)
     with pytest.raises(InvalidFileError):
         mesh.split("payment", v3=100)
+    with pytest.raises(InvalidFileError):
+        mesh.retries("payment", attempts=11)
     assert (shop / "mesh.yaml").read_text() == MESH
+    assert rule_layer.active(mesh.workspace) == []
     assert engine.synced == []
     mesh.reset()  # nothing to undo
 
@@ -177,17 +207,18 @@ def test_undoing_an_older_rule_first_keeps_the_newer_one(mesh, shop, engine):
     split = mesh.split("payment", v2=100)
     timeout = mesh.timeout("payment", "300ms")
     split.undo()
-    text = (shop / "mesh.yaml").read_text()
-    assert "split" not in text and "timeout: 300ms" in text
+    assert (default_route(shop)["split"], default_route(shop)["timeoutMs"]) == ([], 300)
     timeout.undo()
+    assert default_route(shop).get("timeoutMs") is None and rule_layer.active(mesh.workspace) == []
     assert (shop / "mesh.yaml").read_text() == MESH
 
 
-def test_a_project_without_a_mesh_file_gets_one_for_the_rule_only(shop, engine):
+def test_a_project_without_a_mesh_file_gets_the_rule_and_no_mesh_file(shop, engine):
     (shop / "mesh.yaml").unlink()
     mesh = Mesh.attach(shop / "compose.yaml")
     with mesh.timeout("payment", "1s"):
-        assert "timeout: 1s" in (shop / "mesh.yaml").read_text()
+        assert default_route(shop)["timeoutMs"] == 1000
+        assert not (shop / "mesh.yaml").exists()
     assert not (shop / "mesh.yaml").exists()
     assert "timeoutMs" not in default_route(shop) or default_route(shop)["timeoutMs"] is None
 
@@ -298,8 +329,8 @@ def fake_lifecycle(engine, monkeypatch):
         return lifecycle.UpResult(loaded, workspace.rendered_file, "meshcli-sidecar:test", list(engine.statuses))
 
     monkeypatch.setattr(lifecycle, "up", up)
-    monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=True: engine.downs.append(
-        workspace.project_name))
+    monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=False: engine.downs.append(
+        (workspace.project_name, volumes)))
 
 
 def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engine, fake_lifecycle):
@@ -307,7 +338,7 @@ def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engi
         assert mesh.project == "ci-7" and mesh.owned
         mesh.split("payment", v2=100)
     assert engine.ups == [{"project": "ci-7", "timeout": 60, "build": False}]
-    assert engine.downs == ["ci-7"]
+    assert engine.downs == [("ci-7", True)]  # the volumes it created go with it
     assert (shop / "mesh.yaml").read_text() == MESH
 
 
@@ -315,7 +346,7 @@ def test_up_that_is_not_ready_takes_the_project_down_and_says_why(shop, engine, 
     engine.statuses = [workload("orders", "orders", app="exited")]
     with pytest.raises(MeshError, match="not ready after 5s: orders: app exited"):
         Mesh.up(shop / "compose.yaml", project="ci-8", timeout=5)
-    assert engine.downs == ["ci-8"]
+    assert engine.downs == [("ci-8", True)]
 
 
 def test_up_can_leave_a_failed_project_running_to_look_at(shop, engine, fake_lifecycle):
@@ -329,6 +360,13 @@ def test_an_attached_mesh_is_never_taken_down_by_with(mesh, engine):
     with mesh:
         pass
     assert engine.downs == []
+
+
+def test_down_of_an_attached_mesh_keeps_its_volumes_like_meshcli_down(mesh, engine, fake_lifecycle):
+    mesh.down()
+    assert engine.downs == [(None, False)]
+    mesh.down(volumes=True)
+    assert engine.downs[-1] == (None, True)
 
 
 # -- lifecycle.up's wait ------------------------------------------------------------------
@@ -422,16 +460,16 @@ def test_a_fault_the_sidecars_never_run_is_removed_before_the_error(mesh, shop, 
     assert mesh._rules == []
 
 
-def test_a_mesh_edit_the_sidecars_never_run_is_undone_before_the_error(mesh, shop, engine, monkeypatch):
+def test_a_traffic_rule_the_sidecars_never_run_is_undone_before_the_error(mesh, shop, engine, monkeypatch):
     def never(loaded, version, timeout=30.0, progress=None):
-        if "split" in (shop / "mesh.yaml").read_text():
+        if rule_layer.active(loaded.workspace):
             raise MeshError("1 of 4 sidecars do not run config")
         return []
 
     monkeypatch.setattr(control_plane, "wait_synced", never)
     with pytest.raises(MeshError, match="do not run config"):
         mesh.split("payment", v2=100)
-    assert (shop / "mesh.yaml").read_text() == MESH
+    assert rule_layer.active(mesh.workspace) == [] and default_route(shop)["split"] == []
     assert mesh._rules == []
 
 
@@ -474,3 +512,22 @@ def test_latency_since_an_earlier_snapshot():
     assert seen.requests == 2
     assert seen.mean_latency_ms() == pytest.approx(800.0)
     assert seen.latency_ms(0.5) == pytest.approx(10 + 990 * 0.5)
+
+
+def test_scope_removes_runtime_rules_another_mesh_object_set(mesh, shop, engine):
+    other = Mesh.attach(shop / "compose.yaml")
+    with mesh.scope():
+        other.split("payment", v2=100)
+    assert rule_layer.active(mesh.workspace) == [] and default_route(shop)["split"] == []
+
+
+def test_meshcli_status_lists_the_runtime_rules_in_force(mesh, shop, engine, capsys, monkeypatch):
+    from meshcli.cli.main import main
+
+    monkeypatch.chdir(shop)
+    with mesh.timeout("payment", "300ms") as rule:
+        assert main(["status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["rules"] == [
+            {"kind": "timeout", "service": "payment", "value": "300ms", "route": None, "id": rule.rule.id}]
+        assert main(["status"]) == 0
+        assert f"runtime rule {rule.rule.id}: timeout payment 300ms (set by a test" in capsys.readouterr().err
