@@ -305,18 +305,29 @@ class HttpProxy:
     @staticmethod
     async def _unless_caller_leaves(downstream: Downstream, work):
         """Run `work` (the exchange and the answer's streaming) unless the caller closes its
-        connection first (then None): a silent stream must not keep a caller that left."""
-        task = asyncio.ensure_future(work)
-        watch = asyncio.ensure_future(downstream.closed())
+        connection first (then None): a silent stream must not keep a caller that left.
+        The work runs in this task; a watcher reads the caller's side and cancels it."""
+        current = asyncio.current_task()
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            await downstream.closed()
+            left = True
+            current.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in (watch, task) if not task.done() else (watch,):
-                waiting.cancel()
-                await asyncio.wait((waiting,))  # its read (or exchange) is really over before the next one
-        if task.cancelled():
+            return await work
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            current.uncancel()
             return None
-        return task.result()
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+                await asyncio.wait((watcher,))  # its read is really over before the next one
 
     def _answer_locally(self, downstream: Downstream, head: RequestHead, exchange: Exchange, reply: LocalReply,
                         drained: bool) -> bool:
