@@ -1,18 +1,16 @@
 """The sidecar's admin endpoints, served on free loopback ports."""
 
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow, tutils
-
 from meshproxy import admin, config
-from meshproxy.addons import routing
-from meshproxy.addons.telemetry import Telemetry
-from meshproxy.config import Identity, MeshState
+from meshproxy.config import MeshState
+from meshproxy.sidecar import Sidecar
+from sidecar_kit import WEB, outbound
 
 # Bypass any *_proxy settings: every call here targets loopback.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -38,10 +36,13 @@ def servers():
     """Shut down every server a test starts, whatever happens."""
     started = []
     yield started
-    # shutdown() waits up to serve_forever's poll interval (0.5 s): stop them all at once
+    # shutdown() waits for serve_forever's next poll (up to 0.5 s): stop them all at once,
+    # and wake each one with a connection so it sees the request at once
     stoppers = [threading.Thread(target=server.shutdown) for server in started]
     for stopper in stoppers:
         stopper.start()
+    for server in started:
+        socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=1).close()
     for stopper, server in zip(stoppers, started):
         stopper.join()
         server.server_close()
@@ -66,28 +67,33 @@ def test_json_route(servers):
     assert (status, ctype, json.loads(body)) == (503, "application/json", {"ready": False})
 
 
-class Sidecar:
+class Admin:
+    """admin.start() on a real meshproxy.sidecar.Sidecar (its listener not started: the
+    test says whether it listens)."""
+
     def __init__(self, servers, monkeypatch) -> None:
         # start() binds Istio's fixed ports; 0 lets each test get free ones.
         for name in ("HEALTH_PORT", "ADMIN_PORT", "METRICS_PORT"):
             monkeypatch.setattr(admin, name, 0)
-        self.state = MeshState(Identity("shop", "web-v1", "web", "v1"))
-        self.telemetry = Telemetry(self.state, access_log=None)
+        self.sidecar = Sidecar(MeshState(WEB))
+        self.sidecar.telemetry.access_log = None
+        self.state, self.telemetry = self.sidecar.state, self.sidecar.telemetry
         self.listening = False
-        self.health, self.admin, self.metrics = admin.start(self.state, self.telemetry, lambda: self.listening)
+        monkeypatch.setattr(self.sidecar.listener, "listening", lambda: self.listening)
+        self.health, self.admin, self.metrics = admin.start(self.sidecar)
         servers.extend([self.health, self.admin, self.metrics])
 
     def record_request(self) -> None:
-        flow = tflow.tflow(req=tutils.treq(host="10.0.0.9", port=8080), resp=True)
-        flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
-        flow.metadata.update({routing.META_DIRECTION: "outbound", routing.META_SERVICE: "payment",
-                              routing.META_VERSION: "v1", routing.META_UPSTREAM: CONFIG.services["payment"].versions[0]})
-        self.telemetry.response(flow)
+        if not self.state.loaded:
+            self.state.apply(CONFIG)
+        exchange, _ = outbound(self.sidecar.router, authority="payment:8080")
+        exchange.status = 200
+        self.telemetry.record(exchange)
 
 
 @pytest.fixture
 def sidecar(servers, monkeypatch):
-    return Sidecar(servers, monkeypatch)
+    return Admin(servers, monkeypatch)
 
 
 def ready(server) -> tuple[int, dict]:
@@ -126,6 +132,7 @@ def test_config_dump(sidecar):
     assert (status, ctype) == (200, "application/json")
     assert json.loads(body) == {
         "identity": {"project": "shop", "workload": "web-v1", "service": "web", "version": "v1"},
+        "ready": False,  # a config, but no listener yet
         "config_version": "abc123",
         "generation": 0,
         "last_error": "sidecar.json: not JSON",
@@ -138,8 +145,10 @@ def test_config_dump_shows_a_rejection_when_the_state_keeps_one(sidecar):
     sidecar.state.apply(CONFIG)
     sidecar.state.rejection = {"version": "bad1", "error": "services.payment: unknown version 'v9'"}
 
+    sidecar.listening = True
     dump = json.loads(get(sidecar.admin, "/config_dump")[2])
 
+    assert dump["ready"] is True
     assert dump["rejection"] == {"version": "bad1", "error": "services.payment: unknown version 'v9'"}
     assert dump["config_version"] == "abc123"
 
@@ -154,7 +163,8 @@ def test_stats_json(sidecar):
     stats = json.loads(body)
     assert stats["workload"] == "web-v1"
     assert stats["config_version"] == "abc123"
-    assert stats["tcp"] == []
+    assert stats["handed_over"] == 0
+    assert stats["tcp"] == [] and stats["upstream_connections"] == []
     assert stats["requests"] == [{
         "reporter": "source", "source_workload": "web-v1", "destination_workload": "payment-v1",
         "destination_service": "payment", "destination_version": "v1", "response_code": "200",

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from meshcli.yaml_source import atomic_write  # how meshcli writes sidecar.json
-from meshproxy.addons.config_watcher import ConfigWatcher
+from meshproxy.config_watcher import ConfigWatcher
 from meshproxy.config import Identity, MeshState
 
 HOT_RELOAD_TIMEOUT = 2.0
@@ -31,7 +31,7 @@ def state():
 def test_load_applies_a_valid_file(path, state):
     path.write_text(sidecar_json("v-one"))
 
-    ConfigWatcher(state, path).load(None)
+    ConfigWatcher(state, path).read()
 
     assert state.loaded
     assert state.config.version == "v-one"
@@ -40,7 +40,7 @@ def test_load_applies_a_valid_file(path, state):
 
 
 def test_missing_file_is_not_an_error(path, state):
-    ConfigWatcher(state, path).load(None)
+    ConfigWatcher(state, path).read()
 
     assert not state.loaded
     assert state.config.version == ""
@@ -50,7 +50,7 @@ def test_missing_file_is_not_an_error(path, state):
 def test_invalid_file_is_rejected_and_the_last_good_config_stays(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     good = state.config
 
     path.write_text('{"schema": 2, "version": "v-two", "services": {"payment": {"versions": [{"name": "v1"}]}}}')
@@ -65,7 +65,7 @@ def test_invalid_file_is_rejected_and_the_last_good_config_stays(path, state):
 def test_invalid_first_file_leaves_the_sidecar_unconfigured(path, state):
     path.write_text("{not json")
 
-    ConfigWatcher(state, path).load(None)
+    ConfigWatcher(state, path).read()
 
     assert not state.loaded
     assert "not JSON" in state.last_error
@@ -74,7 +74,7 @@ def test_invalid_first_file_leaves_the_sidecar_unconfigured(path, state):
 def test_unreadable_file_is_rejected(path, state):
     path.mkdir()  # reading a directory fails with an OSError other than FileNotFoundError
 
-    ConfigWatcher(state, path).load(None)
+    ConfigWatcher(state, path).read()
 
     assert not state.loaded
     assert state.last_error.startswith("cannot read")
@@ -86,7 +86,7 @@ def test_same_version_is_not_applied_twice(path, state):
     applied = []
     state.subscribe(applied.append)
 
-    watcher.load(None)
+    watcher.read()
     watcher.reload()
 
     assert [c.version for c in applied] == ["", "v-one"]
@@ -95,7 +95,7 @@ def test_same_version_is_not_applied_twice(path, state):
 def test_error_clears_when_the_good_file_is_back(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     path.write_text("garbage")
     watcher.reload()
     assert state.last_error
@@ -119,13 +119,13 @@ async def wait_for(condition, timeout: float = HOT_RELOAD_TIMEOUT) -> bool:
 def run_watching(watcher: ConfigWatcher, scenario) -> None:
     """Run scenario() in an event loop while the watcher watches, as in the proxy."""
     async def main():
-        watcher.running()
+        watcher.start()
         try:
             await scenario()
         finally:
-            watcher.done()
-            if watcher._observer is not None:
-                watcher._observer.join(5)  # no event may reach the loop after it closes
+            watcher.stop()
+            # stop() joins the observer: no event may reach the loop after it closes
+            assert watcher._observer is None or not watcher._observer.is_alive()
     asyncio.run(main())
 
 
@@ -144,7 +144,7 @@ def counting_reloads(watcher: ConfigWatcher) -> list[float]:
 def test_atomic_rewrite_is_picked_up(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
 
     async def scenario():
         atomic_write(path, sidecar_json("v-two", host="payment-v9"))
@@ -157,7 +157,7 @@ def test_atomic_rewrite_is_picked_up(path, state):
 def test_in_place_rewrite_is_picked_up(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
 
     async def scenario():
         path.write_text(sidecar_json("v-two"))
@@ -168,7 +168,7 @@ def test_in_place_rewrite_is_picked_up(path, state):
 
 def test_file_written_after_start_is_picked_up(path, state):
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     assert not state.loaded
 
     async def scenario():
@@ -182,7 +182,7 @@ def test_file_written_after_start_is_picked_up(path, state):
 def test_bad_rewrite_is_rejected_while_running(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
 
     async def scenario():
         atomic_write(path, "{broken")
@@ -197,15 +197,15 @@ def test_bad_rewrite_is_rejected_while_running(path, state):
 def test_reading_the_file_does_not_loop(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     calls = counting_reloads(watcher)
 
     async def scenario():
         await asyncio.sleep(0.3)
-        calls.clear()  # the catch-up reload running() does, and anything it caused
+        calls.clear()  # the catch-up reload start() does, and anything it caused
         atomic_write(path, sidecar_json("v-two"))
         assert await wait_for(lambda: state.config.version == "v-two")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
     run_watching(watcher, scenario)
     # one change, a few events (rename, maybe close); each reload reads the file, which must not count
@@ -215,20 +215,20 @@ def test_reading_the_file_does_not_loop(path, state):
 def test_idle_watcher_does_not_reload(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     calls = counting_reloads(watcher)
 
     async def scenario():
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
     run_watching(watcher, scenario)
-    assert len(calls) == 1  # only the catch-up reload of running(); its own read fires nothing
+    assert len(calls) == 1  # only the catch-up reload of start(); its own read fires nothing
 
 
 def test_other_files_in_the_directory_are_ignored(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     calls = counting_reloads(watcher)
 
     async def scenario():
@@ -236,7 +236,7 @@ def test_other_files_in_the_directory_are_ignored(path, state):
         calls.clear()
         atomic_write(path.parent / "ca.pem", "not a config")
         (path.parent / "notes.txt").write_text("hello")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
     run_watching(watcher, scenario)
     assert calls == []
@@ -266,7 +266,7 @@ def test_a_rejection_is_logged_once_per_error_and_kept_in_the_state(path, state,
                                                               "/src/shop/mesh.yaml:5:5: unknown field"))
     watcher = ConfigWatcher(state, path)
 
-    watcher.load(None)
+    watcher.read()
     watcher._reload_rejection()  # a second event for the same write
 
     assert state.rejection["errors"][0] == "/src/shop/mesh.yaml:4:14: bad duration"
@@ -277,7 +277,7 @@ def test_a_rejection_is_logged_once_per_error_and_kept_in_the_state(path, state,
 
 
 def test_no_rejection_file_means_no_rejection(path, state):
-    ConfigWatcher(state, path).load(None)
+    ConfigWatcher(state, path).read()
 
     assert state.rejection is None
 
@@ -285,7 +285,7 @@ def test_no_rejection_file_means_no_rejection(path, state):
 def test_a_rejection_written_and_removed_while_running(path, state):
     path.write_text(sidecar_json("v-one"))
     watcher = ConfigWatcher(state, path)
-    watcher.load(None)
+    watcher.read()
     rejected = path.parent / "rejected.json"
 
     async def scenario():

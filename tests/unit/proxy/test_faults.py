@@ -1,75 +1,39 @@
-"""Faults: HTTP delays/aborts after Routing, and TCP faults on whole connections.
+"""Faults: HTTP delays/aborts after routing, and TCP faults (toxics) on whole connections.
 
-HTTP and most TCP cases run the hooks on mitmproxy's test flows; the cases that need a
-real socket (an RST, slices written between hooks, a close after the truncated data)
-run a real mitmproxy in this process in front of an echo server.
+policy/faults.py directly (HttpFaults.apply on Exchanges, TcpFaults.for_connection, Toxic
+on chunks), then on the wire through the fast path (a real Listener in front of real
+backends and an echo server), then through the mitmproxy adapter.
 """
 
 import asyncio
-import json
 import socket
 import time
 
 import pytest
-from mitmproxy import connection, http, options, tcp
-from mitmproxy.addons import core, proxyserver
-from mitmproxy.master import Master
-from mitmproxy.proxy import layers
-from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import taddons
 
-from meshproxy import config
-from meshproxy.addons import faults as faults_module, routing
-from meshproxy.addons.faults import Faults
-from meshproxy.addons.protocol import ProtocolDetection
-from meshproxy.config import Identity, MeshState
+from http_backends import Backend
+from meshproxy.config import TcpFault
+from meshproxy.exchange import FAULT_HEADER
+from meshproxy.policy import faults as faults_module
+from meshproxy.policy.faults import RESET, HttpFaults, TcpFaults, Toxic
+from meshproxy.policy.routing import Router
 from meshproxy.sampling import Shares
-
-from test_protocol import make_nextlayer, receive  # noqa: E402 - the same NextLayer builder
+from sidecar_kit import (ORIGINAL_IP, V1_HOST, Adapters, EchoServer, FastPath, exchange_of, flow_to, http_call,
+                         inbound, on_loop, outbound, payment_state, runtime_fault, tcp_exchange, until)
 
 PAYMENT_IP = "10.0.0.9"
+FAULT_ABORT = b"fault filter abort"
 
 
-def mesh(runtime=(), route_fault=None, tcp_fault=None, timeout_ms=None, host=PAYMENT_IP) -> MeshState:
+def mesh(runtime=(), route_fault=None, tcp_fault=None, timeout_ms=None, host=V1_HOST):
     route = {"name": "default"}
     if route_fault:
         route["fault"] = route_fault
     if timeout_ms:
         route["timeoutMs"] = timeout_ms
-    service = {"versions": [{"name": "v1", "host": host}], "routes": [route]}
-    if tcp_fault:
-        service["tcpFault"] = tcp_fault
-    state = MeshState(Identity("shop", "web-v1", "web", "v1"))
-    state.apply(config.parse(json.dumps({"schema": 2, "version": "abc", "services": {"payment": service},
-                                         "faults": list(runtime)})))
-    return state
-
-
-def runtime(http_fault=None, tcp_fault=None, source=None, until=None, fault_id="f-1a2b") -> dict:
-    return {"id": fault_id, "service": "payment", "source": source, "http": http_fault, "tcp": tcp_fault,
-            "until": until}
-
-
-def routed_flow(state: MeshState, deadline_in: float | None = None, direction="outbound") -> http.HTTPFlow:
-    """A flow as Routing leaves it for Faults."""
-    flow = tflow.tflow(req=tutils.treq(host="payment-v1", port=8080))
-    service = state.config.services["payment"]
-    flow.metadata.update({
-        routing.META_DIRECTION: direction, routing.META_SERVICE_CONFIG: service,
-        routing.META_ROUTE: service.routes[-1], routing.META_FLAGS: [],
-        routing.META_DEADLINE: routing.now() + deadline_in if deadline_in is not None else None})
-    return flow
-
-
-def request(addon: Faults, flow: http.HTTPFlow) -> float:
-    """Run the request hook; return how long it took."""
-    async def go():
-        with taddons.context(addon):
-            started = time.monotonic()
-            await addon.request(flow)
-            return time.monotonic() - started
-    return asyncio.run(go())
+    service = {"tcpFault": tcp_fault} if tcp_fault else {}
+    return payment_state([route], (("v1", host),), runtime, **service)
 
 
 @pytest.fixture
@@ -80,134 +44,131 @@ def dice(monkeypatch):
     return set_roll
 
 
-# -- HTTP ----------------------------------------------------------------------------------
+class Http:
+    """Router + HttpFaults on one state, as the sidecar wires them."""
 
-def test_delay_applies_to_its_percent_of_requests(dice):
-    state = mesh(route_fault={"delay": {"ms": 100, "percent": 50}})
+    def __init__(self, state) -> None:
+        self.state = state
+        self.router = Router(state)
+        self.faults = HttpFaults(state)
+
+    async def apply(self, **request):
+        exchange, _ = outbound(self.router, **request)
+        started = time.monotonic()
+        verdict = await self.faults.apply(exchange)
+        return exchange, verdict, time.monotonic() - started
+
+
+# -- HTTP, the policy ----------------------------------------------------------------------------
+
+@on_loop
+async def test_delay_applies_to_its_percent_of_requests(dice):
+    http = Http(mesh(route_fault={"delay": {"ms": 60, "percent": 50}}))
     dice(True)  # picked: delayed
-    delayed = routed_flow(state)
-    assert request(Faults(state), delayed) >= 0.09
-    assert delayed.response is None and delayed.metadata[routing.META_FLAGS] == ["DI"]
+    exchange, verdict, took = await http.apply()
+    assert (verdict, exchange.flags) == (None, ["DI"]) and took >= 0.055
 
     dice(False)  # not picked: not delayed
-    spared = routed_flow(state)
-    assert request(Faults(state), spared) < 0.05
-    assert spared.metadata[routing.META_FLAGS] == []
+    exchange, verdict, took = await http.apply()
+    assert (verdict, exchange.flags) == (None, []) and took < 0.03
 
 
-def test_abort_percent_hits_exactly_that_share_of_requests():
-    state = mesh(route_fault={"abort": {"status": 503, "percent": 30}})
-    addon = Faults(state)
-    flows = [routed_flow(state) for _ in range(200)]
-    for flow in flows:
-        request(addon, flow)
-    aborted = [flow.response is not None for flow in flows]
+@on_loop
+async def test_abort_percent_hits_exactly_that_share_of_requests():
+    http = Http(mesh(route_fault={"abort": {"status": 503, "percent": 30}}))
+
+    aborted = [(await http.apply())[1] is not None for _ in range(200)]
+
     assert sum(aborted[:100]) == 30 and sum(aborted[100:]) == 30
     assert aborted[:100] != aborted[100:]  # in a random order each time
 
 
-def test_delay_never_runs_past_the_deadline():
-    state = mesh(route_fault={"delay": {"ms": 5000}})
-    flow = routed_flow(state, deadline_in=0.1)
+@on_loop
+async def test_a_new_config_starts_a_fresh_share():
+    state = mesh(route_fault={"abort": {"status": 503, "percent": 50}})
+    http = Http(state)
+    first = [(await http.apply())[1] is not None for _ in range(30)]
 
-    took = request(Faults(state), flow)
+    state.apply(mesh(route_fault={"abort": {"status": 503, "percent": 50}}).config)
+    again = [(await http.apply())[1] is not None for _ in range(100)]
 
-    assert 0.08 <= took < 1
-    assert flow.response.status_code == 504
-    assert flow.response.content == b"upstream request timeout"
-    assert flow.metadata[routing.META_FLAGS] == ["DI", "UT"]
-
-
-def test_abort_answers_with_its_status():
-    state = mesh(route_fault={"abort": {"status": 503}})
-    flow = routed_flow(state)
-
-    request(Faults(state), flow)
-
-    assert flow.response.status_code == 503
-    assert flow.response.content == b"fault filter abort"
-    assert flow.response.headers["x-meshcli-fault"] == "abort"
-    assert flow.metadata[routing.META_FLAGS] == ["FI"]
+    assert sum(again) == 50  # a whole bag of 100 from the reload on, whatever the first 30 took
+    assert 0 < sum(first) < 30
 
 
-def test_abort_reset_kills_the_flow():
-    state = mesh(route_fault={"abort": {"reset": True}})
-    flow = routed_flow(state)
+@on_loop
+async def test_delay_never_runs_past_the_deadline():
+    http = Http(mesh(route_fault={"delay": {"ms": 5000}}, timeout_ms=80))
 
-    request(Faults(state), flow)
+    exchange, verdict, took = await http.apply()
 
-    assert flow.response is None
-    assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
-    assert flow.metadata[routing.META_FLAGS] == ["FI"]
+    assert 0.07 <= took < 0.5
+    assert (verdict.status, verdict.body, verdict.flag) == (504, b"upstream request timeout", "UT")
+    assert exchange.flags == ["DI"]
 
 
-def test_abort_after_delay_and_abort_percent(dice):
-    state = mesh(route_fault={"delay": {"ms": 10}, "abort": {"status": 500, "percent": 20}})
+@on_loop
+async def test_abort_answers_with_its_status():
+    exchange, verdict, _ = await Http(mesh(route_fault={"abort": {"status": 418}})).apply()
+
+    assert (verdict.status, verdict.body, verdict.flag) == (418, FAULT_ABORT, "FI")
+    assert dict(verdict.headers) == {FAULT_HEADER: "abort"}
+
+
+@on_loop
+async def test_abort_reset_resets():
+    exchange, verdict, _ = await Http(mesh(route_fault={"abort": {"reset": True}})).apply()
+
+    assert verdict is RESET and exchange.flags == ["FI"]
+
+
+@on_loop
+async def test_abort_after_delay_and_abort_percent(dice):
+    http = Http(mesh(route_fault={"delay": {"ms": 10}, "abort": {"status": 500, "percent": 20}}))
     dice(True)
-    flow = routed_flow(state)
-    request(Faults(state), flow)
-    assert flow.response.status_code == 500 and flow.metadata[routing.META_FLAGS] == ["DI", "FI"]
+    exchange, verdict, _ = await http.apply()
+    assert (verdict.status, exchange.flags) == (500, ["DI"])  # FI comes with the reply
 
     dice(False)
-    flow = routed_flow(state)
-    request(Faults(state), flow)
-    assert flow.response is None and flow.metadata[routing.META_FLAGS] == ["DI"]
+    exchange, verdict, _ = await http.apply()
+    assert (verdict, exchange.flags) == (None, ["DI"])
 
 
-def test_runtime_fault_beats_the_route_fault():
-    state = mesh(route_fault={"abort": {"status": 500}}, runtime=[runtime({"abort": {"status": 503}})])
-    flow = routed_flow(state)
+@pytest.mark.parametrize(("runtime", "status"), [
+    ([runtime_fault({"abort": {"status": 503}})], 503),  # a runtime fault beats the route's
+    ([runtime_fault({"abort": {"status": 503}}, until=time.time() - 1)], 500),  # expired: the mesh file's is back
+    ([runtime_fault({"abort": {"status": 503}}, source="orders")], 500),  # for another caller
+    ([runtime_fault({"abort": {"status": 503}}, source="web")], 503),  # for this caller
+    ([runtime_fault(tcp_fault={"kind": "reset"})], 500),  # a TCP fault is not an HTTP one
+])
+@on_loop
+async def test_runtime_faults(runtime, status):
+    _, verdict, _ = await Http(mesh(runtime, route_fault={"abort": {"status": 500}})).apply()
 
-    request(Faults(state), flow)
-
-    assert flow.response.status_code == 503
-
-
-def test_expired_runtime_fault_is_ignored():
-    expired = runtime({"abort": {"status": 503}}, until=time.time() - 1)
-    state = mesh(route_fault={"abort": {"status": 500}}, runtime=[expired])
-    flow = routed_flow(state)
-
-    request(Faults(state), flow)
-
-    assert flow.response.status_code == 500  # the mesh file's fault is back
+    assert verdict.status == status
 
 
-def test_runtime_fault_for_another_source_is_ignored():
-    state = mesh(runtime=[runtime({"abort": {"status": 503}}, source="orders")])
-    flow = routed_flow(state)
+@on_loop
+async def test_runtime_fault_for_another_source_without_a_route_fault():
+    exchange, verdict, _ = await Http(mesh([runtime_fault({"abort": {"status": 503}}, source="orders")])).apply()
 
-    request(Faults(state), flow)
-
-    assert flow.response is None and flow.metadata[routing.META_FLAGS] == []
+    assert (verdict, exchange.flags) == (None, [])
 
 
-def test_runtime_fault_for_this_source_applies():
-    state = mesh(runtime=[runtime({"abort": {"status": 503}}, source="web")])
-    flow = routed_flow(state)
+@on_loop
+async def test_inbound_and_unrouted_exchanges_are_left_alone():
+    http = Http(mesh(route_fault={"abort": {"status": 503}}))
+    outside, _ = outbound(http.router, authority="example.com")
 
-    request(Faults(state), flow)
-
-    assert flow.response.status_code == 503
-
-
-def test_inbound_and_unrouted_flows_are_left_alone():
-    state = mesh(route_fault={"abort": {"status": 503}})
-    inbound = routed_flow(state, direction="inbound")
-    outside = tflow.tflow()
-    outside.metadata[routing.META_DIRECTION] = "outbound"  # leaving the mesh: no service config
-
-    request(Faults(state), inbound)
-    request(Faults(state), outside)
-
-    assert inbound.response is None and outside.response is None
+    assert await http.faults.apply(inbound(http.router)) is None
+    assert await http.faults.apply(outside) is None
 
 
-# -- TCP: which connections get a fault -------------------------------------------------------
+# -- TCP, the policy -----------------------------------------------------------------------------
 
 @pytest.fixture
 def resolved(monkeypatch):
-    """Name resolution as Docker's DNS would answer: payment-v1 -> PAYMENT_IP."""
+    """Name resolution as Docker's DNS would answer: payment-v1 and payment -> PAYMENT_IP."""
     table = {"payment-v1": PAYMENT_IP, "payment": PAYMENT_IP}
 
     def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
@@ -219,208 +180,337 @@ def resolved(monkeypatch):
     return table
 
 
-def tcp_faults(state: MeshState) -> Faults:
-    addon = Faults(state)
-    asyncio.run(addon.addresses.refresh())
-    return addon
+async def tcp_faults(state) -> TcpFaults:
+    faults = TcpFaults(state)
+    await faults.addresses.refresh()
+    return faults
 
 
-def outbound_context(ip=PAYMENT_IP, port=15001) -> Context:
-    client = connection.Client(peername=("10.0.0.2", 40000), sockname=("10.0.0.3", port),
-                               proxy_mode=ProxyMode.parse(f"transparent@{port}"))
-    context = Context(client, options.Options())
-    context.server.address = (ip, 8080)
-    return context
+@on_loop
+async def test_ip_addresses_map_to_faulted_services_only(resolved):
+    faults = await tcp_faults(mesh(tcp_fault={"kind": "reset"}, host="payment-v1"))
 
-
-def test_ip_addresses_map_to_faulted_services_only(resolved):
-    state = mesh(tcp_fault={"kind": "reset"}, host="payment-v1")
-
-    addon = tcp_faults(state)
-
-    assert addon.addresses.service_at(PAYMENT_IP) == "payment"
-    assert addon.addresses.service_at("10.0.0.77") is None
+    assert faults.addresses.service_at(PAYMENT_IP) == "payment"
+    assert faults.addresses.service_at("10.0.0.77") is None
     # without a TCP fault nothing is resolved at all
-    quiet = tcp_faults(mesh(host="payment-v1"))
+    quiet = await tcp_faults(mesh(host="payment-v1"))
     assert quiet.addresses.service_at(PAYMENT_IP) is None
 
 
-def test_connection_to_a_faulted_service_gets_its_fault(resolved):
-    state = mesh(runtime=[runtime(tcp_fault={"kind": "blackhole"})], tcp_fault={"kind": "reset"},
-                 host="payment-v1")
-    addon = tcp_faults(state)
+@on_loop
+async def test_connection_to_a_faulted_service_gets_its_fault(resolved):
+    faults = await tcp_faults(mesh([runtime_fault(tcp_fault={"kind": "blackhole"})], tcp_fault={"kind": "reset"},
+                                   host="payment-v1"))
 
-    fault = addon.tcp_fault_for(outbound_context())
+    service, fault = faults.for_connection(PAYMENT_IP)
 
-    assert fault.kind == "blackhole"  # the runtime fault beats the mesh file's
-    assert addon.tcp_fault_for(outbound_context(ip="10.0.0.77")) is None
-    assert addon.tcp_fault_for(outbound_context(port=routing.INBOUND_PORT)) is None  # client side only
-
-
-def test_tcp_percent_is_sampled_once_per_connection(resolved, dice):
-    addon = tcp_faults(mesh(tcp_fault={"kind": "reset", "percent": 50}, host="payment-v1"))
-    spared, hit = outbound_context(), outbound_context()
-
-    dice(False)
-    assert addon.tcp_fault_for(spared) is None
-    dice(True)
-    assert addon.tcp_fault_for(spared) is None  # decided already
-    assert addon.tcp_fault_for(hit).kind == "reset"
-
-    addon.client_disconnected(hit.client)
-    assert hit.client.id not in addon._tcp_decisions
+    assert (service, fault.kind) == ("payment", "blackhole")  # the runtime fault beats the mesh file's
+    assert faults.for_connection("10.0.0.77") is None
 
 
-def test_a_tcp_fault_makes_http_traffic_raw_tcp(resolved):
-    addon = tcp_faults(mesh(tcp_fault={"kind": "latency", "latencyMs": 10}, host="payment-v1"))
-    nextlayer = make_nextlayer()
-    receive(nextlayer, b"GET / HTTP/1.1\r\nHost: payment:8080\r\n\r\n")
+@on_loop
+async def test_a_runtime_tcp_fault_for_another_source_is_ignored(resolved):
+    faults = await tcp_faults(mesh([runtime_fault(tcp_fault={"kind": "reset"}, source="orders")],
+                                   host="payment-v1"))
 
-    ProtocolDetection(addon.tcp_fault_for).next_layer(nextlayer)
-
-    assert isinstance(nextlayer.layer, layers.TCPLayer)
+    assert faults.for_connection(PAYMENT_IP) is None
 
 
-# -- TCP: what a fault does to the data -------------------------------------------------------
+@on_loop
+async def test_tcp_percent_picks_an_exact_share_of_connections(resolved):
+    faults = await tcp_faults(mesh(tcp_fault={"kind": "reset", "percent": 25}, host="payment-v1"))
 
-def tcp_flow(addon: Faults, *messages: tuple[bool, bytes]):
-    """A TCP flow through `addon`'s tcp_start and one tcp_message per (from_client, data)."""
-    flow = tflow.ttcpflow()
-    flow.messages = []
-    flow.client_conn.proxy_mode = ProxyMode.parse("transparent@15001")
-    flow.server_conn.address = (PAYMENT_IP, 8080)
-    flow.metadata.clear()
-    context = Context(flow.client_conn, options.Options())
-    context.server = flow.server_conn
-    addon.tcp_fault_for(context)
-    sent, times = [], []
+    picked = [faults.for_connection(PAYMENT_IP) is not None for _ in range(100)]
 
-    async def go():
-        with taddons.context(addon):
-            addon.tcp_start(flow)
-            started = time.monotonic()
-            for from_client, data in messages:
-                flow.messages.append(tcp.TCPMessage(from_client, data))
-                await addon.tcp_message(flow)
-                sent.append(flow.messages[-1].content)
-                times.append(time.monotonic() - started)
-    asyncio.run(go())
-    return flow, sent, times
+    assert sum(picked) == 25
 
 
-def test_latency_delays_every_message(resolved):
-    addon = tcp_faults(mesh(tcp_fault={"kind": "latency", "latencyMs": 50}, host="payment-v1"))
+# -- TCP: what a toxic does to the data ------------------------------------------------------------
 
-    flow, sent, times = tcp_flow(addon, (True, b"ping"), (False, b"pong"))
+async def through_toxic(fault: TcpFault, *chunks: bytes):
+    """Relay `chunks` through a Toxic: (what was sent on, when, relay()'s answers, the toxic)."""
+    toxic = Toxic(fault)
+    sent, times, answers = [], [], []
+    started = time.monotonic()
 
-    assert sent == [b"ping", b"pong"]
-    assert times[0] >= 0.045 and times[1] >= 0.095
-    assert flow.metadata[routing.META_FLAGS] == ["DI"]
+    async def send(data: bytes) -> None:
+        sent.append(data)
+        times.append(time.monotonic() - started)
 
-
-def test_bandwidth_paces_data(resolved):
-    addon = tcp_faults(mesh(tcp_fault={"kind": "bandwidth", "rateBytesPerSecond": 10_000}, host="payment-v1"))
-
-    _, sent, times = tcp_flow(addon, (False, b"x" * 1000))
-
-    assert sent == [b"x" * 1000] and times[0] >= 0.095
-
-
-def test_blackhole_passes_nothing(resolved):
-    addon = tcp_faults(mesh(tcp_fault={"kind": "blackhole"}, host="payment-v1"))
-
-    flow, sent, _ = tcp_flow(addon, (True, b"GET / HTTP/1.1\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\n"))
-
-    assert sent == [b"", b""]
-    assert flow.metadata[routing.META_FLAGS] == ["FI"]
+    for chunk in chunks:
+        answers.append(await toxic.relay(chunk, send))
+    return sent, times, answers, toxic
 
 
-def test_limit_data_truncates_then_closes(resolved, monkeypatch):
-    closed = []
-    monkeypatch.setattr(faults_module, "_close_connection", closed.append)
-    addon = tcp_faults(mesh(tcp_fault={"kind": "limit-data", "bytes": 10}, host="payment-v1"))
+@on_loop
+async def test_toxic_latency_delays_every_chunk():
+    sent, times, answers, toxic = await through_toxic(TcpFault("latency", latency=0.03), b"ping", b"pong")
 
-    flow, sent, _ = tcp_flow(addon, (True, b"123456"), (False, b"abcdefgh"))
+    assert (sent, answers, toxic.flag) == ([b"ping", b"pong"], [True, True], "DI")
+    assert times[0] >= 0.028 and times[1] >= 0.058
+
+
+@on_loop
+async def test_toxic_latency_jitter_varies_each_delay_within_its_bounds(monkeypatch):
+    draws = iter([-0.03, 0.02])  # the jitter's extremes (and a draw below zero: no negative sleep)
+    asked = []
+
+    class Dice:
+        @staticmethod
+        def uniform(low, high):
+            asked.append((low, high))
+            return next(draws)
+
+    monkeypatch.setattr(faults_module, "random", Dice)
+    sent, times, _, _ = await through_toxic(TcpFault("latency", latency=0.02, jitter=0.03), b"a", b"b")
+
+    assert asked == [(-0.03, 0.03)] * 2
+    assert sent == [b"a", b"b"]
+    assert times[0] < 0.015 and times[1] - times[0] >= 0.038  # 0 s, then 40 ms
+
+
+@on_loop
+async def test_toxic_bandwidth_paces_data():
+    sent, times, _, toxic = await through_toxic(TcpFault("bandwidth", rate=20_000), b"x" * 1000)
+
+    assert sent == [b"x" * 1000] and times[0] >= 0.048 and toxic.flag == "DI"
+
+
+@on_loop
+async def test_toxic_blackhole_passes_nothing():
+    sent, _, answers, toxic = await through_toxic(TcpFault("blackhole"), b"GET / HTTP/1.1\r\n\r\n", b"more")
+
+    assert (sent, answers, toxic.flag) == ([], [True, True], "FI")  # swallowed, the connection stays
+
+
+@on_loop
+async def test_toxic_limit_data_truncates_then_closes():
+    sent, _, answers, toxic = await through_toxic(TcpFault("limit-data", bytes=10), b"123456", b"abcdefgh", b"z")
 
     assert sent == [b"123456", b"abcd"]
-    assert closed == [flow.client_conn]
+    assert answers == [True, False, False]  # closed once the limit is reached
+    assert toxic.flag == "FI"
 
 
-def test_connections_without_a_fault_are_untouched(resolved):
-    addon = tcp_faults(mesh(host="payment-v1"))
+@on_loop
+async def test_toxic_slicer_sends_slices_apart():
+    sent, times, _, toxic = await through_toxic(TcpFault("slicer", bytes=5, latency=0.02), b"y" * 12)
 
-    flow, sent, times = tcp_flow(addon, (True, b"ping"))
-
-    assert sent == [b"ping"] and times[0] < 0.05
-    assert routing.META_FLAGS not in flow.metadata
-
-
-# -- TCP: through a real proxy ----------------------------------------------------------------
-
-async def _echo(reader, writer):
-    while data := await reader.read(65535):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
+    assert sent == [b"yyyyy", b"yyyyy", b"yy"]
+    assert times[1] - times[0] >= 0.018 and times[2] - times[1] >= 0.018
+    assert toxic.flag == "DI"
 
 
-def through_proxy(tcp_fault: dict, send: bytes, expect_bytes: int) -> tuple[bytes, float, BaseException | None]:
-    """Send `send` to an echo server through a real mitmproxy with our addons; read until
-    `expect_bytes` came back, EOF, or an error. (data, seconds, error)."""
-    async def go():
-        echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
-        port = echo.sockets[0].getsockname()[1]
-        state = mesh(tcp_fault=tcp_fault, host="127.0.0.1")
-        opts = options.Options()
-        master = Master(opts)
-        addon = Faults(state)
-        master.addons.add(core.Core(), proxyserver.Proxyserver(), ProtocolDetection(addon.tcp_fault_for), addon)
-        opts.update(mode=[f"reverse:tcp://127.0.0.1:{port}@127.0.0.1:0"])
-        running = asyncio.create_task(master.run())
-        ps = master.addons.get("proxyserver")
-        for _ in range(250):
-            if ps.listen_addrs() and addon.addresses.service_at("127.0.0.1"):
-                break
-            await asyncio.sleep(0.02)
-        reader, writer = await asyncio.open_connection(*ps.listen_addrs()[0][:2])
-        received, error = b"", None
-        started = time.monotonic()
-        writer.write(send)
-        try:
-            while len(received) < expect_bytes:
-                chunk = await asyncio.wait_for(reader.read(65535), 5)
-                if not chunk:
-                    break
-                received += chunk
-        except (OSError, asyncio.TimeoutError) as exc:
-            error = exc
-        took = time.monotonic() - started
-        writer.close()
-        echo.close()
-        await asyncio.sleep(0.1)  # let the proxy and the echo server see the close
-        master.shutdown()
-        await running
-        return received, took, error
-    return asyncio.run(go())
+@pytest.mark.parametrize(("fault", "expected"), [
+    (TcpFault("reset"), "reset"),
+    (TcpFault("limit-data", bytes=0), "close"),
+    (TcpFault("limit-data", bytes=1), None),
+    (TcpFault("latency", latency=0.1), None),
+    (TcpFault("blackhole"), None),
+])
+def test_toxic_at_start(fault, expected):
+    assert Toxic(fault).at_start() == expected
 
 
-def test_reset_is_a_real_rst():
-    received, _, error = through_proxy({"kind": "reset"}, b"hello", 5)
+# -- TCP on the wire, through the fast path -------------------------------------------------------
 
-    assert received == b""
-    assert isinstance(error, ConnectionResetError)
+async def through_listener(tcp_fault: dict, send: bytes, expect_bytes: int, timeout: float = 2.0):
+    """Send `send` to an echo server through a real Listener whose sidecar has `tcp_fault`
+    on the service living at 127.0.0.1: (received, seconds, error, arrivals, echo, sidecar)."""
+    async with EchoServer() as echo:
+        async with FastPath(mesh(tcp_fault=tcp_fault)) as sidecar:
+            await sidecar.tcp_faults.addresses.refresh()
+            sidecar.to(echo.port, "127.0.0.1")
+            result = await tcp_exchange("127.0.0.1", sidecar.outbound_port, send, expect_bytes, timeout)
+            await until(lambda: sidecar.log_lines(), timeout=1.0)  # the relay saw the close and logged it
+    return (*result, echo, sidecar)
 
 
-def test_limit_data_delivers_the_truncated_data_then_closes():
-    received, _, error = through_proxy({"kind": "limit-data", "bytes": 30}, b"x" * 22, 22)
+@on_loop
+async def test_reset_is_a_real_rst():
+    received, _, error, _, echo, sidecar = await through_listener({"kind": "reset"}, b"hello", 5)
+
+    assert received == b"" and isinstance(error, ConnectionResetError)
+    assert echo.connections == 0  # nothing was connected upstream
+    assert sidecar.log_lines()[-1]["response_flags"] == "FI"
+
+
+@on_loop
+async def test_limit_data_delivers_the_truncated_data_then_closes():
+    received, _, error, _, echo, _ = await through_listener({"kind": "limit-data", "bytes": 30}, b"x" * 22, 22)
 
     # 22 bytes reach the echo server; 8 of its 22 come back, then the connection closes (EOF)
-    assert received == b"x" * 8 and error is None
+    assert (received, error, echo.received) == (b"x" * 8, None, b"x" * 22)
 
 
-def test_slicer_sends_the_data_in_slices_apart():
-    received, took, error = through_proxy({"kind": "slicer", "bytes": 5, "latencyMs": 40}, b"y" * 12, 12)
+@on_loop
+async def test_limit_data_zero_closes_at_once():
+    # (a client that sent bytes first would see an RST: Linux resets a socket closed with unread data)
+    received, took, error, _, echo, _ = await through_listener({"kind": "limit-data", "bytes": 0}, b"", 1)
 
-    # 12 bytes -> slices of 5, 5 and 2 bytes with 2 pauses between (the echo answers each slice at once)
+    assert (received, error, echo.connections) == (b"", None, 0) and took < 0.5
+
+
+@on_loop
+async def test_slicer_sends_the_data_in_slices_apart():
+    received, took, error, arrivals, _, _ = await through_listener(
+        {"kind": "slicer", "bytes": 5, "latencyMs": 30}, b"y" * 12, 12)
+
+    # 12 bytes -> slices of 5, 5 and 2 bytes with 2 pauses between, both ways
     assert received == b"y" * 12 and error is None
-    assert took >= 0.075
+    assert took >= 0.055 and len(arrivals) >= 2
+
+
+@on_loop
+async def test_latency_delays_both_directions():
+    received, took, error, _, _, sidecar = await through_listener({"kind": "latency", "latencyMs": 40}, b"ping", 4)
+
+    assert (received, error) == (b"ping", None)
+    assert took >= 0.075  # 40 ms to the server, 40 ms back
+    assert sidecar.log_lines()[-1]["response_flags"] == "DI"
+
+
+@on_loop
+async def test_bandwidth_paces_data_on_the_wire():
+    received, took, _, _, _, _ = await through_listener({"kind": "bandwidth", "rateBytesPerSecond": 20_000},
+                                                        b"x" * 1000, 1000)
+
+    assert received == b"x" * 1000 and took >= 0.095  # 50 ms each way
+
+
+@on_loop
+async def test_blackhole_passes_nothing_and_keeps_the_connection():
+    received, took, error, _, echo, _ = await through_listener({"kind": "blackhole"}, b"hello", 5, timeout=0.15)
+
+    assert received == b"" and isinstance(error, asyncio.TimeoutError)  # no answer, no close
+    assert echo.received == b""
+
+
+@on_loop
+async def test_a_tcp_fault_makes_http_traffic_raw_tcp():
+    request = b"GET /pay HTTP/1.1\r\nHost: payment:8080\r\n\r\n"
+
+    received, _, _, _, echo, sidecar = await through_listener({"kind": "latency", "latencyMs": 5}, request,
+                                                              len(request))
+
+    assert echo.received == request  # relayed byte for byte: no HTTP proxying, no mesh headers
+    assert received == request
+    assert [e["kind"] for e in sidecar.log_lines()] == ["tcp"]
+
+
+@on_loop
+async def test_without_a_tcp_fault_the_relay_is_untouched():
+    received, took, error, _, _, sidecar = await through_listener(None, b"\x00\x01binary", 8)
+
+    assert (received, error) == (b"\x00\x01binary", None)
+    assert sidecar.log_lines()[-1]["response_flags"] == "-"
+
+
+@on_loop
+async def test_tcp_faults_are_client_side_only():
+    async with EchoServer() as echo:
+        async with FastPath(mesh(tcp_fault={"kind": "reset"})) as sidecar:
+            await sidecar.tcp_faults.addresses.refresh()
+            sidecar.to(echo.port, "127.0.0.1")
+            received, _, error, _ = await tcp_exchange("127.0.0.1", sidecar.inbound_port, b"\x00hello", 6)
+
+    assert (received, error) == (b"\x00hello", None)
+
+
+# -- HTTP on the wire, through the fast path -------------------------------------------------------
+
+@on_loop
+async def test_http_abort_on_the_wire():
+    async with Backend() as v1, FastPath(mesh(route_fault={"abort": {"status": 503}})) as web:
+        reply = await web.call(v1.port)
+
+    assert (reply.status, reply.body, reply.header(FAULT_HEADER)) == (503, FAULT_ABORT, "abort")
+    assert v1.requests == []
+    assert (web.log_lines()[0]["response_flags"], web.log_lines()[0]["attempts"]) == ("FI", 0)
+
+
+@on_loop
+async def test_http_abort_reset_resets_the_callers_connection():
+    async with Backend() as v1, FastPath(mesh(route_fault={"abort": {"reset": True}})) as web:
+        with pytest.raises(ConnectionResetError):
+            await web.call(v1.port)
+        await until(lambda: web.log_lines())
+
+    assert v1.requests == []
+    assert (web.log_lines()[0]["status"], web.log_lines()[0]["response_flags"]) == (0, "FI")
+
+
+@on_loop
+async def test_http_delay_then_forwarded_and_delay_past_the_deadline():
+    async with Backend() as v1, FastPath(mesh(route_fault={"delay": {"ms": 50}})) as web:
+        started = time.monotonic()
+        delayed = await web.call(v1.port)
+        took = time.monotonic() - started
+    async with Backend() as v1_late, FastPath(mesh(route_fault={"delay": {"ms": 5000}}, timeout_ms=60)) as late:
+        started = time.monotonic()
+        timed_out = await late.call(v1_late.port)
+        late_took = time.monotonic() - started
+
+    assert (delayed.status, web.log_lines()[0]["response_flags"]) == (200, "DI") and took >= 0.045
+    assert (timed_out.status, timed_out.body) == (504, b"upstream request timeout")
+    assert late.log_lines()[0]["response_flags"] == "DI,UT" and late_took < 0.5
+    assert v1_late.requests == []
+
+
+@on_loop
+async def test_http_faults_spare_calls_outside_the_mesh():
+    async with Backend() as elsewhere, FastPath(mesh(route_fault={"abort": {"status": 503}})) as web:
+        web.to(elsewhere.port, "127.0.0.1")
+        reply = await http_call("127.0.0.1", web.outbound_port, host="example.com")
+
+    assert reply.status == 200 and len(elsewhere.requests) == 1
+
+
+# -- through the mitmproxy adapter -------------------------------------------------------------
+
+async def adapter_request(state, **flow_options):
+    adapters = Adapters(state)
+    flow = flow_to(**flow_options)
+    with taddons.context():
+        started = time.monotonic()
+        adapters.routing.requestheaders(flow)  # the route's deadline starts here
+        await adapters.faults.request(flow)
+    assert adapters.faults.faults is adapters.sidecar.http_faults  # the fast path's instance
+    return flow, time.monotonic() - started
+
+
+@on_loop
+async def test_adapter_abort_answers_with_its_status():
+    flow, _ = await adapter_request(mesh(route_fault={"abort": {"status": 503}}))
+
+    assert (flow.response.status_code, flow.response.content) == (503, FAULT_ABORT)
+    assert flow.response.headers[FAULT_HEADER] == "abort"
+    assert exchange_of(flow).flags == ["FI"]
+
+
+@on_loop
+async def test_adapter_abort_reset_kills_the_flow():
+    flow, _ = await adapter_request(mesh(route_fault={"abort": {"reset": True}}))
+
+    assert flow.response is None
+    assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+    assert exchange_of(flow).flags == ["FI"]
+
+
+@on_loop
+async def test_adapter_delay_never_runs_past_the_deadline():
+    flow, took = await adapter_request(mesh(route_fault={"delay": {"ms": 5000}}, timeout_ms=60))
+
+    assert 0.05 <= took < 0.5
+    assert (flow.response.status_code, flow.response.content) == (504, b"upstream request timeout")
+    assert exchange_of(flow).flags == ["DI", "UT"]
+
+
+@on_loop
+async def test_adapter_leaves_inbound_and_outside_flows_alone():
+    state = mesh(route_fault={"abort": {"status": 503}})
+    inbound_flow, _ = await adapter_request(state, direction="inbound")
+    outside, _ = await adapter_request(state, host_header="example.com")
+
+    assert inbound_flow.response is None and outside.response is None
+    assert outside.request.host == ORIGINAL_IP

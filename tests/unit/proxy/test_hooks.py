@@ -1,5 +1,6 @@
-"""A misspelled hook never fires and nothing says so: every public method of our addons
-must be a mitmproxy hook (or one of the few methods other code calls on purpose)."""
+"""A misspelled hook never fires and nothing says so: every public method of our mitmproxy
+adapters must be a mitmproxy hook. Also: the adapters hold the sidecar's own policy
+instances, so both paths share one circuit breaker, one outlier count, one sample bag."""
 
 import inspect
 
@@ -8,20 +9,19 @@ from mitmproxy import eventsequence, hooks  # noqa: F401  (eventsequence imports
 from mitmproxy.addons import core, proxyserver
 
 from meshproxy.addons import addons
-from meshproxy.config import Identity, MeshState
+from meshproxy.config import MeshState
+from meshproxy.sidecar import Sidecar
+from sidecar_kit import WEB
 
 LIFECYCLE = {"load", "configure", "running", "done"}
-# Public on purpose, called by our own code rather than by mitmproxy.
-NOT_HOOKS = {
-    ("ConfigWatcher", "reload"),  # the watchdog thread and load()/running() call it
-    ("Telemetry", "stats"),  # the /stats admin endpoint reads it
-    ("Faults", "tcp_fault_for"),  # ProtocolDetection asks it per connection
-}
+
+
+def pipeline(sidecar: Sidecar | None = None) -> list:
+    return addons(sidecar or Sidecar(MeshState(WEB)))
 
 
 def our_addons() -> list:
-    pipeline = addons(MeshState(Identity("shop", "web-v1", "web", "v1")))
-    return [a for a in pipeline if not isinstance(a, (core.Core, proxyserver.Proxyserver))]
+    return [a for a in pipeline() if not isinstance(a, (core.Core, proxyserver.Proxyserver))]
 
 
 def public_methods(addon) -> list[str]:
@@ -30,11 +30,22 @@ def public_methods(addon) -> list[str]:
 
 
 def test_the_pipeline_is_mitmproxys_core_then_ours():
-    pipeline = addons(MeshState(Identity("shop", "web-v1", "web", "v1")))
+    assert [type(a).__name__ for a in pipeline()] == [
+        "Core", "Proxyserver", "ProtocolDetection", "Routing", "Faults", "Mirroring", "Resilience", "Telemetry"]
 
-    assert [type(a).__name__ for a in pipeline] == [
-        "Core", "Proxyserver", "ConfigWatcher", "ProtocolDetection", "Routing", "Faults", "Mirroring", "Resilience",
-        "Telemetry"]
+
+def test_the_adapters_hold_the_sidecars_policies():
+    sidecar = Sidecar(MeshState(WEB))
+    by_name = {type(a).__name__: a for a in pipeline(sidecar)}
+
+    assert by_name["Routing"].router is sidecar.router
+    assert by_name["Faults"].faults is sidecar.http_faults
+    assert by_name["Mirroring"].mirroring is sidecar.mirroring
+    assert by_name["Mirroring"].pool is sidecar.pool
+    assert by_name["Resilience"].resilience is sidecar.resilience
+    assert by_name["Resilience"].pool is sidecar.pool
+    assert by_name["Resilience"].h2_pool is by_name["Mirroring"].h2_pool
+    assert by_name["Telemetry"].telemetry is sidecar.telemetry
 
 
 def test_lifecycle_methods_are_hooks_too():
@@ -44,8 +55,7 @@ def test_lifecycle_methods_are_hooks_too():
 @pytest.mark.parametrize("addon", our_addons(), ids=lambda a: type(a).__name__)
 def test_every_public_method_is_a_hook(addon):
     cls = type(addon).__name__
-    unknown = [name for name in public_methods(addon)
-               if name not in hooks.all_hooks and name not in LIFECYCLE and (cls, name) not in NOT_HOOKS]
+    unknown = [name for name in public_methods(addon) if name not in hooks.all_hooks and name not in LIFECYCLE]
 
     assert unknown == [], f"{cls}: not mitmproxy hooks (misspelled?): {unknown}"
 
@@ -53,15 +63,6 @@ def test_every_public_method_is_a_hook(addon):
 @pytest.mark.parametrize("addon", our_addons(), ids=lambda a: type(a).__name__)
 def test_every_addon_handles_something(addon):
     assert any(name in hooks.all_hooks for name in public_methods(addon))
-
-
-def test_exceptions_still_exist():
-    """The allow-list must not outlive the methods it excuses."""
-    by_name = {type(a).__name__: a for a in our_addons()}
-
-    for cls, name in NOT_HOOKS:
-        assert name in public_methods(by_name[cls]), (cls, name)
-        assert name not in hooks.all_hooks, f"{cls}.{name} is a hook now: drop it from NOT_HOOKS"
 
 
 def test_the_check_catches_a_misspelling():
@@ -74,12 +75,11 @@ def test_the_check_catches_a_misspelling():
 
 def test_the_expected_hooks_are_there():
     expected = {
-        "ConfigWatcher": {"load", "running", "done"},
         "ProtocolDetection": {"next_layer", "server_connect"},
         "Routing": {"requestheaders", "response", "error"},
-        "Faults": {"running", "done", "client_disconnected", "request", "tcp_start", "tcp_message"},
-        "Mirroring": {"request", "done"},
-        "Resilience": {"request", "done"},
+        "Faults": {"request"},
+        "Mirroring": {"request"},
+        "Resilience": {"request"},
         "Telemetry": {"response", "error", "tcp_start", "tcp_message", "tcp_end", "tcp_error"},
     }
 

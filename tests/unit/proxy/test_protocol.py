@@ -1,81 +1,51 @@
-"""ProtocolDetection: classify() on first bytes, and the layer it picks for a real NextLayer."""
-
-import ssl
+"""ProtocolDetection (the mitmproxy adapter): the layer mitmproxy runs for a connection the
+fast path handed over - the CONNECT of the handover itself, then, inside the tunnel, what
+sniff.classify() says the app's bytes are."""
 
 import pytest
 from mitmproxy import connection, options
 from mitmproxy.proxy import events, layers, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layer import NextLayer
-from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.http import HTTPMode, HttpStream
 
-from meshproxy.addons.protocol import H2_PREFACE, ProtocolDetection, classify
-
-
-def client_hello() -> bytes:
-    """The first flight of a real TLS client, produced in memory."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="payment")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
+from meshproxy.addons.protocol import ProtocolDetection
+from meshproxy.fastpath.sniff import H2_PREFACE
+from sidecar_kit import handover_mode
+from test_sniff import H2_SETTINGS, client_hello
 
 
-# A SETTINGS frame (empty) as an h2c client sends right after the preface.
-H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-@pytest.mark.parametrize(("client", "server", "expected"), [
-    # an h2c server's SETTINGS greeting must not make an h2c client's connection "tcp"
-    (b"", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64", None),
-    (H2_PREFACE, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64", "h2c"),
-    (b"GET /pay HTTP/1.1\r\nHost: payment:8080\r\n\r\n", b"", "http1"),
-    (b"POST /pay HTTP/1.0\r\n", b"", "http1"),
-    (b"GET /pay HTTP/1.1\r\n", b"", "http1"),  # headers not complete yet: the request line is enough
-    (b"GE", b"", None),
-    (b"GET /pay", b"", None),  # no line end yet
-    (H2_PREFACE + H2_SETTINGS, b"", "h2c"),
-    (H2_PREFACE, b"", "h2c"),
-    (H2_PREFACE[:10], b"", None),
-    (b"PRI", b"", None),
-    (b"PRI * HTTP/1.1\r\n", b"", "http1"),  # not the preface: an odd but plain HTTP/1 method
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"", "tcp"),
-    (b"", b"220 mail.example ESMTP\r\n", "tcp"),  # the server spoke first
-    (b"GET / HTTP/1.1\r\n", b"\x0a5.7.0\x00", "tcp"),  # server data wins
-    (b"\x00\x00\x00\x08\x04\xd2\x16/", b"", "tcp"),  # Postgres SSLRequest
-    (b"\xff\xfe\x00", b"", "tcp"),
-    (b"*1\r\n$4\r\nPING\r\n", b"", "tcp"),  # Redis
-    (b"PING\r\n", b"", "tcp"),  # one word, no target: not a request line
-    (b"SSH-2.0-OpenSSH_9.6\r\n", b"", "tcp"),
-    (b"hello there my friend\r\n", b"", "tcp"),  # a line, but no HTTP version
-    (b"A" * 5000, b"", "tcp"),  # a very long line that never ends is not HTTP
-    (b"GET /" + b"a" * 4000, b"", None),  # a long URL still gets a chance
-    (b"", b"", None),
-])
-def test_classify(client, server, expected):
-    assert classify(client, server) == expected
-
-
-def test_classify_real_client_hello():
-    hello = client_hello()
-    assert hello[0] == 0x16  # sanity: a TLS handshake record
-
-    assert classify(hello, b"") == "tcp"
-    assert classify(hello[:3], b"") == "tcp"
-
-
-def make_nextlayer(transport: str = "tcp", server_tls: bool = False) -> NextLayer:
-    client = connection.Client(peername=("10.0.0.2", 40000), sockname=("10.0.0.3", 15001),
-                               proxy_mode=ProxyMode.parse("transparent@15001"), transport_protocol=transport)
+def make_nextlayer(transport: str = "tcp", server_tls: bool = False, in_tunnel: bool = True) -> NextLayer:
+    """A NextLayer as mitmproxy builds it on a handover port: under [HttpProxy] for the
+    CONNECT, under [HttpProxy, HttpLayer, HttpStream] (the CONNECT's stream) for the app's
+    bytes inside the tunnel."""
+    client = connection.Client(peername=("127.0.0.1", 40000), sockname=("127.0.0.1", 15081),
+                               proxy_mode=handover_mode(), transport_protocol=transport)
     context = Context(client, options.Options())
     context.server.address = ("10.0.0.9", 8080)
     context.server.tls = server_tls
+    modes.HttpProxy(context)
+    if in_tunnel:
+        layers.HttpLayer(context, HTTPMode.regular)
+        context = context.fork()
+        HttpStream(context, 1)
     return NextLayer(context)
 
 
 def receive(nextlayer: NextLayer, data: bytes, from_client: bool = True) -> None:
     conn = nextlayer.context.client if from_client else nextlayer.context.server
     nextlayer.events.append(events.DataReceived(conn, data))
+
+
+def test_the_handovers_connect_gets_a_regular_http_layer():
+    nextlayer = make_nextlayer(in_tunnel=False)
+    receive(nextlayer, b"CONNECT 10.0.0.9:8080 HTTP/1.1\r\nHost: 10.0.0.9:8080\r\n\r\n")
+
+    ProtocolDetection().next_layer(nextlayer)
+
+    assert isinstance(nextlayer.layer, layers.HttpLayer)
+    assert nextlayer.layer.mode is HTTPMode.regular
 
 
 def test_http1_gets_an_http_layer():
@@ -85,7 +55,7 @@ def test_http1_gets_an_http_layer():
     ProtocolDetection().next_layer(nextlayer)
 
     assert isinstance(nextlayer.layer, layers.HttpLayer)
-    assert nextlayer.layer.mode is layers.http.HTTPMode.transparent
+    assert nextlayer.layer.mode is HTTPMode.transparent
     assert nextlayer.context.client.alpn is None
 
 
@@ -126,7 +96,7 @@ def test_data_split_across_reads_is_joined():
 
 @pytest.mark.parametrize(("data", "from_client"), [
     (b"SSH-2.0-OpenSSH_9.6\r\n", True),
-    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", True),
+    (client_hello(), True),  # TLS the app started: passed through untouched
     (b"220 mail.example ESMTP\r\n", False),
 ])
 def test_other_traffic_is_relayed_as_tcp(data, from_client):
@@ -175,7 +145,7 @@ def test_nextlayer_asks_the_addon_through_the_hook():
 
 
 def upstream(client_alpn, server_tls: bool) -> connection.Server:
-    client = connection.Client(peername=("10.0.0.2", 40000), sockname=("10.0.0.3", 15001), alpn=client_alpn)
+    client = connection.Client(peername=("127.0.0.1", 40000), sockname=("127.0.0.1", 15081), alpn=client_alpn)
     server = connection.Server(address=("payment-v1", 8080), tls=server_tls)
     ProtocolDetection().server_connect(server_hooks.ServerConnectionHookData(server, client))
     return server

@@ -1,256 +1,168 @@
-"""Routing: outbound requests to a mesh service go to one of its versions."""
+"""Routing: outbound requests to a mesh service go to one of its versions.
+
+policy/routing.py directly (Router on Exchanges), then through the fast path (HttpProxy
+behind a real Listener, real loopback backends), then through the mitmproxy adapter.
+"""
 
 import asyncio
-import json
 
 import pytest
-from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
-from meshproxy import config
-from meshproxy.addons import routing
-from meshproxy.addons.routing import Routing, host_name
+from http_backends import Backend
 from meshproxy.config import Identity, MeshState, Version
+from meshproxy.exchange import INBOUND
+from meshproxy.policy import routing
+from meshproxy.policy.routing import SOURCE_HEADER, LazyQuery, Router, host_name
+from sidecar_kit import (ORIGINAL_IP, PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, FastPath, RawServer, exchange_of,
+                         flow_to, h2_flow_to, http_call, inbound, mesh_state, on_loop, outbound, parse, payment,
+                         payment_state)
 
 V1 = Version("v1", "payment-v1")
 V2 = Version("v2", "payment-v2")
+TWO = (("v1", V1.host), ("v2", V2.host))
 
 
-def mesh_config(load_balancer="round-robin", versions=(V1, V2), version="abc123") -> config.SidecarConfig:
-    return config.parse(json.dumps({
-        "schema": 2,
-        "version": version,
-        "services": {
-            "payment": {"versions": [{"name": v.name, "host": v.host} for v in versions],
-                        "ports": [8080], "loadBalancer": load_balancer},
-        },
-    }))
+def two_versions(load_balancer="round-robin", version="abc123", versions=TWO) -> MeshState:
+    return mesh_state({"payment": payment(None, versions, ports=[8080], loadBalancer=load_balancer)},
+                      version=version)
 
 
-def make_state(**kwargs) -> MeshState:
-    state = MeshState(Identity("shop", "web-v1", "web", "v1"))
-    state.apply(mesh_config(**kwargs))
-    return state
+def reconfigure(state: MeshState, versions=TWO, version="def456") -> None:
+    state.apply(parse({"payment": payment(None, versions, ports=[8080])}, version=version))
 
 
-def flow_to(host_header: str | None = "payment:8080", port: int = routing.OUTBOUND_PORT,
-            headers: tuple = (), **request) -> http.HTTPFlow:
-    """A flow as transparent mode delivers it: request.host is the original destination IP."""
-    all_headers = ((b"Host", host_header.encode()),) if host_header else ()
-    req = tutils.treq(host="10.0.0.9", port=8080, content=b"", headers=http.Headers(all_headers + headers),
-                      **request)
-    flow = tflow.tflow(req=req)
-    flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{port}")
-    return flow
+def routed(routes: list, load_balancer="round-robin", versions=TWO, **service) -> MeshState:
+    return payment_state(routes, versions, loadBalancer=load_balancer, **service)
 
 
-def run(addon, flow) -> None:
-    """Every hook of the flow in order, as mitmproxy calls them."""
-    async def cycle():
-        with taddons.context(addon) as tctx:
-            await tctx.cycle(addon, flow)
-    asyncio.run(cycle())
-
-
-def test_outbound_requests_alternate_between_versions():
-    addon = Routing(make_state())
-    flows = [flow_to() for _ in range(4)]
-
-    for flow in flows:
-        run(addon, flow)
-
-    assert [f.request.host for f in flows] == ["payment-v1", "payment-v2", "payment-v1", "payment-v2"]
-    assert [f.request.port for f in flows] == [8080] * 4
-    # the server sees the name the app called, not the pod it landed on
-    assert [f.request.headers["Host"] for f in flows] == ["payment:8080"] * 4
-    assert [f.metadata[routing.META_VERSION] for f in flows] == ["v1", "v2", "v1", "v2"]
-    assert [f.metadata[routing.META_UPSTREAM] for f in flows] == [V1, V2, V1, V2]
-
-
-def test_the_version_is_chosen_from_the_headers_before_a_streamed_body():
-    # Over stream_large_bodies mitmproxy sends the body upstream as it arrives, right after
-    # the requestheaders hook: the destination must be chosen by then.
-    flow = flow_to(headers=((b"Content-Length", b"5000000"),))
-    flow.request.data.content = None  # the body has not been read
-    flow.request.stream = True
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == V1.host and flow.metadata[routing.META_VERSION] == "v1"
-
-
-def test_outbound_metadata_and_source_header():
-    flow = flow_to()
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.metadata[routing.META_DIRECTION] == "outbound"
-    assert flow.metadata[routing.META_SERVICE] == "payment"
-    assert flow.metadata[routing.META_VERSION] == "v1"
-    assert flow.request.headers.get_all(routing.SOURCE_HEADER) == ["web-v1"]
-
-
-def test_a_source_header_from_the_app_is_replaced():
-    flow = flow_to(headers=((routing.SOURCE_HEADER.encode(), b"spoofed"),))
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.headers.get_all(routing.SOURCE_HEADER) == ["web-v1"]
-
-
-def test_host_without_port_is_routed():
-    flow = flow_to("payment")
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == "payment-v1"
-    assert flow.request.headers["Host"] == "payment"
-
-
-def test_http2_authority_is_kept():
-    flow = flow_to(None, http_version=b"HTTP/2.0", authority=b"payment:8080")
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == "payment-v1"
-    assert flow.request.authority == "payment:8080"
-    assert flow.metadata[routing.META_VERSION] == "v1"
-
-
-@pytest.mark.parametrize("host_header", ["example.com", "example.com:443", "payment-v2:8080", "10.0.0.9:8080"])
-def test_hosts_outside_the_mesh_are_left_alone(host_header):
-    # payment-v2 is a workload's own name: calling it directly bypasses the split
-    flow = flow_to(host_header)
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == "10.0.0.9"
-    assert flow.request.headers["Host"] == host_header
-    assert flow.metadata[routing.META_SERVICE] == host_name(host_header)
-    assert routing.META_VERSION not in flow.metadata
-    assert routing.META_UPSTREAM not in flow.metadata
-
-
-def test_request_without_host_is_left_alone():
-    flow = flow_to(None)
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == "10.0.0.9"
-    assert flow.metadata[routing.META_SERVICE] == "10.0.0.9"
-
-
-def test_inbound_takes_the_source_and_does_not_reroute():
-    flow = flow_to(port=routing.INBOUND_PORT, headers=((routing.SOURCE_HEADER.encode(), b"checkout-v1"),))
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.request.host == "10.0.0.9"
-    assert flow.request.headers["Host"] == "payment:8080"
-    assert routing.SOURCE_HEADER not in flow.request.headers  # the app never sees it
-    assert flow.metadata == {
-        routing.META_FLAGS: [],
-        routing.META_DIRECTION: "inbound",
-        routing.META_SOURCE: "checkout-v1",
-        routing.META_SERVICE: "web",
-        routing.META_VERSION: "v1",
-    }
-
-
-def test_inbound_without_source_header():
-    flow = flow_to(port=routing.INBOUND_PORT)
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.metadata[routing.META_SOURCE] == "unknown"
-
-
-def in_flight(addon: Routing) -> dict:
-    config, pickers = addon._table
+def in_flight(router: Router) -> dict:
+    config, pickers = router._table
     return dict(pickers[id(config.services["payment"].routes[-1])].policy._active)
 
 
-@pytest.mark.parametrize("outcome", [{"resp": True}, {"err": True}])
-def test_least_request_is_released_on_response_or_error(outcome):
-    addon = Routing(make_state(load_balancer="least-request"))
-    flow = flow_to()
-    addon.requestheaders(flow)
-    chosen = flow.metadata[routing.META_UPSTREAM]
-    assert in_flight(addon)[chosen] == 1
+# -- the policy ------------------------------------------------------------------------------
 
-    finished = flow_to()
-    finished.metadata.update(flow.metadata)
-    if outcome.get("resp"):
-        finished.response = tutils.tresp()
-        addon.response(finished)
-    else:
-        finished.error = tflow.terr()
-        addon.error(finished)
+def test_outbound_requests_alternate_between_versions():
+    router = Router(two_versions())
 
-    assert in_flight(addon) == {V1: 0, V2: 0}
+    exchanges = [outbound(router)[0] for _ in range(4)]
+
+    assert [e.upstream for e in exchanges] == [V1, V2, V1, V2]
+    assert [e.version for e in exchanges] == ["v1", "v2", "v1", "v2"]
+    assert [e.authority for e in exchanges] == ["payment:8080"] * 4  # the Host the server will see
 
 
-def test_full_cycle_leaves_nothing_in_flight():
-    addon = Routing(make_state(load_balancer="least-request"))
-    flows = [flow_to() for _ in range(3)]
-    flows[0].response = tutils.tresp()
-    flows[1].error = tflow.terr()
-    flows[2].response = tutils.tresp()
+def test_outbound_fills_in_the_exchange_and_adds_the_source_header():
+    state = two_versions()
+    exchange, added = outbound(Router(state))
 
-    for flow in flows:
-        run(addon, flow)
-
-    assert in_flight(addon) == {V1: 0, V2: 0}
+    assert (exchange.source, exchange.service_name, exchange.version) == ("web-v1", "payment", "v1")
+    assert exchange.service is state.config.services["payment"]
+    assert exchange.route is state.config.services["payment"].routes[-1]
+    assert exchange.flags == [] and exchange.picker is not None
+    assert added == {SOURCE_HEADER: "web-v1"}
 
 
-def test_release_ignores_flows_that_were_not_routed():
-    addon = Routing(make_state(load_balancer="least-request"))
-    addon.requestheaders(flow_to())
-    outside = flow_to("example.com")
-    addon.requestheaders(outside)
-    outside.response = tutils.tresp()
+def test_outbound_returns_the_version_to_send_to():
+    router = Router(two_versions())
+    exchange = routing.Exchange("outbound", "GET", "payment", "/")
 
-    addon.response(outside)
+    assert router.outbound(exchange, {}, lambda n, v: None) == V1
+    assert exchange.upstream == V1
 
-    assert sum(in_flight(addon).values()) == 1
+
+def test_host_without_port_is_routed():
+    exchange, _ = outbound(Router(two_versions()), authority="payment")
+
+    assert exchange.upstream == V1
+
+
+@pytest.mark.parametrize("authority", ["example.com", "example.com:443", "payment-v2:8080", "10.0.0.9:8080", ""])
+def test_hosts_outside_the_mesh_are_left_alone(authority):
+    # payment-v2 is a workload's own name: calling it directly bypasses the split
+    exchange, added = outbound(Router(two_versions()), authority=authority)
+
+    assert exchange.service_name == host_name(authority)
+    assert (exchange.service, exchange.route, exchange.upstream, exchange.picker) == (None, None, None, None)
+    assert exchange.version == "unknown"
+    assert added == {}  # no mesh headers leave the mesh
+
+
+def test_inbound_takes_the_source_and_does_not_route():
+    router = Router(two_versions())
+    router.state.identity = PAYMENT
+
+    exchange = inbound(router, "checkout-v1")
+
+    assert (exchange.direction, exchange.source, exchange.service_name, exchange.version) == (
+        INBOUND, "checkout-v1", "payment", "v1")
+    assert (exchange.route, exchange.upstream, exchange.picker) == (None, None, None)
+
+
+def test_inbound_without_source_header():
+    assert inbound(Router(two_versions()), None).source == "unknown"
+
+
+def test_least_request_is_released_when_the_exchange_is():
+    router = Router(two_versions(load_balancer="least-request"))
+    exchange, _ = outbound(router)
+    assert in_flight(router)[exchange.upstream] == 1
+
+    exchange.release()
+    exchange.release()  # twice is harmless
+
+    assert in_flight(router) == {V1: 0, V2: 0}
+
+
+def test_release_ignores_exchanges_that_were_not_routed():
+    router = Router(two_versions(load_balancer="least-request"))
+    outbound(router)
+    outside, _ = outbound(router, authority="example.com")
+
+    outside.release()
+
+    assert sum(in_flight(router).values()) == 1
+
+
+def test_a_release_after_a_reload_goes_to_the_picker_that_counted_it():
+    state = two_versions(load_balancer="least-request")
+    router = Router(state)
+    exchange, _ = outbound(router)
+    old_picker = exchange.picker
+
+    reconfigure(state)
+    exchange.release()
+
+    assert old_picker.policy._active == {V1: 0, V2: 0}
+    assert old_picker is not router._table[1][id(state.config.services["payment"].routes[-1])]
 
 
 def test_new_config_rebuilds_balancers():
-    state = make_state()
-    addon = Routing(state)
-    first = flow_to()
-    addon.requestheaders(first)
-    assert first.request.host == "payment-v1"
+    state = two_versions()
+    router = Router(state)
+    assert outbound(router)[0].upstream == V1
 
-    state.apply(mesh_config(versions=(V2,), version="def456"))
-    flows = [flow_to() for _ in range(3)]
-    for flow in flows:
-        addon.requestheaders(flow)
+    reconfigure(state, versions=(("v2", V2.host),))
 
-    assert [f.request.host for f in flows] == ["payment-v2"] * 3
+    assert [outbound(router)[0].upstream for _ in range(3)] == [V2] * 3
 
 
 def test_new_config_restarts_round_robin():
-    state = make_state()
-    addon = Routing(state)
-    addon.requestheaders(flow_to())  # v1: the next would be v2
+    state = two_versions()
+    router = Router(state)
+    outbound(router)  # v1: the next would be v2
 
-    state.apply(mesh_config(version="def456"))
-    flow = flow_to()
-    addon.requestheaders(flow)
+    reconfigure(state)
 
-    assert flow.request.host == "payment-v1"
+    assert outbound(router)[0].upstream == V1
 
 
 def test_before_any_config_nothing_is_routed():
-    addon = Routing(MeshState(Identity("shop", "web-v1", "web", "v1")))
-    flow = flow_to()
+    exchange, added = outbound(Router(MeshState(WEB)))
 
-    addon.requestheaders(flow)
-
-    assert flow.request.host == "10.0.0.9"
-    assert flow.metadata[routing.META_SERVICE] == "payment"
+    assert exchange.service is None and exchange.upstream is None
+    assert exchange.service_name == "payment" and added == {}
 
 
 @pytest.mark.parametrize(("authority", "name"), [
@@ -266,37 +178,34 @@ def test_host_name(authority, name):
     assert host_name(authority) == name
 
 
+def test_lazy_query_parses_only_when_read_and_keeps_the_first_value():
+    query = LazyQuery("/pay?a=1&a=2&flag&b=%20x")
+    assert query._parsed is None
+
+    assert dict(query) == {"a": "1", "flag": "", "b": " x"}
+    assert len(query) == 3 and query["flag"] == "" and "c" not in query
+    assert dict(LazyQuery("/pay")) == {}
+
+
 # -- routes, splits, ejections -------------------------------------------------------------
 
-def routed_state(routes: list, load_balancer="round-robin", versions=(V1, V2), **service) -> MeshState:
-    state = MeshState(Identity("shop", "web-v1", "web", "v1"))
-    state.apply(config.parse(json.dumps({"schema": 2, "version": "r1", "services": {"payment": {
-        "versions": [{"name": v.name, "host": v.host} for v in versions], "loadBalancer": load_balancer,
-        "routes": routes, **service}}})))
-    return state
+SPLIT_90_10 = [{"name": "default", "split": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]}]
 
 
 def test_a_90_10_split_is_exact_over_1000_requests():
-    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v1", "weight": 90},
-                                                                {"version": "v2", "weight": 10}]}]))
+    router = Router(routed(SPLIT_90_10))
     counts = {"v1": 0, "v2": 0}
 
     for _ in range(1000):
-        flow = flow_to()
-        addon.requestheaders(flow)
-        counts[flow.metadata[routing.META_VERSION]] += 1
+        counts[outbound(router)[0].version] += 1
 
     assert counts == {"v1": 900, "v2": 100}
 
 
 def test_a_random_split_is_close():
-    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v1", "weight": 90},
-                                                                {"version": "v2", "weight": 10}]}], "random"))
-    v2 = 0
-    for _ in range(2000):
-        flow = flow_to()
-        addon.requestheaders(flow)
-        v2 += flow.metadata[routing.META_VERSION] == "v2"
+    router = Router(routed(SPLIT_90_10, "random"))
+
+    v2 = sum(outbound(router)[0].version == "v2" for _ in range(2000))
 
     assert 140 <= v2 <= 260
 
@@ -310,115 +219,306 @@ REGEX = {"name": "orders", "match": [{"path": {"kind": "regex", "value": "/order
          "split": [{"version": "v2", "weight": 100}]}
 
 
-@pytest.mark.parametrize(("request_kwargs", "headers", "route", "version"), [
-    ({}, ((b"x-canary", b"true"),), "canary", "v2"),
-    ({}, ((b"x-canary", b"TRUE"),), "default", "v1"),  # exact is exact
-    ({"path": b"/pay?canary"}, (), "canary", "v2"),  # OR between match entries
-    ({"path": b"/api/items?x=1"}, (), "api-get", "v1"),
-    ({"path": b"/api/items", "method": b"POST"}, (), "default", "v1"),  # AND inside an entry
-    ({"path": b"/orders/17"}, (), "orders", "v2"),
-    ({"path": b"/orders/17/lines"}, (), "default", "v1"),  # a regex matches the whole path
+@pytest.mark.parametrize(("method", "path", "headers", "route", "version"), [
+    ("GET", "/pay", {"x-canary": "true"}, "canary", "v2"),
+    ("GET", "/pay", {"x-canary": "TRUE"}, "default", "v1"),  # exact is exact
+    ("GET", "/pay?canary", {}, "canary", "v2"),  # OR between match entries
+    ("GET", "/api/items?x=1", {}, "api-get", "v1"),
+    ("POST", "/api/items", {}, "default", "v1"),  # AND inside an entry
+    ("GET", "/orders/17", {}, "orders", "v2"),
+    ("GET", "/orders/17/lines", {}, "default", "v1"),  # a regex matches the whole path
+    ("GET", "/orders/17?canary=1", {}, "canary", "v2"),  # the query is not part of the path
 ])
-def test_the_first_matching_route_decides(request_kwargs, headers, route, version):
-    addon = Routing(routed_state([CANARY, API_GET, REGEX, {"name": "default"}]))
-    flow = flow_to(headers=headers, **request_kwargs)
+def test_the_first_matching_route_decides(method, path, headers, route, version):
+    router = Router(routed([CANARY, API_GET, REGEX, {"name": "default"}]))
 
-    addon.requestheaders(flow)
+    exchange, _ = outbound(router, method=method, path=path, headers=headers)
 
-    assert flow.metadata[routing.META_ROUTE].name == route
-    assert flow.metadata[routing.META_VERSION] == version
+    assert (exchange.route.name, exchange.version) == (route, version)
+
+
+def test_a_given_query_mapping_is_used_instead_of_parsing_the_path():
+    router = Router(routed([CANARY, {"name": "default"}]))
+    exchange = routing.Exchange("outbound", "GET", "payment", "/pay")
+
+    router.outbound(exchange, {}, lambda n, v: None, query={"canary": "1"})
+
+    assert exchange.route.name == "canary"
 
 
 def test_a_source_match_only_takes_that_callers_requests():
-    state = routed_state([API_GET, {"name": "default", "split": [{"version": "v2", "weight": 100}]}])
+    state = routed([API_GET, {"name": "default", "split": [{"version": "v2", "weight": 100}]}])
     state.identity = Identity("shop", "admin-v1", "admin", "v1")
-    flow = flow_to(path=b"/api/items")
 
-    Routing(state).requestheaders(flow)
-
-    assert flow.metadata[routing.META_ROUTE].name == "default"
+    assert outbound(Router(state), path="/api/items")[0].route.name == "default"
 
 
-def test_route_metadata_for_the_addons_that_follow():
-    state = routed_state([CANARY, {"name": "default"}])
-    flow = flow_to(headers=((b"x-canary", b"true"),))
+def test_the_route_timeout_sets_the_deadline():
+    state = routed([CANARY, {"name": "default"}])
     before = routing.now()
 
-    Routing(state).requestheaders(flow)
+    exchange, _ = outbound(Router(state), headers={"x-canary": "true"})
 
-    meta = flow.metadata
-    assert meta[routing.META_SERVICE_CONFIG] is state.config.services["payment"]
-    assert meta[routing.META_ROUTE] is state.config.services["payment"].routes[0]
-    assert meta[routing.META_FLAGS] == []
-    assert meta[routing.META_UPSTREAM] == V2
-    assert before + 0.25 <= meta[routing.META_DEADLINE] <= routing.now() + 0.25
-    assert flow.request.host == "payment-v2"
+    assert exchange.route is state.config.services["payment"].routes[0]
+    assert exchange.upstream == V2
+    assert before + 0.25 <= exchange.deadline <= routing.now() + 0.25
 
 
 def test_no_route_timeout_means_no_deadline():
-    flow = flow_to()
-
-    Routing(make_state()).requestheaders(flow)
-
-    assert flow.metadata[routing.META_DEADLINE] is None
-
-
-def eject(addon: Routing, version: Version) -> None:
-    health = addon.outliers.services["payment"]
-    for _ in range(5):
-        health.record(version.host, 503)
-    assert version.host in health.ejected_hosts()
+    assert outbound(Router(two_versions()))[0].deadline is None
 
 
 OUTLIER = {"outlierDetection": {"consecutive5xxErrors": 5, "baseEjectionTimeMs": 60000, "maxEjectionPercent": 100}}
 
 
+def eject(router: Router, version: Version) -> None:
+    health = router.outliers.services["payment"]
+    for _ in range(5):
+        health.record(version.host, 503)
+    assert version.host in health.ejected_hosts()
+
+
 def test_ejected_versions_are_skipped():
-    addon = Routing(routed_state([{"name": "default"}], **OUTLIER))
-    eject(addon, V1)
-    flows = [flow_to() for _ in range(4)]
+    router = Router(routed([{"name": "default"}], **OUTLIER))
+    eject(router, V1)
 
-    for flow in flows:
-        addon.requestheaders(flow)
+    assert [outbound(router)[0].version for _ in range(4)] == ["v2"] * 4
 
-    assert [f.metadata[routing.META_VERSION] for f in flows] == ["v2"] * 4
+
+def test_ejected_versions_are_skipped_by_a_split_too():
+    router = Router(routed([{"name": "default", "split": [{"version": "v1", "weight": 50},
+                                                          {"version": "v2", "weight": 50}]}], **OUTLIER))
+    eject(router, V2)
+
+    assert [outbound(router)[0].version for _ in range(4)] == ["v1"] * 4
 
 
 def test_panic_mode_when_every_candidate_is_ejected():
-    addon = Routing(routed_state([{"name": "default", "split": [{"version": "v2", "weight": 100}]}], **OUTLIER))
-    eject(addon, V2)
-    flow = flow_to()
+    router = Router(routed([{"name": "default", "split": [{"version": "v2", "weight": 100}]}], **OUTLIER))
+    eject(router, V2)
 
-    addon.requestheaders(flow)
-
-    assert flow.metadata[routing.META_VERSION] == "v2"  # Envoy's panic: better than nothing
+    assert outbound(router)[0].version == "v2"  # Envoy's panic: better than nothing
 
 
 def test_pick_again_prefers_untried_versions_and_releases_the_previous_one():
-    addon = Routing(routed_state([{"name": "default"}], "least-request"))
-    flow = flow_to()
-    addon.requestheaders(flow)
-    first = flow.metadata[routing.META_UPSTREAM]
+    router = Router(routed([{"name": "default"}], "least-request"))
+    exchange, _ = outbound(router)
+    first = exchange.upstream
 
-    second = routing.pick_again(flow, [first])
+    second = exchange.pick_again([first])
 
-    assert second != first
-    assert flow.request.host == second.host
-    assert flow.request.headers["Host"] == "payment:8080"
-    assert in_flight(addon) == {first: 0, second: 1}
-    assert routing.pick_again(flow, [V1, V2]) in (V1, V2)  # everything tried: any will do
-    routing.release(flow)
-    assert in_flight(addon) == {V1: 0, V2: 0}
+    assert second != first and exchange.upstream == second and exchange.version == second.name
+    assert in_flight(router) == {first: 0, second: 1}
+    assert exchange.pick_again([V1, V2]) in (V1, V2)  # everything tried: any will do
+    exchange.release()
+    assert in_flight(router) == {V1: 0, V2: 0}
+
+
+def test_pick_again_on_a_split_stays_within_the_split_and_prefers_the_untried_version():
+    half = Router(routed([{"name": "default", "split": [{"version": "v1", "weight": 50},
+                                                        {"version": "v2", "weight": 50}]}]))
+    only_v2 = Router(routed([{"name": "default", "split": [{"version": "v2", "weight": 100}]}]))
+    exchange, _ = outbound(half)
+    pinned, _ = outbound(only_v2)
+
+    first = exchange.upstream
+    assert exchange.pick_again([first]) != first
+    assert [pinned.pick_again([V2]) for _ in range(3)] == [V2] * 3  # v1 is not in the route's split
 
 
 def test_pickers_are_built_once_per_config():
-    state = routed_state([CANARY, {"name": "default"}])
-    addon = Routing(state)
-    table = addon._table
+    state = routed([CANARY, {"name": "default"}])
+    router = Router(state)
+    table = router._table
 
     for _ in range(3):
-        addon.requestheaders(flow_to())
+        outbound(router)
 
-    assert addon._table is table
-    state.apply(mesh_config(version="def456"))
-    assert addon._table is not table
+    assert router._table is table
+    reconfigure(state)
+    assert router._table is not table
+
+
+def test_routes_without_a_split_share_the_services_balancer():
+    router = Router(routed([CANARY, {"name": "plain", "match": [{"methods": ["POST"]}]}, {"name": "default"}],
+                           "least-request"))
+    config, pickers = router._table
+    routes = config.services["payment"].routes
+
+    assert pickers[id(routes[1])] is pickers[id(routes[2])]  # least-request sees every request to the service
+    assert pickers[id(routes[0])] is not pickers[id(routes[2])]
+
+
+# -- through the fast path ------------------------------------------------------------------
+
+@on_loop
+async def test_fast_path_sends_each_request_to_the_chosen_version_with_the_apps_host():
+    async with Backend() as v1, Backend(host=V2_HOST, port=v1.port) as v2:
+        async with FastPath(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)))) as web:
+            replies = [await web.call(v1.port) for _ in range(4)]
+
+    assert [r.status for r in replies] == [200] * 4
+    assert (len(v1.requests), len(v2.requests)) == (2, 2)
+    for request in v1.requests + v2.requests:
+        assert request.headers["host"] == f"payment:{v1.port}"  # the name the app called, not the pod
+        assert request.headers[SOURCE_HEADER] == "web-v1"
+
+
+@on_loop
+async def test_fast_path_sends_calls_outside_the_mesh_where_the_app_sent_them():
+    async with Backend() as elsewhere:
+        async with FastPath(payment_state()) as web:
+            web.to(elsewhere.port, ip="127.0.0.1")
+            reply = await http_call("127.0.0.1", web.outbound_port, host="example.com")
+            no_host = await http_call("127.0.0.1", web.outbound_port, host=None)
+
+    assert (reply.status, no_host.status) == (200, 200)
+    assert elsewhere.requests[0].headers["host"] == "example.com"
+    assert SOURCE_HEADER not in elsewhere.requests[0].headers
+    assert elsewhere.requests[1].headers["host"] == f"127.0.0.1:{elsewhere.port}"  # the original destination
+    assert [e["destination_service"] for e in web.log_lines()] == ["example.com", "127.0.0.1"]
+
+
+@on_loop
+async def test_fast_path_inbound_takes_the_source_header_off_before_the_app():
+    async with Backend() as app:
+        async with FastPath(payment_state(identity=PAYMENT)) as sidecar:
+            reply = await sidecar.call(app.port, headers=((SOURCE_HEADER, "checkout-v1"),), direction=INBOUND,
+                                       ip="127.0.0.1")
+
+    assert reply.status == 200
+    assert SOURCE_HEADER not in app.requests[0].headers
+    [entry] = sidecar.log_lines()
+    assert (entry["direction"], entry["source"], entry["destination_service"]) == ("inbound", "checkout-v1", "payment")
+
+
+@on_loop
+async def test_fast_path_a_source_header_from_the_app_is_replaced():
+    async with Backend() as app:
+        async with FastPath(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side:
+            payment_side.to(app.port, ip="127.0.0.1")
+            async with FastPath(payment_state(versions=(("v1", V2_HOST),))) as web:
+                await web.call(app.port, headers=((SOURCE_HEADER, "spoofed"),))
+
+    assert payment_side.log_lines()[0]["source"] == "web-v1"
+
+
+@on_loop
+async def test_fast_path_sends_only_its_own_source_header():
+    heads = []
+
+    async def capture(reader, writer):
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(capture) as server, FastPath(payment_state()) as web:
+        reply = await web.call(server.port, headers=((SOURCE_HEADER, "spoofed"),))
+
+    assert reply.status == 200
+    sources = [line for line in heads[0].split(b"\r\n") if line.lower().startswith(SOURCE_HEADER.encode())]
+    assert sources == [SOURCE_HEADER.encode() + b": web-v1"]
+
+
+@on_loop
+async def test_fast_path_releases_least_request_counts():
+    async with Backend() as v1, Backend(host=V2_HOST, port=v1.port) as v2:
+        async with FastPath(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)),
+                                          loadBalancer="least-request")) as web:
+            await asyncio.gather(*(web.call(v1.port) for _ in range(6)))
+            counts = in_flight(web.router)
+
+    assert set(counts.values()) == {0}
+    assert len(v1.requests) + len(v2.requests) == 6
+
+
+# -- through the mitmproxy adapter -------------------------------------------------------------
+
+def test_adapter_routes_the_flow_and_keeps_the_apps_host():
+    adapters = Adapters(two_versions())
+    flows = [flow_to() for _ in range(3)]
+
+    for flow in flows:
+        adapters.routing.requestheaders(flow)
+
+    assert [f.request.host for f in flows] == ["payment-v1", "payment-v2", "payment-v1"]
+    assert [f.request.port for f in flows] == [8080] * 3
+    assert [f.request.headers["Host"] for f in flows] == ["payment:8080"] * 3
+    assert [exchange_of(f).version for f in flows] == ["v1", "v2", "v1"]
+    assert exchange_of(flows[0]).picker.policy is adapters.sidecar.router._table[1][id(
+        exchange_of(flows[0]).route)].policy  # the fast path's router: one policy for both paths
+
+
+def test_adapter_replaces_a_source_header_from_the_app():
+    flow = flow_to(headers=((SOURCE_HEADER.encode(), b"spoofed"),))
+
+    Adapters(two_versions()).routing.requestheaders(flow)
+
+    assert flow.request.headers.get_all(SOURCE_HEADER) == ["web-v1"]
+
+
+def test_adapter_routes_at_the_headers_before_a_streamed_body():
+    flow = flow_to(headers=((b"Content-Length", b"5000000"),))
+    flow.request.data.content = None  # the body has not been read
+    flow.request.stream = True
+
+    Adapters(two_versions()).routing.requestheaders(flow)
+
+    assert flow.request.host == V1.host
+
+
+def test_adapter_keeps_the_http2_authority():
+    flow = h2_flow_to(8080)
+
+    Adapters(two_versions()).routing.requestheaders(flow)
+
+    assert flow.request.host == "payment-v1"
+    assert flow.request.authority == "payment:8080"
+    assert exchange_of(flow).protocol == "HTTP/2.0" and exchange_of(flow).grpc
+
+
+def test_adapter_leaves_calls_outside_the_mesh_alone():
+    flow = flow_to(host_header="example.com")
+
+    Adapters(two_versions()).routing.requestheaders(flow)
+
+    assert flow.request.host == ORIGINAL_IP and SOURCE_HEADER not in flow.request.headers
+    assert exchange_of(flow).service_name == "example.com"
+
+
+def test_adapter_leaves_a_request_without_host_alone():
+    flow = flow_to(host_header=None)
+
+    Adapters(two_versions()).routing.requestheaders(flow)
+
+    assert flow.request.host == ORIGINAL_IP
+    assert exchange_of(flow).service is None and SOURCE_HEADER not in flow.request.headers
+
+
+def test_adapter_inbound_pops_the_source_header():
+    adapters = Adapters(two_versions())
+    adapters.sidecar.state.identity = PAYMENT
+    flow = flow_to(direction=INBOUND, headers=((SOURCE_HEADER.encode(), b"checkout-v1"),))
+
+    adapters.routing.requestheaders(flow)
+
+    assert flow.request.host == ORIGINAL_IP
+    assert SOURCE_HEADER not in flow.request.headers  # the app never sees it
+    exchange = exchange_of(flow)
+    assert (exchange.direction, exchange.source, exchange.service_name) == (INBOUND, "checkout-v1", "payment")
+
+
+@pytest.mark.parametrize("outcome", ["response", "error"])
+def test_adapter_releases_least_request_on_response_or_error(outcome):
+    adapters = Adapters(two_versions(load_balancer="least-request"))
+    flow = flow_to()
+    adapters.routing.requestheaders(flow)
+    assert sum(in_flight(adapters.sidecar.router).values()) == 1
+
+    if outcome == "response":
+        flow.response = tutils.tresp()
+    else:
+        flow.error = tflow.terr()
+    getattr(adapters.routing, outcome)(flow)
+
+    assert in_flight(adapters.sidecar.router) == {V1: 0, V2: 0}

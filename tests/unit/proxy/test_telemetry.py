@@ -1,44 +1,358 @@
-"""Telemetry: Istio-named metrics, JSON stats and the JSON access log."""
+"""Telemetry: Istio-named metrics, JSON stats and the JSON access log.
+
+policy/telemetry.py directly (record() on Exchanges, the TCP counters, stats()), then on
+the wire through the fast path (one hop through two sidecars, pooled connections, a raw
+TCP relay), then through the mitmproxy adapter (flows and TCP flows).
+"""
 
 import asyncio
 import io
 import json
 
 import pytest
-from mitmproxy import eventsequence, http, tcp
-from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy import eventsequence, tcp
 from mitmproxy.test import taddons, tflow, tutils
 
-from meshproxy import config
-from meshproxy.addons import routing
-from meshproxy.addons.resilience import META_ATTEMPTS
-from meshproxy.addons.routing import Routing
-from meshproxy.addons.telemetry import Telemetry
-from meshproxy.config import Identity, MeshState
+from http_backends import Backend
+from meshproxy.config import MeshState
+from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
+from meshproxy.policy.routing import Router
+from meshproxy.policy.telemetry import Telemetry
+from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, FastPath, exchange_of, flow_to,
+                         handover_mode, inbound, mesh_state, on_loop, outbound, payment, payment_state, tcp_exchange,
+                         until)
 
-CONFIG = config.parse(json.dumps({
-    "schema": 2,
-    "version": "abc123",
-    "services": {"payment": {"versions": [{"name": "v1", "host": "payment-v1"},
-                                          {"name": "v2", "host": "payment-v2"}]}},
-}))
-WEB = Identity("shop", "web-v1", "web", "v1")
-PAYMENT = Identity("shop", "payment-v1", "payment", "v1")
+SERVICES = {"payment": payment(None, (("v1", "payment-v1"), ("v2", "payment-v2")))}
 LOG_FIELDS = {"kind", "direction", "workload", "source", "destination_workload", "destination_service",
               "destination_version", "method", "authority", "path", "protocol", "status", "error",
               "duration_ms", "time", "response_flags", "route", "attempts"}
+OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_workload="payment-v1",
+                       destination_service="payment", destination_version="v1", response_code="200",
+                       request_protocol="http", response_flags="-")
+INBOUND_LABELS = dict(reporter="destination", source_workload="web-v1", destination_workload="payment-v1",
+                      destination_service="payment", destination_version="v1", response_code="200",
+                      request_protocol="http", response_flags="-")
 
 
-class Sidecar:
-    """Routing and Telemetry of one sidecar, fed flows through mitmproxy's test context."""
+class Recorder:
+    """A Router and Telemetry on one sidecar's state; record() finishes an Exchange."""
 
-    def __init__(self, identity: Identity, access_log=None) -> None:
-        self.state = MeshState(identity)
-        self.state.apply(CONFIG)
-        self.log = io.StringIO() if access_log is None else access_log
-        self.routing = Routing(self.state)
+    def __init__(self, identity=WEB, services=None) -> None:
+        self.state = mesh_state(SERVICES if services is None else services, identity=identity)
+        self.router = Router(self.state)
+        self.log = io.StringIO()
         self.telemetry = Telemetry(self.state, access_log=self.log)
+
+    def record(self, exchange, status=200, duration=0.003, attempts=1, error=None, flags=()):
+        exchange.status, exchange.error = status, error
+        exchange.attempts = attempts if exchange.route is not None else exchange.attempts
+        exchange.flags += flags
+        exchange.ended = exchange.started + duration
+        self.telemetry.record(exchange)
+        return exchange
+
+    def out(self, **kwargs):
+        request = {k: kwargs.pop(k) for k in ("authority", "path", "method", "headers") if k in kwargs}
+        return self.record(outbound(self.router, **request)[0], **kwargs)
+
+    def count(self, **labels) -> float | None:
+        return self.sample("istio_requests_total", **labels)
+
+    def sample(self, name: str, **labels) -> float | None:
+        return self.telemetry.registry.get_sample_value(name, labels)
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+
+
+# -- the policy ------------------------------------------------------------------------------
+
+def test_outbound_request_is_counted_by_the_source():
+    web = Recorder()
+
+    web.out()
+    web.out()  # round robin: the second goes to v2
+
+    assert web.count(**OUTBOUND_LABELS) == 1
+    assert web.count(**{**OUTBOUND_LABELS, "destination_workload": "payment-v2", "destination_version": "v2"}) == 1
+
+
+def test_inbound_request_is_counted_by_the_destination():
+    payment_side = Recorder(PAYMENT)
+
+    payment_side.record(inbound(payment_side.router, "web-v1"))
+
+    assert payment_side.count(**INBOUND_LABELS) == 1
+    assert payment_side.count(**OUTBOUND_LABELS) is None
+
+
+def test_call_outside_the_mesh():
+    web = Recorder()
+
+    web.out(authority="example.com:443")
+
+    assert web.count(reporter="source", source_workload="web-v1", destination_workload="example.com",
+                     destination_service="example.com", destination_version="unknown",
+                     response_code="200", request_protocol="http", response_flags="-") == 1
+    assert web.log_lines()[0]["route"] is None and web.log_lines()[0]["attempts"] is None
+
+
+def test_grpc_status_and_flags_are_labels():
+    web = Recorder()
+    grpc = outbound(web.router)[0]
+    grpc.grpc = True
+
+    web.record(grpc)
+    web.out(status=503, flags=["UF"])
+
+    assert web.count(**{**OUTBOUND_LABELS, "request_protocol": "grpc"}) == 1
+    assert web.count(**{**OUTBOUND_LABELS, "destination_workload": "payment-v2", "destination_version": "v2",
+                        "response_code": "503", "response_flags": "UF"}) == 1
+
+
+def test_a_failed_request_counts_code_0():
+    web = Recorder()
+
+    web.out(status=0, error="connection reset")
+
+    assert web.count(**{**OUTBOUND_LABELS, "response_code": "0"}) == 1
+    [entry] = web.log_lines()
+    assert (entry["status"], entry["error"]) == (0, "connection reset")
+
+
+def test_duration_histogram():
+    web = Recorder()
+
+    web.out(duration=3.0)
+
+    assert web.sample("istio_request_duration_milliseconds_sum", **OUTBOUND_LABELS) == pytest.approx(3000)
+    assert web.sample("istio_request_duration_milliseconds_bucket", **OUTBOUND_LABELS, le="2500.0") == 0
+    assert web.sample("istio_request_duration_milliseconds_bucket", **OUTBOUND_LABELS, le="5000.0") == 1
+
+
+def test_access_log_lines_are_json():
+    web = Recorder()
+
+    web.out(duration=3.0)
+    web.out(status=0, error="error")
+
+    first, second = web.log_lines()
+    assert set(first) == LOG_FIELDS
+    assert {k: v for k, v in first.items() if k != "time"} == {
+        "kind": "http", "direction": "outbound", "workload": "web-v1", "source": "web-v1",
+        "destination_workload": "payment-v1", "destination_service": "payment", "destination_version": "v1",
+        "method": "GET", "authority": "payment:8080", "path": "/pay", "protocol": "HTTP/1.1",
+        "status": 200, "error": None, "duration_ms": 3000.0,
+        "response_flags": "-", "route": "default", "attempts": 1,
+    }
+    assert isinstance(first["time"], float)
+    assert (second["destination_workload"], second["status"]) == ("payment-v2", 0)
+
+
+def test_inbound_access_log():
+    payment_side = Recorder(PAYMENT)
+
+    payment_side.record(inbound(payment_side.router, "web-v1"))
+
+    [entry] = payment_side.log_lines()
+    assert (entry["direction"], entry["workload"], entry["source"], entry["destination_workload"]) == (
+        "inbound", "payment-v1", "web-v1", "payment-v1")
+
+
+def test_access_log_can_be_off():
+    state = MeshState(WEB)
+    telemetry = Telemetry(state, access_log=None)
+    exchange = outbound(Router(state))[0]
+    exchange.status = 200
+
+    telemetry.record(exchange)
+
+    assert telemetry.registry.get_sample_value("istio_requests_total", {
+        **OUTBOUND_LABELS, "destination_workload": "payment", "destination_version": "unknown"}) == 1
+
+
+def test_retries_are_attempts_not_requests():
+    web = Recorder()
+
+    web.out(status=503, attempts=3, flags=["URX"])
+    web.out()  # v2, one try
+
+    assert web.count(**{**OUTBOUND_LABELS, "response_code": "503", "response_flags": "URX"}) == 1
+    assert web.telemetry.stats()["routes"] == [
+        {"destination_service": "payment", "route": "default", "requests": 2, "attempts": 4, "retries": 2}]
+    first = web.log_lines()[0]
+    assert (first["route"], first["response_flags"], first["attempts"]) == ("default", "URX", 3)
+
+
+def test_a_fault_answered_locally_made_no_attempt():
+    web = Recorder()
+
+    web.out(status=503, attempts=0, flags=["FI"])
+
+    assert web.log_lines()[0]["attempts"] == 0
+    assert web.telemetry.stats()["routes"][0]["attempts"] == 0
+
+
+def test_mirrored_copies_are_counted():
+    web = Recorder()
+    exchange = outbound(web.router)[0]
+    exchange.mirrored = "v2"
+
+    web.record(exchange)
+
+    assert web.telemetry.stats()["mirrored"] == [
+        {"destination_service": "payment", "destination_version": "v2", "count": 1}]
+
+
+def test_stats_json():
+    web = Recorder()
+    for _ in range(3):
+        web.out()
+    labels = web.telemetry.tcp_labels(OUTBOUND, "10.0.0.9:5432")
+    web.telemetry.tcp_opened(labels)
+    web.telemetry.connection_opened("payment-v1", 8080)
+    web.telemetry.connection_opened("payment-v1", 8080)
+
+    stats = json.loads(json.dumps(web.telemetry.stats()))
+
+    assert sorted(stats) == ["durations", "mirrored", "outliers", "requests", "routes", "tcp", "upstream_connections"]
+    assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
+        ("payment-v1", 2), ("payment-v2", 1)]
+    assert stats["requests"][0]["reporter"] == "source"
+    assert stats["tcp"] == [{"reporter": "source", "source_workload": "web-v1",
+                             "destination_workload": "10.0.0.9:5432", "destination_service": "10.0.0.9:5432",
+                             "metric": "istio_tcp_connections_opened_total", "value": 1}]
+    assert stats["upstream_connections"] == [{"destination": "payment-v1:8080", "opened": 2}]
+
+
+def test_stats_when_nothing_happened():
+    assert Telemetry(MeshState(WEB), access_log=None).stats() == {
+        "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "upstream_connections": [],
+        "outliers": {}}
+
+
+def test_stats_json_has_a_latency_histogram_per_label_set():
+    web = Recorder()
+    for duration in (0.002, 0.2, 0.02):
+        web.out(duration=duration)
+
+    rows = json.loads(json.dumps(web.telemetry.stats()))["durations"]
+
+    assert sorted((r["destination_workload"], r["count"]) for r in rows) == [("payment-v1", 2), ("payment-v2", 1)]
+    for row in rows:
+        bounds = [bound for bound, _ in row["buckets"]]
+        counts = [n for _, n in row["buckets"]]
+        assert bounds == sorted(bounds) and bounds[-1] == float("inf")
+        assert counts == sorted(counts) and counts[-1] == row["count"]  # cumulative, like Prometheus
+    v1 = next(r for r in rows if r["destination_workload"] == "payment-v1")
+    assert v1["sum_ms"] == pytest.approx(22, abs=0.01)
+
+
+def test_outliers_are_in_the_stats():
+    state = payment_state(None, (("v1", "payment-v1"),), outlierDetection={"consecutive5xxErrors": 1})
+    outliers = Outliers(state)
+    outliers.services["payment"].record("payment-v1", 503)
+
+    stats = Telemetry(state, access_log=None, outliers=outliers).stats()
+
+    assert [e["version"] for e in stats["outliers"]["payment"]["ejected"]] == ["v1"]
+
+
+TCP_OUT = dict(reporter="source", source_workload="web-v1", destination_workload="10.0.0.9:5432",
+               destination_service="10.0.0.9:5432")
+TCP_IN = dict(reporter="destination", source_workload="unknown", destination_workload="payment-v1",
+              destination_service="payment")
+
+
+@pytest.mark.parametrize(("identity", "direction", "labels"), [(WEB, OUTBOUND, TCP_OUT), (PAYMENT, INBOUND, TCP_IN)])
+def test_tcp_bytes_and_connections_are_counted(identity, direction, labels):
+    side = Recorder(identity)
+    telemetry = side.telemetry
+    connection = telemetry.tcp_labels(direction, "10.0.0.9:5432")
+
+    telemetry.tcp_opened(connection)
+    telemetry.tcp_bytes(connection, True, 5)
+    telemetry.tcp_bytes(connection, False, 7)
+    telemetry.tcp_bytes(connection, True, 3)
+    telemetry.tcp_closed(connection, "connection refused", "FI")
+
+    assert side.sample("istio_tcp_connections_opened_total", **labels) == 1
+    assert side.sample("istio_tcp_received_bytes_total", **labels) == 8
+    assert side.sample("istio_tcp_sent_bytes_total", **labels) == 7
+    assert side.sample("istio_tcp_connections_closed_total", **labels) == 1
+    [entry] = side.log_lines()
+    assert {k: v for k, v in entry.items() if k != "time"} == {
+        "kind": "tcp", "direction": direction, "workload": identity.workload,
+        "destination": labels["destination_workload"], "response_flags": "FI", "error": "connection refused"}
+
+
+def test_metric_names_follow_istio():
+    names = {metric.name for metric in Recorder().telemetry.registry.collect()}
+
+    assert names == {"istio_requests", "istio_request_duration_milliseconds", "istio_tcp_connections_opened",
+                     "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
+                     # meshcli's own, beside Istio's
+                     "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests",
+                     "meshcli_upstream_connections_opened"}
+
+
+# -- on the wire, through the fast path ------------------------------------------------------
+
+@on_loop
+async def test_one_hop_is_seen_by_both_sidecars():
+    async with Backend() as app:
+        # web calls payment:P; its sidecar sends it to payment-v1 (127.0.0.2:P), whose
+        # sidecar's inbound listener passes it to the app behind it (127.0.0.1:P)
+        async with FastPath(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side, \
+                FastPath(payment_state(versions=(("v1", V2_HOST),))) as web:
+            payment_side.to(app.port, V1_HOST)
+            reply = await web.call(app.port)
+
+    assert reply.status == 200
+    port_labels = {"destination_workload": V2_HOST}
+    assert web.stats()["requests"] == [{**OUTBOUND_LABELS, **port_labels, "count": 1}]
+    assert payment_side.stats()["requests"] == [{**INBOUND_LABELS, "count": 1}]
+    assert "x-meshcli-source" not in app.requests[0].headers
+
+
+@on_loop
+async def test_pooled_connections_are_counted_once():
+    async with Backend() as v1, FastPath(payment_state()) as web:
+        for _ in range(3):
+            await web.call(v1.port)
+
+    assert v1.connections == 1
+    assert web.stats()["upstream_connections"] == [{"destination": f"{V1_HOST}:{v1.port}", "opened": 1}]
+    assert [r["count"] for r in web.stats()["requests"]] == [3]
+
+
+@on_loop
+async def test_a_raw_tcp_relay_is_counted():
+    async with EchoServer() as echo, FastPath(payment_state()) as web:
+        web.to(echo.port, V1_HOST)
+        received, _, _, _ = await tcp_exchange(V1_HOST, web.outbound_port, b"\x00hello", 6)
+        await until(lambda: web.log_lines())
+
+    destination = f"{V1_HOST}:{echo.port}"
+    labels = {"reporter": "source", "source_workload": "web-v1", "destination_workload": destination,
+              "destination_service": destination}
+    tcp_rows = {row["metric"]: row["value"] for row in web.stats()["tcp"] if row["destination_workload"] == destination}
+    assert received == b"\x00hello"
+    assert tcp_rows == {"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
+                        "istio_tcp_received_bytes_total": 6, "istio_tcp_sent_bytes_total": 6}
+    assert web.telemetry.registry.get_sample_value("istio_tcp_sent_bytes_total", labels) == 6
+
+
+# -- through the mitmproxy adapter -------------------------------------------------------------
+
+class Flows:
+    """The Routing and Telemetry adapters of one sidecar, fed flows through mitmproxy's test context."""
+
+    def __init__(self, identity=WEB) -> None:
+        self.adapters = Adapters(mesh_state(SERVICES, identity=identity))
+        self.routing, self.telemetry = self.adapters.routing, self.adapters.telemetry
+        self.registry = self.adapters.sidecar.telemetry.registry
 
     def run(self, flow) -> None:
         async def cycle():
@@ -49,108 +363,55 @@ class Sidecar:
         asyncio.run(cycle())
 
     def count(self, **labels) -> float | None:
-        return self.telemetry.registry.get_sample_value("istio_requests_total", labels)
+        return self.registry.get_sample_value("istio_requests_total", labels)
 
     def sample(self, name: str, **labels) -> float | None:
-        return self.telemetry.registry.get_sample_value(name, labels)
-
-    def log_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+        return self.registry.get_sample_value(name, labels)
 
 
-def http_flow(port=routing.OUTBOUND_PORT, headers=(), resp=True, err=False) -> http.HTTPFlow:
-    req = tutils.treq(host="10.0.0.9", port=8080, content=b"",
-                      headers=http.Headers(((b"Host", b"payment:8080"),) + headers))
-    flow = tflow.tflow(req=req, resp=resp, err=err)
-    flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{port}")
+def http_flow(direction=OUTBOUND, headers=(), resp=True, err=False):
+    flow = flow_to(direction=direction, headers=headers)
+    if resp is not True:
+        flow.response = resp or None
+    else:
+        flow.response = tutils.tresp()
+    if err:
+        flow.error = tflow.terr()
     return flow
 
 
-OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_workload="payment-v1",
-                       destination_service="payment", destination_version="v1", response_code="200",
-                       request_protocol="http", response_flags="-")
-INBOUND_LABELS = dict(reporter="destination", source_workload="web-v1", destination_workload="payment-v1",
-                      destination_service="payment", destination_version="v1", response_code="200",
-                      request_protocol="http", response_flags="-")
+def test_adapter_counts_a_flow_mitmproxy_forwarded_as_one_attempt():
+    web = Flows()
 
-
-def test_outbound_request_is_counted_by_the_source():
-    web = Sidecar(WEB)
-
-    web.run(http_flow())
-    web.run(http_flow())  # round robin: the second goes to v2
+    web.run(http_flow())  # treq starts at 946681200, tresp ends at 946681203
 
     assert web.count(**OUTBOUND_LABELS) == 1
-    assert web.count(**{**OUTBOUND_LABELS, "destination_workload": "payment-v2", "destination_version": "v2"}) == 1
+    assert web.sample("istio_request_duration_milliseconds_sum", **OUTBOUND_LABELS) == pytest.approx(3000)
+    entry = web.adapters.log_lines()[0]
+    assert (entry["attempts"], entry["route"], entry["duration_ms"]) == (1, "default", 3000.0)
 
 
-def test_inbound_request_is_counted_by_the_destination():
-    payment = Sidecar(PAYMENT)
+def test_adapter_inbound_flow_is_counted_by_the_destination():
+    payment_side = Flows(PAYMENT)
 
-    payment.run(http_flow(port=routing.INBOUND_PORT, headers=((b"x-meshcli-source", b"web-v1"),)))
+    payment_side.run(http_flow(INBOUND, headers=((b"x-meshcli-source", b"web-v1"),)))
 
-    assert payment.count(**INBOUND_LABELS) == 1
-    assert payment.count(**OUTBOUND_LABELS) is None
-
-
-def test_one_hop_is_seen_by_both_sidecars():
-    web, payment = Sidecar(WEB), Sidecar(PAYMENT)
-    outbound = http_flow()
-    web.run(outbound)
-
-    # what the client sidecar sent is what the server sidecar receives
-    inbound = http_flow(port=routing.INBOUND_PORT,
-                        headers=((b"x-meshcli-source", outbound.request.headers["x-meshcli-source"].encode()),))
-    payment.run(inbound)
-
-    assert web.count(**OUTBOUND_LABELS) == 1
-    assert payment.count(**INBOUND_LABELS) == 1
+    assert payment_side.count(**INBOUND_LABELS) == 1
 
 
-def test_call_outside_the_mesh():
-    web = Sidecar(WEB)
-    flow = http_flow()
-    flow.request.headers["Host"] = "example.com"
-
-    web.run(flow)
-
-    assert web.count(reporter="source", source_workload="web-v1", destination_workload="10.0.0.9",
-                     destination_service="example.com", destination_version="unknown",
-                     response_code="200", request_protocol="http", response_flags="-") == 1
-
-
-def test_grpc_is_labelled():
-    web = Sidecar(WEB)
-
-    web.run(http_flow(headers=((b"content-type", b"application/grpc+proto"),)))
-
-    assert web.count(**{**OUTBOUND_LABELS, "request_protocol": "grpc"}) == 1
-
-
-def test_status_code_is_a_label():
-    web = Sidecar(WEB)
-
-    web.run(http_flow(resp=tutils.tresp(status_code=503)))
-
-    assert web.count(**{**OUTBOUND_LABELS, "response_code": "503"}) == 1
-    assert web.count(**OUTBOUND_LABELS) is None
-
-
-def test_error_without_response_counts_code_0():
-    web = Sidecar(WEB)
+def test_adapter_error_without_response_counts_code_0():
+    web = Flows()
 
     web.run(http_flow(resp=False, err=True))
 
     assert web.count(**{**OUTBOUND_LABELS, "response_code": "0"}) == 1
-    [entry] = web.log_lines()
-    assert entry["status"] == 0
-    assert entry["error"] == "error"
+    assert web.adapters.log_lines()[0]["error"] == "error"
 
 
-def test_error_after_response_headers_is_counted_once():
+def test_adapter_error_after_response_headers_is_counted_once():
     # mitmproxy sets flow.response when headers arrive; if the body then fails it fires
     # error instead of response. That request failed and must still be counted.
-    web = Sidecar(WEB)
+    web = Flows()
     flow = http_flow(resp=False)
     web.run(flow)  # request hooks
     assert web.count(**OUTBOUND_LABELS) is None
@@ -163,123 +424,36 @@ def test_error_after_response_headers_is_counted_once():
     assert web.count(**OUTBOUND_LABELS) is None
 
 
-def test_duration_histogram():
-    web = Sidecar(WEB)
+def test_adapter_a_fault_answered_locally_made_no_attempt():
+    web = Flows()
+    flow = http_flow(resp=tutils.tresp(status_code=503))
+    web.routing.requestheaders(flow)
+    exchange_of(flow).flags.append("FI")
 
-    web.run(http_flow())  # treq starts at 946681200, tresp ends at 946681203
+    web.telemetry.response(flow)
 
-    labels = {**OUTBOUND_LABELS}
-    assert web.sample("istio_request_duration_milliseconds_sum", **labels) == pytest.approx(3000)
-    assert web.sample("istio_request_duration_milliseconds_bucket", **labels, le="2500.0") == 0
-    assert web.sample("istio_request_duration_milliseconds_bucket", **labels, le="5000.0") == 1
-
-
-def test_access_log_lines_are_json():
-    web = Sidecar(WEB)
-
-    web.run(http_flow())
-    web.run(http_flow(resp=False, err=True))
-
-    first, second = web.log_lines()
-    assert set(first) == LOG_FIELDS
-    assert {k: v for k, v in first.items() if k != "time"} == {
-        "kind": "http", "direction": "outbound", "workload": "web-v1", "source": "web-v1",
-        "destination_workload": "payment-v1", "destination_service": "payment", "destination_version": "v1",
-        "method": "GET", "authority": "payment:8080", "path": "/path", "protocol": "HTTP/1.1",
-        "status": 200, "error": None, "duration_ms": 3000.0,
-        "response_flags": "-", "route": "default", "attempts": 1,
-    }
-    assert isinstance(first["time"], float)
-    assert second["destination_workload"] == "payment-v2"
-    assert second["status"] == 0
+    assert web.adapters.log_lines()[0]["attempts"] == 0
 
 
-def test_inbound_access_log():
-    payment = Sidecar(PAYMENT)
-
-    payment.run(http_flow(port=routing.INBOUND_PORT, headers=((b"x-meshcli-source", b"web-v1"),)))
-
-    [entry] = payment.log_lines()
-    assert (entry["direction"], entry["workload"], entry["source"], entry["destination_workload"]) == (
-        "inbound", "payment-v1", "web-v1", "payment-v1")
-
-
-def test_access_log_can_be_off():
-    state = MeshState(WEB)
-    telemetry = Telemetry(state, access_log=None)
-    flow = http_flow()
-
-    telemetry.response(flow)
-
-    assert telemetry.registry.get_sample_value("istio_requests_total", {
-        **OUTBOUND_LABELS, "destination_workload": "10.0.0.9", "destination_service": "unknown",
-        "destination_version": "unknown"}) == 1
-
-
-def test_stats_json():
-    web = Sidecar(WEB)
-    web.run(http_flow())
-    web.run(http_flow())
-    web.run(http_flow())
-    tcp_flow = tcp_flow_on(routing.OUTBOUND_PORT)
-    web.telemetry.tcp_start(tcp_flow)
-
-    stats = json.loads(json.dumps(web.telemetry.stats()))
-
-    assert sorted(stats) == ["durations", "mirrored", "outliers", "requests", "routes", "tcp"]
-    assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
-        ("payment-v1", 2), ("payment-v2", 1)]
-    assert stats["requests"][0]["reporter"] == "source"
-    assert stats["tcp"] == [{"reporter": "source", "source_workload": "web-v1",
-                             "destination_workload": "address:22", "destination_service": "address:22",
-                             "metric": "istio_tcp_connections_opened_total", "value": 1}]
-
-
-def test_stats_when_nothing_happened():
-    assert Telemetry(MeshState(WEB), access_log=None).stats() == {
-        "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "outliers": {}}
-
-
-def test_stats_json_has_a_latency_histogram_per_label_set():
-    web = Sidecar(WEB)
-    web.run(http_flow())
-    web.run(http_flow())
-    web.run(http_flow())
-
-    rows = json.loads(json.dumps(web.telemetry.stats()))["durations"]
-
-    assert sorted((r["destination_workload"], r["count"]) for r in rows) == [("payment-v1", 2), ("payment-v2", 1)]
-    for row in rows:
-        bounds = [bound for bound, _ in row["buckets"]]
-        counts = [n for _, n in row["buckets"]]
-        assert bounds == sorted(bounds) and bounds[-1] == float("inf")
-        assert counts == sorted(counts) and counts[-1] == row["count"]  # cumulative, like Prometheus
-        assert row["sum_ms"] >= 0
-
-
-# -- TCP ---------------------------------------------------------------------------------
-
-def tcp_flow_on(port: int) -> tcp.TCPFlow:
+def tcp_flow_on(direction: str) -> tcp.TCPFlow:
     flow = tflow.ttcpflow(messages=[])
-    flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{port}")
+    flow.client_conn.proxy_mode = handover_mode(direction)
     return flow
 
 
-TCP_OUT = dict(reporter="source", source_workload="web-v1", destination_workload="address:22",
-               destination_service="address:22")
-TCP_IN = dict(reporter="destination", source_workload="unknown", destination_workload="payment-v1",
-              destination_service="payment")
+ADAPTER_TCP_OUT = dict(reporter="source", source_workload="web-v1", destination_workload="address:22",
+                       destination_service="address:22")
 
 
-def relay(telemetry: Telemetry, flow: tcp.TCPFlow, from_client: bool, data: bytes) -> None:
+def relay(telemetry, flow: tcp.TCPFlow, from_client: bool, data: bytes) -> None:
     """What mitmproxy's TCP layer does per chunk: append the message, then call the hook."""
     flow.messages.append(tcp.TCPMessage(from_client, data))
     telemetry.tcp_message(flow)
 
 
-def test_tcp_bytes_and_connections_are_counted():
-    web = Sidecar(WEB)
-    flow = tcp_flow_on(routing.OUTBOUND_PORT)
+def test_adapter_tcp_bytes_and_connections_are_counted_and_messages_not_kept():
+    web = Flows()
+    flow = tcp_flow_on(OUTBOUND)
 
     web.telemetry.tcp_start(flow)
     relay(web.telemetry, flow, True, b"hello")
@@ -287,115 +461,55 @@ def test_tcp_bytes_and_connections_are_counted():
     relay(web.telemetry, flow, True, b"bye")
     web.telemetry.tcp_end(flow)
 
-    assert web.sample("istio_tcp_connections_opened_total", **TCP_OUT) == 1
-    assert web.sample("istio_tcp_received_bytes_total", **TCP_OUT) == 8
-    assert web.sample("istio_tcp_sent_bytes_total", **TCP_OUT) == 7
-    assert web.sample("istio_tcp_connections_closed_total", **TCP_OUT) == 1
-
-
-def test_tcp_messages_are_not_kept():
-    web = Sidecar(WEB)
-    flow = tcp_flow_on(routing.OUTBOUND_PORT)
-
-    relay(web.telemetry, flow, True, b"x" * 1000)
-
     assert flow.messages == []
+    assert web.sample("istio_tcp_connections_opened_total", **ADAPTER_TCP_OUT) == 1
+    assert web.sample("istio_tcp_received_bytes_total", **ADAPTER_TCP_OUT) == 8
+    assert web.sample("istio_tcp_sent_bytes_total", **ADAPTER_TCP_OUT) == 7
+    assert web.sample("istio_tcp_connections_closed_total", **ADAPTER_TCP_OUT) == 1
 
 
-def test_inbound_tcp_is_reported_by_the_destination():
-    payment = Sidecar(PAYMENT)
-    flow = tcp_flow_on(routing.INBOUND_PORT)
+def test_adapter_inbound_tcp_is_reported_by_the_destination():
+    payment_side = Flows(PAYMENT)
+    flow = tcp_flow_on(INBOUND)
 
-    payment.telemetry.tcp_start(flow)
-    relay(payment.telemetry, flow, True, b"ping")
-    payment.telemetry.tcp_end(flow)
+    payment_side.run(flow)
 
-    assert payment.sample("istio_tcp_connections_opened_total", **TCP_IN) == 1
-    assert payment.sample("istio_tcp_received_bytes_total", **TCP_IN) == 4
-    assert payment.sample("istio_tcp_connections_closed_total", **TCP_IN) == 1
+    assert payment_side.sample("istio_tcp_connections_opened_total", **TCP_IN) == 1
+    assert payment_side.sample("istio_tcp_connections_closed_total", **TCP_IN) == 1
 
 
-def test_tcp_through_the_test_context():
-    web = Sidecar(WEB)
+def test_adapter_tcp_through_the_test_context():
+    web = Flows()
     flow = tflow.ttcpflow()  # two messages: 5 bytes from the client, 7 from the server
-    flow.client_conn.proxy_mode = ProxyMode.parse(f"transparent@{routing.OUTBOUND_PORT}")
+    flow.client_conn.proxy_mode = handover_mode(OUTBOUND)
 
     web.run(flow)
 
-    assert web.sample("istio_tcp_connections_opened_total", **TCP_OUT) == 1
-    assert web.sample("istio_tcp_received_bytes_total", **TCP_OUT) == 5
-    assert web.sample("istio_tcp_sent_bytes_total", **TCP_OUT) == 7
-    assert web.sample("istio_tcp_connections_closed_total", **TCP_OUT) == 1
+    assert web.sample("istio_tcp_connections_opened_total", **ADAPTER_TCP_OUT) == 1
+    assert web.sample("istio_tcp_received_bytes_total", **ADAPTER_TCP_OUT) == 5
+    assert web.sample("istio_tcp_sent_bytes_total", **ADAPTER_TCP_OUT) == 7
+    assert web.sample("istio_tcp_connections_closed_total", **ADAPTER_TCP_OUT) == 1
 
 
-def test_tcp_end_and_error_close_the_connection_once_each():
-    web = Sidecar(WEB)
-    ended, failed = tcp_flow_on(routing.OUTBOUND_PORT), tcp_flow_on(routing.OUTBOUND_PORT)
+def test_adapter_tcp_end_and_error_close_the_connection_once_each():
+    web = Flows()
+    ended, failed = tcp_flow_on(OUTBOUND), tcp_flow_on(OUTBOUND)
     failed.error = tflow.terr("connection refused")
 
     web.telemetry.tcp_end(ended)
     web.telemetry.tcp_error(failed)
 
-    assert web.sample("istio_tcp_connections_closed_total", **TCP_OUT) == 2
-    assert [(e["kind"], e["direction"], e["destination"], e["error"]) for e in web.log_lines()] == [
+    assert web.sample("istio_tcp_connections_closed_total", **ADAPTER_TCP_OUT) == 2
+    assert [(e["kind"], e["direction"], e["destination"], e["error"]) for e in web.adapters.log_lines()] == [
         ("tcp", "outbound", "address:22", None), ("tcp", "outbound", "address:22", "connection refused")]
 
 
-def test_tcp_without_server_address():
-    web = Sidecar(WEB)
-    flow = tcp_flow_on(routing.OUTBOUND_PORT)
+def test_adapter_tcp_without_server_address():
+    web = Flows()
+    flow = tcp_flow_on(OUTBOUND)
     flow.server_conn.address = None
 
     web.telemetry.tcp_start(flow)
 
     assert web.sample("istio_tcp_connections_opened_total", **{
-        **TCP_OUT, "destination_workload": "unknown:0", "destination_service": "unknown:0"}) == 1
-
-
-def test_metric_names_follow_istio():
-    names = {metric.name for metric in Sidecar(WEB).telemetry.registry.collect()}
-
-    assert names == {"istio_requests", "istio_request_duration_milliseconds", "istio_tcp_connections_opened",
-                     "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
-                     # meshcli's own, beside Istio's
-                     "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests"}
-
-
-def test_retries_are_attempts_not_requests():
-    web = Sidecar(WEB)
-    flow = http_flow(resp=tutils.tresp(status_code=503))
-    web.routing.requestheaders(flow)
-    flow.metadata[META_ATTEMPTS] = 3
-    flow.metadata[routing.META_FLAGS].append("URX")
-    web.telemetry.response(flow)
-    web.run(http_flow())  # v2, one try
-
-    labels = {**OUTBOUND_LABELS, "response_code": "503", "response_flags": "URX"}
-    assert web.count(**labels) == 1
-    assert web.telemetry.stats()["routes"] == [
-        {"destination_service": "payment", "route": "default", "requests": 2, "attempts": 4, "retries": 2}]
-    first = web.log_lines()[0]
-    assert (first["route"], first["response_flags"], first["attempts"]) == ("default", "URX", 3)
-
-
-def test_a_fault_answered_locally_made_no_attempt():
-    web = Sidecar(WEB)
-    flow = http_flow(resp=tutils.tresp(status_code=503))
-    web.routing.requestheaders(flow)
-    flow.metadata[routing.META_FLAGS].append("FI")
-    web.telemetry.response(flow)
-
-    assert web.log_lines()[0]["attempts"] == 0
-    assert web.telemetry.stats()["routes"][0]["attempts"] == 0
-
-
-def test_outliers_are_in_the_stats():
-    state = MeshState(WEB)
-    state.apply(config.parse(json.dumps({"schema": 2, "version": "x", "services": {"payment": {
-        "versions": [{"name": "v1", "host": "payment-v1"}], "outlierDetection": {"consecutive5xxErrors": 1}}}})))
-    outliers = Outliers(state)
-    outliers.services["payment"].record("payment-v1", 503)
-
-    stats = Telemetry(state, access_log=None, outliers=outliers).stats()
-
-    assert [e["version"] for e in stats["outliers"]["payment"]["ejected"]] == ["v1"]
+        **ADAPTER_TCP_OUT, "destination_workload": "unknown:0", "destination_service": "unknown:0"}) == 1
