@@ -4,7 +4,6 @@ version, like `istioctl proxy-status`), its URLs; a rejected mesh.yaml; the hot-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -40,16 +39,12 @@ def healthy(statuses) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command("status")
-    def status(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
-        as_json: bool = common.Json,
-    ) -> None:
+    @common.project_command()
+    def status(project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
         from meshcli import control_plane, fault_layer, sidecar_config, status as core, watcher
 
-        located = common.locate(compose_file, mesh_file, project)
+        located = project.locate()
         loaded, mesh_error = core.load(located)
         statuses = core.collect(loaded)
         on_disk = sidecar_config.current(located.config_dir)

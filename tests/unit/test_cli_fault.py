@@ -33,11 +33,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def faults_file(demo: Path) -> list[dict]:
-    return json.loads((demo / ".mesh" / "faults.json").read_text())["faults"]
+    return json.loads((demo / ".mesh" / "meshcli-demo" / "faults.json").read_text())["faults"]
 
 
 def sidecar_faults(demo: Path) -> list[dict]:
-    return json.loads((demo / ".mesh" / "config" / "sidecar.json").read_text())["faults"]
+    return json.loads((demo / ".mesh" / "meshcli-demo" / "config" / "sidecar.json").read_text())["faults"]
 
 
 def test_fault_service_sets_an_http_fault_and_compiles_it(capsys, demo):
@@ -72,7 +72,7 @@ def test_fault_waits_for_running_sidecars(capsys, demo, monkeypatch):
     code, _, err = run(capsys, "fault", "payment", "--delay", "2s", "--timeout", "12")
 
     assert code == 0
-    assert waited == [(json.loads((demo / ".mesh/config/sidecar.json").read_text())["version"], 12.0)]
+    assert waited == [(json.loads((demo / ".mesh/meshcli-demo/config/sidecar.json").read_text())["version"], 12.0)]
     assert "generation 1 running on 9/9 sidecars" in err
 
     waited.clear()
@@ -131,4 +131,4 @@ def test_bad_input_exits_2_and_changes_nothing(capsys, demo, argv, message):
 
     assert code == 2
     assert message in err
-    assert not (demo / ".mesh" / "faults.json").exists()
+    assert not (demo / ".mesh" / "meshcli-demo" / "faults.json").exists()
