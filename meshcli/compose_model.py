@@ -279,11 +279,11 @@ _OTHER_TOP_LEVEL = {"name", "version", "networks", "volumes", "secrets", "config
 
 # --- loading -----------------------------------------------------------------------------
 
-def load(options: ComposeOptions | Path) -> ComposeProject:
+def load(options: ComposeOptions | Path | str) -> ComposeProject:
     """The project as `docker compose` resolves it; InputError (exit 2) when compose rejects it.
     A path is short for `-f PATH`."""
-    if isinstance(options, Path):
-        options = ComposeOptions(files=(str(options.absolute()),))
+    if not isinstance(options, ComposeOptions):
+        options = ComposeOptions(files=(str(Path(options).absolute()),))
     paths = source_files(options)
     sources = _parse_sources(paths, options)
     model = config(options, _meshcli_variables(options, sources))
