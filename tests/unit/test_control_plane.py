@@ -168,7 +168,7 @@ def test_split_json_reports_the_generation(demo, capsys):
 
     data = json.loads(capsys.readouterr().out)
     assert data["changed"] and data["generation"] == 1 and data["sidecars"] is None
-    assert data["version"] == sidecar_config.current_version(demo / ".mesh" / "config")
+    assert data["version"] == sidecar_config.current_version(demo / ".mesh" / "meshcli-demo" / "config")
     assert "split: {v2: 100}" in (demo / "mesh.yaml").read_text()
 
 

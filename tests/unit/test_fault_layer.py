@@ -126,7 +126,7 @@ def test_bad_values_are_input_errors(loaded, service, options, message):
 
 def test_an_unreadable_file_is_an_error_that_clear_fixes(loaded):
     ws = loaded.workspace
-    (ws.state_dir).mkdir(exist_ok=True)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
     (ws.state_dir / "faults.json").write_text("{not json")
 
     with pytest.raises(MeshError, match="meshcli fault clear|not a faults file"):
@@ -178,7 +178,7 @@ def test_concurrent_writers_lose_no_fault(loaded):
     sources = ["frontend", "orders", "greeter", "greeter-client", "payment"]
     context = multiprocessing.get_context("fork")
     last_ids = context.Queue()
-    workers = [context.Process(target=_add_faults_from, args=(str(loaded.workspace.compose_file), s, last_ids))
+    workers = [context.Process(target=_add_faults_from, args=(str(loaded.project.path), s, last_ids))
                for s in sources]
     for worker in workers:
         worker.start()

@@ -83,7 +83,9 @@ def engine(monkeypatch) -> Engine:
 def shop(tmp_path):
     (tmp_path / "compose.yaml").write_text(COMPOSE)
     (tmp_path / "mesh.yaml").write_text(MESH)
-    workspace.render(workspace.load(locate(tmp_path / "compose.yaml")), "meshcli-sidecar:test")  # as `up` does
+    located = locate(tmp_path / "compose.yaml")
+    workspace.write_rendered(workspace.load(located), "meshcli-sidecar:test")  # as `up` does
+    control_plane.apply(located)
     return tmp_path
 
 
@@ -93,7 +95,7 @@ def mesh(shop, engine) -> Mesh:
 
 
 def sidecar_json(shop) -> dict:
-    return json.loads((shop / ".mesh" / "config" / "sidecar.json").read_text())
+    return json.loads((shop / ".mesh" / "shop" / "config" / "sidecar.json").read_text())
 
 
 def default_route(shop, service: str = "payment") -> dict:
@@ -293,13 +295,13 @@ def test_attach_gives_up_on_a_mesh_that_stays_unhealthy(shop, engine):
 @pytest.fixture
 def fake_lifecycle(engine, monkeypatch):
     def up(workspace, progress, wait_timeout=180, build=False, wait=True):
-        engine.ups.append({"project": workspace.project_name, "timeout": wait_timeout, "build": build})
+        engine.ups.append({"project": workspace.project.name, "timeout": wait_timeout, "build": build})
         loaded = workspace_module.load(workspace)
         return lifecycle.UpResult(loaded, workspace.rendered_file, "meshcli-sidecar:test", list(engine.statuses))
 
     monkeypatch.setattr(lifecycle, "up", up)
     monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=True: engine.downs.append(
-        workspace.project_name))
+        workspace.project.name))
 
 
 def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engine, fake_lifecycle):
