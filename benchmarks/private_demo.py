@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from meshcli import demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,9 +31,7 @@ def meshcli(directory: Path, *args: str, env: dict | None = None) -> tuple[float
 def copy_of_demo() -> Iterator[tuple[Path, str]]:
     """(the copy's compose directory, a unique project name); the project is taken down after."""
     with tempfile.TemporaryDirectory(prefix="meshcli-bench-") as tmp:
-        root = Path(tmp)
-        shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
-        shutil.copytree(REPO / "sample-apps", root / "sample-apps")
+        root = demo.copy(Path(tmp) / "demo").directory
         project = f"meshbench-{uuid.uuid4().hex[:6]}"
         try:
             yield root / "compose", project
