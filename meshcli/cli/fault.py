@@ -11,8 +11,6 @@ import time
 from typing import Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
 from meshcli.cli import common, output
@@ -121,6 +119,9 @@ def register(app: typer.Typer) -> None:
         if not faults:
             output.info("no faults in force")
             return
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("ID", "SERVICE", "SOURCE", "FAULT", "TIME LEFT"):
             table.add_column(column)

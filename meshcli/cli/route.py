@@ -8,14 +8,10 @@ from typing import Callable, Optional
 
 import typer
 
-from meshcli import rule_input
 from meshcli.cli import common, mesh_edits, output
-from meshcli.errors import InputError
 
 
 def register(app: typer.Typer) -> None:
-    from meshcli import mesh_edit
-
     route_app = typer.Typer(help="Timeouts, retries, circuit breaking, outlier detection, mirroring and "
                                  "header/path routing rules, written to mesh.yaml.", no_args_is_help=True)
     app.add_typer(route_app, name="route")
@@ -30,6 +26,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Give calls to a service a deadline (retries included); past it callers get 504."""
+        from meshcli import mesh_edit, rule_input
+
         if rule_input.is_off(value):
             what = "timeout off"
             transform = lambda text, path: mesh_edit.remove(text, path, service, "timeout", route)
@@ -56,6 +54,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) the retry policy of calls to a service, or `off` to remove it."""
+        from meshcli import mesh_edit, rule_input
+
         if off is not None:
             settings = (attempts, per_try_timeout, retry_on, backoff)
             rule_input.check_off(off, retry_non_idempotent or any(v is not None for v in settings),
@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) the connection limits callers' sidecars keep for a service, or `off`."""
+        from meshcli import mesh_edit
+
         policy = {k: v for k, v in (("maxConnections", max_connections), ("maxPendingRequests", max_pending),
                                     ("maxRequestsPerConnection", max_per_connection)) if v is not None}
         _policy(service, off, policy, "circuitBreaker", "circuit-breaker", mesh_edit.set_circuit_breaker,
@@ -105,6 +107,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Set (replace) when callers' sidecars eject a failing version of a service, or `off`."""
+        from meshcli import mesh_edit, rule_input
+
         policy = {k: v for k, v in (
             ("consecutive5xxErrors", consecutive_5xx), ("consecutiveGatewayErrors", consecutive_gateway),
             ("baseEjectionTime", rule_input.duration(base_ejection_time, "--base-ejection-time") if base_ejection_time else None),
@@ -123,6 +127,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Copy a share of the requests to a version (fire and forget; its answers are discarded)."""
+        from meshcli import mesh_edit, rule_input
+
         if rule_input.is_off(version):
             what = "mirror off"
             transform = lambda text, path: mesh_edit.remove(text, path, service, "mirror", route)
@@ -154,6 +160,8 @@ def register(app: typer.Typer) -> None:
         Adds the route before the default route, or replaces the match and destination of the
         route of that name.
         """
+        from meshcli import mesh_edit, rule_input
+
         conditions = rule_input.match(header, header_prefix, header_present, path_prefix, path_exact, method, query, source)
         transform = lambda text, path: mesh_edit.set_match_route(text, path, service, name, conditions, to)
         mesh_edits.run(project, service, f"route {name} -> {to}", transform, dry_run, as_json,
@@ -168,6 +176,8 @@ def register(app: typer.Typer) -> None:
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
         """Delete a named route of a service."""
+        from meshcli import mesh_edit
+
         transform = lambda text, path: mesh_edit.delete_route(text, path, service, name)
         mesh_edits.run(project, service, f"route {name} deleted", transform, dry_run, as_json,
               no_wait, timeout)
@@ -193,7 +203,8 @@ def register(app: typer.Typer) -> None:
 
 def _policy(service: str, off: str | None, policy: dict, key: str, command: str, setter: Callable[..., str],
             example: str, project, dry_run, as_json, no_wait, timeout) -> None:
-    from meshcli import mesh_edit
+    from meshcli import mesh_edit, rule_input
+    from meshcli.errors import InputError
 
     if off is not None:
         rule_input.check_off(off, bool(policy), f"meshcli route {command} {service} {example}")

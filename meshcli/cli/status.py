@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from meshcli.cli import common, output
 
@@ -15,11 +13,16 @@ STATE_STYLE = {"running": "green", "healthy": "green", "SYNCED": "green", "STALE
                "starting": "yellow", "restarting": "yellow"}
 
 
-def _cell(value: str) -> Text:
+def _cell(value: str):
+    from rich.text import Text
+
     return Text(value, style=STATE_STYLE.get(value, "red" if value in ("missing", "exited", "unhealthy") else ""))
 
 
 def print_table(statuses) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("SERVICE", "VERSION", "WORKLOAD", "APP", "SIDECAR", "RESTARTS", "CONFIG", "URLS"):
         table.add_column(column)
@@ -90,6 +93,7 @@ def _print_faults(faults: list[dict]) -> None:
 def _print_rejection(rejected: dict | None, mesh_error) -> None:
     """The errors that keep mesh.yaml from the sidecars, impossible to miss."""
     from rich.panel import Panel
+    from rich.text import Text
 
     if rejected:
         keeping = rejected.get("keeping") or {}

@@ -29,7 +29,6 @@ def rendered(capsys, *argv: str) -> dict:
 def shop(files, monkeypatch):
     for name in ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "COMPOSE_PATH_SEPARATOR"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(files.root.parent if files.root.exists() else files.root.parent)
     files.root.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(files.root)
     return files

@@ -1,4 +1,4 @@
-"""The compose rewrite: pods, sidecars, apps, re-based paths, and the files workspace.render writes."""
+"""The compose rewrite: pods, sidecars and apps from the canonical model, and the file workspace.write_rendered writes."""
 
 from __future__ import annotations
 
@@ -29,11 +29,6 @@ def render(files, compose_text: str, mesh_text: str | None = None, profiles: tup
     project = compose_model.load(compose_model.ComposeOptions((str(files.root / "compose.yaml"),), profiles=profiles))
     mesh = mesh_config.resolve(files.mesh(mesh_text) if mesh_text else None, project)
     return compose_rewrite.render(project, mesh, options_for(files.root / ".mesh" / "shop" / "config"))
-
-
-def as_written(text: str) -> dict:
-    """The user's file as an independent YAML parser (PyYAML) reads it."""
-    return yaml.safe_load(textwrap.dedent(text))
 
 
 # --- one meshed service with everything ----------------------------------------------------
