@@ -124,20 +124,11 @@ class ComposeProject:
         return grouped
 
     def definition(self, service: str) -> tuple[yaml_source.YamlDocument, Any] | None:
-        """(file, `services` mapping) of the user's file that defines `service` first."""
-        for doc in self.sources:
-            services = doc.data.get("services") if isinstance(doc.data, dict) else None
-            if isinstance(services, dict) and service in services:
-                return doc, services
-        return None
+        return definition(self.sources, service)
 
     def diag(self, code: str, message: str, service: str) -> Diagnostic:
         """A diagnostic at the line that defines `service` (at the first compose file when not found)."""
-        found = self.definition(service)
-        if found is None:
-            return Diagnostic(code, message, self.path)
-        doc, services = found
-        return doc.diag(code, message, services, service)
+        return _diag_at(self.sources, code, message, service) or Diagnostic(code, message, self.path)
 
     def x_mesh(self, service: str) -> Any:
         """The service's `x-mesh` as the user's files set it (the last file wins), inherited through
@@ -159,6 +150,33 @@ class ComposeProject:
         options = ComposeOptions.from_json(data["options"])
         sources = _parse_sources([Path(p) for p in data["sources"]], options)
         return discover(options, data["name"], Path(data["directory"]), data["model"], sources)
+
+
+def definition(sources: tuple[yaml_source.YamlDocument, ...], service: str) -> tuple[yaml_source.YamlDocument, Any] | None:
+    """(file, `services` mapping) of the user's file that defines `service` first."""
+    for doc in sources:
+        services = doc.data.get("services") if isinstance(doc.data, dict) else None
+        if isinstance(services, dict) and service in services:
+            return doc, services
+    return None
+
+
+def _diag_at(sources: tuple[yaml_source.YamlDocument, ...], code: str, message: str,
+             service: str) -> Diagnostic | None:
+    found = definition(sources, service)
+    return found[0].diag(code, message, found[1], service) if found else None
+
+
+# How compose names the service an error is about: `service "web" ...`, `services.web ...`.
+_COMPOSE_ERROR_SERVICE = re.compile(r'service "(?P<quoted>[^"]+)"|services\.(?P<dotted>[^.\s:]+)')
+
+
+def _located(error: InputError, sources: tuple[yaml_source.YamlDocument, ...]) -> InputError:
+    """Compose's error, at the file and line of the service it names when one of the user's files defines it."""
+    match = _COMPOSE_ERROR_SERVICE.search(error.message)
+    service = match and (match.group("quoted") or match.group("dotted"))
+    found = _diag_at(sources, "MESH0004", f"docker compose: {error.message}", service) if service else None
+    return InvalidFileError([found]) if found else error
 
 
 def _service_body(doc: yaml_source.YamlDocument, service: str) -> Any:
@@ -286,7 +304,10 @@ def load(options: ComposeOptions | Path | str) -> ComposeProject:
         options = ComposeOptions(files=(str(Path(options).absolute()),))
     paths = source_files(options)
     sources = _parse_sources(paths, options)
-    model = config(options, _meshcli_variables(options, sources))
+    try:
+        model = config(options, _meshcli_variables(options, sources))
+    except InputError as exc:
+        raise _located(exc, sources) from None
     return discover(options, str(model["name"]), _project_directory(options, paths), model, sources)
 
 

@@ -153,3 +153,12 @@ def test_the_rendered_file_means_what_the_users_project_means(capsys, shop, tmp_
     meshed = compose_config(out, profiles=("full",))
     assert meshed.returncode == 0, meshed.stderr
     assert_same_project(original, json.loads(meshed.stdout))
+
+
+def test_compose_errors_point_at_the_service_in_the_users_file(capsys, shop):
+    shop.write("compose.yaml", "services:\n  api: {image: a}\n")
+    shop.write("compose.override.yaml", "services:\n  web: {image: a, depends_on: [db]}\n")
+    code, out, err = run(capsys, "validate")
+    assert code == 2
+    assert (f"{shop.root / 'compose.override.yaml'}:2:3: error MESH0004: docker compose: "
+            'service "web" depends on undefined service "db"') in err
