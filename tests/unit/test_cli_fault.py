@@ -7,23 +7,19 @@ sidecars unless a test says so.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, status
+from meshcli import control_plane, demo as demo_copy, status
 from meshcli.cli.main import main
-
-DEMO = Path(__file__).resolve().parents[2] / "compose"
-
 
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
-    shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns(".mesh"))  # a demo run leaves state
-    monkeypatch.chdir(tmp_path / "demo")
+    compose_dir = demo_copy.copy(tmp_path / "demo").compose_dir  # as `meshcli demo` makes it
+    monkeypatch.chdir(compose_dir)
     monkeypatch.setattr(status, "project_running", lambda project: False)
-    return tmp_path / "demo"
+    return compose_dir
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -162,3 +162,33 @@ def test_compose_errors_point_at_the_service_in_the_users_file(capsys, shop):
     assert code == 2
     assert (f"{shop.root / 'compose.override.yaml'}:2:3: error MESH0004: docker compose: "
             'service "web" depends on undefined service "db"') in err
+
+
+def test_compose_file_with_its_separator(capsys, shop, monkeypatch):
+    shop.write("a.yaml", "services:\n  web: {image: app}\n")
+    shop.write("b.yaml", "services:\n  api: {image: api}\n")
+    monkeypatch.setenv("COMPOSE_FILE", "a.yaml;b.yaml")
+    monkeypatch.setenv("COMPOSE_PATH_SEPARATOR", ";")
+    assert {"web-pod", "api-pod"} <= set(rendered(capsys)["services"])
+
+
+def test_anchors_merge_keys_reset_override_interpolation_and_same_file_extends(capsys, shop, monkeypatch):
+    monkeypatch.delenv("PORT", raising=False)
+    shop.write("compose.yaml", """\
+x-app: &app
+  image: "app:${TAG:-7}"
+  environment: {A: "1"}
+  ports: ["${PORT:-8080}:80"]
+services:
+  web:
+    <<: *app
+  quiet: {image: app, x-mesh: {inject: false}}
+  child: {extends: quiet}
+""")
+    shop.write("compose.override.yaml", "services:\n  web:\n    environment: !reset {}\n"
+                                        "    ports: !override ['9090:80']\n")
+    code, out, err = run(capsys, "render", "-o", "-")
+    services = yaml.safe_load(out)["services"]
+    assert services["web"]["image"] == "app:7" and "environment" not in services["web"]
+    assert [p["published"] for p in services["web-pod"]["ports"]] == ["9090"]
+    assert "quiet-pod" not in services and "child-pod" not in services  # the opt-out is inherited
