@@ -279,6 +279,10 @@ def _included(doc: yaml_source.YamlDocument) -> list[Path]:
     return paths
 
 
+# Top-level keys of a file that declares no service of its own (an override file, say).
+_OTHER_TOP_LEVEL = {"name", "version", "networks", "volumes", "secrets", "configs", "models"}
+
+
 def _shape_problems(doc: yaml_source.YamlDocument) -> list[Diagnostic]:
     data = doc.data
     if not isinstance(data, dict):
@@ -290,9 +294,6 @@ def _shape_problems(doc: yaml_source.YamlDocument) -> list[Diagnostic]:
         return [doc.diag("MESH0002", "not a compose file: expected a top-level `services` mapping", data, "services")]
     return [doc.diag("MESH0002", f"service {name!r} must be a mapping", services, name)
             for name, body in (services or {}).items() if not isinstance(body, dict)]
-
-
-_OTHER_TOP_LEVEL = {"name", "version", "networks", "volumes", "secrets", "configs", "models"}
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def config(options: ComposeOptions, variables: dict[str, str] | None = None) -> 
     """`docker compose [options] config --format json`: the canonical, merged, interpolated model."""
     from meshcli.docker_engine import compose_command
 
-    command = compose_command() + options.flags() + ["config", "--format", "json"]
+    command = [*compose_command(), *options.flags(), "config", "--format", "json"]
     try:
         result = subprocess.run(command, cwd=options.directory, input=options.stdin or "", capture_output=True,
                                 text=True, timeout=60, env={**os.environ, **(variables or {})})

@@ -126,6 +126,9 @@ def write_rendered(loaded: Loaded, sidecar_image: str, output: Path | None = Non
     text = render_text(loaded, sidecar_image)
     if output is None:
         ignore_state_dir(loaded.workspace)
+    elif not output.absolute().parent.is_dir():
+        raise InputError(f"cannot write {output}: {output.absolute().parent} is not a directory",
+                         hint="create it first, or pass -o - to print the file")
     path = (output or loaded.workspace.rendered_file).absolute()
     atomic_write(path, text)
     return path

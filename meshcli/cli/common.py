@@ -26,24 +26,24 @@ SyncTimeout = typer.Option(30.0, "--timeout", min=0,
 _COMPOSE = "Compose project (as for docker compose)"
 _PROJECT_OPTIONS = {
     "compose_files": (List[str], typer.Option(
-        [], "--file", "-f", rich_help_panel=_COMPOSE, show_default=False,
+        [], "--file", "-f", metavar="FILE", rich_help_panel=_COMPOSE, show_default=False,
         help="Compose file (repeatable, merged in order; - reads stdin). Default: as docker compose: "
              "COMPOSE_FILE, else compose.yaml and compose.override.yaml here or above.")),
     "project_name": (Optional[str], typer.Option(
-        None, "--project-name", "-p", rich_help_panel=_COMPOSE,
+        None, "--project-name", "-p", metavar="NAME", rich_help_panel=_COMPOSE,
         help="Project name (default: COMPOSE_PROJECT_NAME, the `name:` of the file, or the directory's).")),
     "project_directory": (Optional[Path], typer.Option(
-        None, "--project-directory", file_okay=False, rich_help_panel=_COMPOSE,
+        None, "--project-directory", metavar="DIR", file_okay=False, rich_help_panel=_COMPOSE,
         help="Project directory (default: the first compose file's).")),
     "env_files": (List[str], typer.Option(
-        [], "--env-file", rich_help_panel=_COMPOSE, show_default=False,
+        [], "--env-file", metavar="FILE", rich_help_panel=_COMPOSE, show_default=False,
         help="Environment file for interpolation (repeatable; default: .env in the project directory).")),
     "profiles": (List[str], typer.Option(
-        [], "--profile", rich_help_panel=_COMPOSE, show_default=False,
+        [], "--profile", metavar="NAME", rich_help_panel=_COMPOSE, show_default=False,
         help="Profile to enable (repeatable; also COMPOSE_PROFILES).")),
 }
 _MESH_OPTION = {"mesh_file": (Optional[Path], typer.Option(
-    None, "--mesh", "-m", dir_okay=False, rich_help_panel=_COMPOSE,
+    None, "--mesh", "-m", metavar="FILE", dir_okay=False, rich_help_panel=_COMPOSE,
     help="Mesh file (default: mesh.yaml in the project directory)."))}
 
 

@@ -49,6 +49,7 @@ def test_render_writes_the_meshed_compose_file(capsys, files, compose):
 
 def test_render_json_to_another_output(capsys, files, compose):
     target = files.root / "out" / "meshed.yaml"
+    target.parent.mkdir(parents=True)
     code, out, _ = run(capsys, "render", "-f", str(compose), "-o", str(target), "--json")
     assert code == 0
     report = json.loads(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -124,7 +125,7 @@ def test_render_is_a_preview_that_never_touches_the_live_config(capsys, shop, tm
     assert [f["service"] for f in json.loads(before)["faults"]] == ["payment"]
     assert run(capsys, "render", "-o", str(tmp_path / "preview.yaml"))[0] == 0
     assert run(capsys, "render", "-o", "-")[0] == 0
-    assert run(capsys, "render", "-o", "/proc/nonexistent/x")[0] == 1
+    assert run(capsys, "render", "-o", "/nonexistent/x")[0] == 2 and not Path("/nonexistent").exists()
     assert live.read_bytes() == before
     assert not (shop.root / "-").exists()
 

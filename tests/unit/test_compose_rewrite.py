@@ -374,6 +374,7 @@ def test_render_to_another_output_works_from_there(files, tmp_path):
     files.write("compose.yaml", "services:\n  web: {image: app, build: ./web}\n")
     loaded = workspace.load(workspace.locate(files.root / "compose.yaml"))
     output = tmp_path / "elsewhere" / "meshed.yaml"
+    output.parent.mkdir()
     assert workspace.write_rendered(loaded, IMAGE, output) == output
     services = yaml.safe_load(output.read_text())["services"]
     assert services["web"]["build"]["context"] == str(files.root / "web")  # absolute, as compose resolved it
