@@ -306,14 +306,25 @@ def load(options: ComposeOptions | Path | str) -> ComposeProject:
     paths = source_files(options)
     sources = _parse_sources(paths, options)
     try:
-        model = config(options, _meshcli_variables(options, sources))
+        model, warnings = _config(options, _meshcli_variables(options, sources))
     except InputError as exc:
         raise _located(exc, sources) from None
-    return discover(options, str(model["name"]), _project_directory(options, paths), model, sources)
+    project = discover(options, str(model["name"]), _project_directory(options, paths), model, sources)
+    project.diagnostics[:0] = [Diagnostic("MESH0005", f"docker compose: {w}", project.path) for w in warnings]
+    return project
 
 
 def config(options: ComposeOptions, variables: dict[str, str] | None = None) -> dict[str, Any]:
     """`docker compose [options] config --format json`: the canonical, merged, interpolated model."""
+    return _config(options, variables)[0]
+
+
+# A warning line of compose: time="..." level=warning msg="The \"TAG\" variable is not set. ..."
+_COMPOSE_WARNING = re.compile(r'level=warning msg="(?P<msg>(?:[^"\\]|\\.)*)"')
+
+
+def _config(options: ComposeOptions, variables: dict[str, str] | None) -> tuple[dict[str, Any], list[str]]:
+    """The canonical model, and the warnings compose printed about it."""
     from meshcli.docker_engine import compose_command
 
     command = [*compose_command(), *options.flags(), "config", "--format", "json"]
@@ -325,7 +336,8 @@ def config(options: ComposeOptions, variables: dict[str, str] | None = None) -> 
     if result.returncode != 0:
         message = result.stderr.strip() or f"`docker compose config` failed (exit {result.returncode})"
         raise InputError(message, hint=NO_PROJECT_HINT if "no configuration file provided" in message else None)
-    return json.loads(result.stdout)
+    warnings = [m.group("msg").replace('\\"', '"') for m in _COMPOSE_WARNING.finditer(result.stderr)]
+    return json.loads(result.stdout), warnings
 
 
 def _meshcli_variables(options: ComposeOptions, sources: tuple[yaml_source.YamlDocument, ...]) -> dict[str, str]:

@@ -33,6 +33,7 @@ CATALOGUE: dict[str, Code] = {
         Code("MESH0002", Level.ERROR, "file does not have the expected top-level shape"),
         Code("MESH0003", Level.ERROR, "file cannot be read"),
         Code("MESH0004", Level.ERROR, "docker compose rejects the project"),
+        Code("MESH0005", Level.WARNING, "docker compose warns about the project"),
         Code("MESH0101", Level.ERROR, "unknown field"),
         Code("MESH0102", Level.ERROR, "value has the wrong type or form"),
         Code("MESH0103", Level.ERROR, "required field missing"),

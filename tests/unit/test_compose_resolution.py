@@ -193,3 +193,13 @@ services:
     assert services["web"]["image"] == "app:7" and "environment" not in services["web"]
     assert [p["published"] for p in services["web-pod"]["ports"]] == ["9090"]
     assert "quiet-pod" not in services and "child-pod" not in services  # the opt-out is inherited
+
+
+def test_compose_warnings_are_shown_as_warnings(capsys, shop, monkeypatch):
+    monkeypatch.delenv("NOPE", raising=False)
+    shop.write("compose.yaml", "services:\n  web: {image: 'app:${NOPE}'}\n")
+    code, out, err = run(capsys, "validate", "--json")
+    assert code == 0
+    [warning] = json.loads(out)["diagnostics"]
+    assert (warning["code"], warning["level"]) == ("MESH0005", "warning")
+    assert warning["message"] == 'docker compose: The "NOPE" variable is not set. Defaulting to a blank string.'
