@@ -33,7 +33,6 @@ COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "dock
 OVERRIDE_FILE_NAMES = ("compose.override.yaml", "compose.override.yml",
                        "docker-compose.override.yml", "docker-compose.override.yaml")
 STDIN = "-"
-BASE_IMAGE_VARIABLE = "MESHCLI_BASE_IMAGE"
 NO_PROJECT_HINT = "run it in a directory with a compose.yaml, pass -f FILE, or try the demo: `meshcli demo`"
 
 
@@ -139,6 +138,11 @@ class ComposeProject:
                 return body["x-mesh"]
         found = self.definition(service)
         return _inherited_x_mesh(found[0], service, set()) if found else None
+
+    def mentions(self, text: str) -> bool:
+        """Whether one of the user's files has `text` (a variable's name, say)."""
+        return any(text in (self.options.stdin or "") or doc.path.is_file() and text in doc.path.read_text("utf-8")
+                   for doc in self.sources)
 
     def to_json(self) -> dict:
         """What a background process (the watcher) needs to rebuild this project without compose."""
@@ -298,15 +302,15 @@ def _shape_problems(doc: yaml_source.YamlDocument) -> list[Diagnostic]:
 
 # --- loading -----------------------------------------------------------------------------
 
-def load(options: ComposeOptions | Path | str) -> ComposeProject:
+def load(options: ComposeOptions | Path | str, variables: dict[str, str] | None = None) -> ComposeProject:
     """The project as `docker compose` resolves it; InputError (exit 2) when compose rejects it.
-    A path is short for `-f PATH`."""
+    A path is short for `-f PATH`; `variables` are set in compose's environment."""
     if not isinstance(options, ComposeOptions):
         options = ComposeOptions(files=(str(Path(options).absolute()),))
     paths = source_files(options)
     sources = _parse_sources(paths, options)
     try:
-        model, warnings = _config(options, _meshcli_variables(options, sources))
+        model, warnings = _config(options, variables)
     except InputError as exc:
         raise _located(exc, sources) from None
     project = discover(options, str(model["name"]), _project_directory(options, paths), model, sources)
@@ -338,22 +342,6 @@ def _config(options: ComposeOptions, variables: dict[str, str] | None) -> tuple[
         raise InputError(message, hint=NO_PROJECT_HINT if "no configuration file provided" in message else None)
     warnings = [m.group("msg").replace('\\"', '"') for m in _COMPOSE_WARNING.finditer(result.stderr)]
     return json.loads(result.stdout), warnings
-
-
-def _meshcli_variables(options: ComposeOptions, sources: tuple[yaml_source.YamlDocument, ...]) -> dict[str, str]:
-    """MESHCLI_BASE_IMAGE, meshcli's own variable (the sidecar's base image), for a project that
-    builds FROM it as the demo does, when the user has not set it."""
-    if BASE_IMAGE_VARIABLE in os.environ:
-        return {}
-    texts = [options.stdin or ""] + [doc.path.read_text(encoding="utf-8") for doc in sources if doc.path.is_file()]
-    if not any(BASE_IMAGE_VARIABLE in text for text in texts):
-        return {}
-    from meshcli import docker_engine, images
-
-    try:
-        return {BASE_IMAGE_VARIABLE: images.base_image(docker_engine.client())}
-    except DockerError:
-        return {}  # no engine: the file's own default applies
 
 
 def _project_directory(options: ComposeOptions, paths: list[Path]) -> Path:

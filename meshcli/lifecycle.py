@@ -3,17 +3,29 @@ and run the hot-reload watcher (meshcli/watcher.py) while the project is up."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from meshcli import control_plane, docker_engine, images, status, watcher, workspace as ws
+from meshcli import compose_model, control_plane, docker_engine, images, status, watcher, workspace as ws
 from meshcli.errors import InvalidFileError
 from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
 
 Progress = Callable[[str], None]
+BASE_IMAGE_VARIABLE = "MESHCLI_BASE_IMAGE"
+
+
+def with_base_image(workspace: Workspace) -> Workspace:
+    """The demo's sample apps build FROM ${MESHCLI_BASE_IMAGE}, the sidecar's base image. When the
+    project uses that variable and the user has not set it, `up` sets it to the base it builds
+    the sidecar on, and reads the project again with it (only then: it costs a compose run)."""
+    if BASE_IMAGE_VARIABLE in os.environ or not workspace.project.mentions(BASE_IMAGE_VARIABLE):
+        return workspace
+    variables = {BASE_IMAGE_VARIABLE: images.base_image(docker_engine.client())}
+    return ws.for_project(compose_model.load(workspace.project.options, variables), workspace.mesh_file)
 
 
 def _profiles(profiles: tuple[str, ...]) -> list[str]:
@@ -71,6 +83,7 @@ def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build:
     result's statuses say whether they made it. Without it, nothing is waited for.
     """
     progress("validating the mesh file")
+    workspace = with_base_image(workspace)
     loaded = ws.load(workspace)
     progress("checking the sidecar image")
     image = images.build_sidecar_image(progress)
