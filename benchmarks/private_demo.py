@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+from meshcli import demo as bundled_demo
 
 REPO = Path(__file__).resolve().parents[1]
 MESHCLI = [sys.executable, "-m", "meshcli.cli.main"]
@@ -129,9 +130,7 @@ def demo_project(meshed: bool = True, env: dict | None = None, files: dict[str, 
     """A private copy of the demo (compose/ and sample-apps/, plus `files` in compose/) under a
     unique name; taken down after."""
     with tempfile.TemporaryDirectory(prefix="meshcli-bench-") as tmp:
-        root = Path(tmp)
-        shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
-        shutil.copytree(REPO / "sample-apps", root / "sample-apps")
+        root = bundled_demo.copy(Path(tmp) / "demo").directory
         for name, text in (files or {}).items():
             (root / "compose" / name).write_text(text)
         demo = Project(root / "compose", unique_name(), meshed, env)
@@ -144,8 +143,8 @@ def demo_project(meshed: bool = True, env: dict | None = None, files: dict[str, 
 @contextmanager
 def copy_of_demo() -> Iterator[tuple[Path, str]]:
     """(the copy's compose directory, a unique project name); the project is taken down after."""
-    with demo_project() as demo:
-        yield demo.directory, demo.name
+    with demo_project() as project:
+        yield project.directory, project.name
 
 
 def git_commit() -> str:

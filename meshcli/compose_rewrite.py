@@ -1,18 +1,18 @@
-"""The compose rewrite: the user's compose file in, the meshed compose file out.
+"""The compose rewrite: the canonical compose model in, the meshed compose file out.
 
 `render()` is a pure function. For every meshed service it adds a pod container that
 owns the network namespace (and takes over the app's network settings), an init that
 installs the interception rules and ends once the sidecar is ready, and the sidecar;
-the app joins the pod's namespace and starts after the init. Everything else in the user's file is kept, with
-relative paths re-based so they point at the same places from the rendered file's
-directory. See ../shared/design/architecture.md, "Pod pattern".
+the app joins the pod's namespace and starts after the init. Everything else of the
+model is kept as `docker compose config` resolved it (paths are absolute there, so the
+rendered file works from any directory). See ../shared/design/architecture.md, "Pod pattern".
 """
 
 from __future__ import annotations
 
-import os
+import copy
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION, ENV_WORKLOAD,
@@ -20,7 +20,6 @@ from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVI
 
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
-from meshcli.yaml_source import to_plain
 
 CONTROLLER = "meshcli-controller"
 POD_SUFFIX = "-pod"
@@ -37,7 +36,6 @@ NAMESPACE_KEYS = (
 
 @dataclass(frozen=True)
 class RenderOptions:
-    output: Path  # where the rendered file will be written
     sidecar_image: str
     config_dir: Path  # compiled sidecar config, mounted read-only into every sidecar
     docker_socket: str = "/var/run/docker.sock"  # for the controller only
@@ -57,16 +55,10 @@ def sidecar_name(workload: str) -> str:
 
 def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[str, Any]:
     """Return the rendered compose file as plain data (ready for yaml.safe_dump)."""
-    src_dir = project.directory.resolve()
-    out_dir = options.output.parent.resolve()
-    data = to_plain(project.doc.data)
+    data = copy.deepcopy(project.data)
     data["name"] = project.name
-    rebase = _Rebaser(src_dir, out_dir)
-    rebase.top_level(data)
-
     services: dict[str, Any] = {}
     for name, service in data["services"].items():
-        rebase.service(service)
         _retarget_references(service, mesh)
         services[name] = service
         workload = mesh.workloads.get(name)
@@ -86,7 +78,7 @@ def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[
         services[name] = app
         services[pod_name(name)] = _pod_service(name, workload, pod, service, mesh, options.sidecar_image)
         services[init_name(name)] = _init_service(name, workload, service, mesh, options.sidecar_image)
-        services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh, out_dir)
+        services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh)
     if mesh.workloads:
         services[CONTROLLER] = _controller_service(mesh, options, data["services"])
     data["services"] = services
@@ -186,9 +178,7 @@ def _init_service(name: str, workload, app: dict[str, Any], mesh: Mesh, image: s
     return _inherit_from_app(service, app, INIT_SUFFIX)
 
 
-def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOptions, mesh: Mesh,
-                     out_dir: Path) -> dict:
-    config_dir = _relative_path(options.config_dir.resolve(), out_dir)
+def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOptions, mesh: Mesh) -> dict:
     service: dict[str, Any] = {
         "image": options.sidecar_image,
         "command": ["sidecar"],
@@ -202,7 +192,7 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
             ENV_VERSION: workload.version,
             ENV_CONFIG_DIR: CONFIG_DIR,
         },
-        "volumes": [f"{config_dir}:{CONFIG_DIR}:ro"],
+        "volumes": [f"{options.config_dir.absolute()}:{CONFIG_DIR}:ro"],
         "restart": "unless-stopped",
         "stop_grace_period": "3s",
         "labels": _labels("sidecar", workload, mesh.project),
@@ -240,109 +230,3 @@ def _retarget_references(service: dict[str, Any], mesh: Mesh) -> None:
                 link = f"{pod_name(target)}:{alias or target}"
             links.append(link)
         service["links"] = links
-
-
-def _relative_path(target: Path, out_dir: Path) -> str:
-    rel = os.path.relpath(target, out_dir)
-    rel = PurePosixPath(*Path(rel).parts).as_posix()
-    return rel if rel.startswith((".", "/")) else "./" + rel
-
-
-def _is_local_path(value: Any) -> bool:
-    """A relative filesystem path (not absolute, ~, a URL, a git remote, or a variable)."""
-    if not isinstance(value, str) or not value:
-        return False
-    return not (os.path.isabs(value) or value.startswith(("~", "$", "git@", "github.com/"))
-                or "://" in value)
-
-
-class _Rebaser:
-    """Re-bases relative paths from the user's compose directory to the output directory."""
-
-    def __init__(self, src_dir: Path, out_dir: Path) -> None:
-        self.src_dir = src_dir
-        self.out_dir = out_dir
-
-    def path(self, value: Any) -> Any:
-        if not _is_local_path(value):
-            return value
-        return _relative_path(self.src_dir / value, self.out_dir)
-
-    def top_level(self, data: dict[str, Any]) -> None:
-        for section in ("secrets", "configs"):
-            for entry in (data.get(section) or {}).values():
-                if isinstance(entry, dict) and "file" in entry:
-                    entry["file"] = self.path(entry["file"])
-        for volume in (data.get("volumes") or {}).values():
-            self._bind_volume(volume)
-        include = data.get("include")
-        if include:
-            data["include"] = [self._include(item) for item in include]
-
-    def _bind_volume(self, volume: Any) -> None:
-        # Compose resolves the device of a local volume with `o: bind` like a bind mount's source.
-        if not isinstance(volume, dict) or volume.get("driver") != "local":
-            return
-        opts = volume.get("driver_opts")
-        if isinstance(opts, dict) and opts.get("o") == "bind" and "device" in opts:
-            opts["device"] = self.path(opts["device"])
-
-    def _include(self, item: Any) -> Any:
-        if isinstance(item, str):
-            return self.path(item)
-        for key in ("path", "env_file"):
-            value = item.get(key)
-            if value is not None:
-                item[key] = [self.path(v) for v in value] if isinstance(value, list) else self.path(value)
-        if "project_directory" in item:
-            item["project_directory"] = self.path(item["project_directory"])
-        return item
-
-    def service(self, service: dict[str, Any]) -> None:
-        build = service.get("build")
-        if isinstance(build, str):
-            service["build"] = self.path(build)
-        elif isinstance(build, dict):
-            # A build without a context builds the compose file's own directory.
-            build["context"] = self.path(build.get("context", "."))
-            contexts = build.get("additional_contexts")
-            if isinstance(contexts, dict):
-                build["additional_contexts"] = {k: self._context(v) for k, v in contexts.items()}
-            elif isinstance(contexts, list):
-                build["additional_contexts"] = [
-                    f"{k}={self._context(v)}" for k, _, v in (str(c).partition("=") for c in contexts)]
-        env_file = service.get("env_file")
-        if isinstance(env_file, str):
-            service["env_file"] = self.path(env_file)
-        elif isinstance(env_file, list):
-            service["env_file"] = [
-                {**e, "path": self.path(e.get("path"))} if isinstance(e, dict) else self.path(e) for e in env_file]
-        if isinstance(service.get("label_file"), (str, list)):
-            files = service["label_file"]
-            service["label_file"] = [self.path(f) for f in files] if isinstance(files, list) else self.path(files)
-        extends = service.get("extends")
-        if isinstance(extends, dict) and "file" in extends:
-            extends["file"] = self.path(extends["file"])
-        if service.get("volumes"):
-            service["volumes"] = [self._volume(v) for v in service["volumes"]]
-        for watch in ((service.get("develop") or {}).get("watch") or []):
-            if isinstance(watch, dict) and "path" in watch:
-                watch["path"] = self.path(watch["path"])
-
-    def _context(self, value: str) -> str:
-        # Named contexts may be images or other services rather than paths.
-        if str(value).startswith(("docker-image://", "service:", "oci-layout://")):
-            return value
-        return self.path(value)
-
-    def _volume(self, volume: Any) -> Any:
-        if isinstance(volume, dict):
-            if volume.get("type", "volume") == "bind" and "source" in volume:
-                volume["source"] = self.path(volume["source"])
-            return volume
-        source, sep, rest = str(volume).partition(":")
-        # Short syntax: only a source starting with "." is a relative bind mount;
-        # a bare name is a named volume.
-        if sep and source.startswith("."):
-            return f"{self.path(source)}:{rest}"
-        return volume

@@ -1,9 +1,10 @@
 """Applying the mesh file to running sidecars: compile, record rejections, edit, wait for sync.
 
-`apply()` compiles mesh.yaml plus the runtime rules and faults into `.mesh/config/sidecar.json`,
-which every sidecar watches. An invalid mesh file is never applied: the rejection (every
+`apply()` compiles mesh.yaml plus the runtime rules and faults into
+`.mesh/<project>/config/sidecar.json`, which every sidecar watches; it is the only writer
+of that file, and runs under the project lock. An invalid mesh file is never applied: the rejection (every
 error with file:line:column, and the generation the sidecars keep) goes to
-`.mesh/config/rejected.json`, where `meshcli status` and the sidecars' logs show it.
+`.mesh/<project>/config/rejected.json`, where `meshcli status` and the sidecars' logs show it.
 `edit()` is how every command that changes mesh.yaml does it: transform the text,
 validate the result fully before writing anything, write atomically, apply, and wait
 until every running sidecar runs the new version.
@@ -71,7 +72,7 @@ def _record_rejection(workspace: Workspace, exc: InvalidFileError) -> None:
     first_file = next((d.file for d in exc.diagnostics if d.file), None)
     record = {
         "time": time.time(),
-        "file": str(first_file or workspace.mesh_file or workspace.compose_file),
+        "file": str(first_file or workspace.mesh_path),
         "errors": errors,
         "keeping": {"version": running.version if running else None,
                     "generation": running.generation if running else None},
@@ -141,7 +142,7 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
     project without mesh.yaml gets one.
     """
     progress = progress or _quiet
-    path = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
+    path = workspace.mesh_path
     # Read, transform and write as one step against other editors; a dry run writes
     # nothing at all, not even the lock file.
     with contextlib.nullcontext() if dry_run else ws.state_lock(workspace):
@@ -153,7 +154,7 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
         diff = "".join(difflib.unified_diff(file.content.splitlines(keepends=True), new.splitlines(keepends=True),
                                             fromfile=str(path), tofile=str(path)))
         result = EditResult(path, diff, changed=new != file.content)
-        project = _validate(workspace, path, new_text)
+        _validate(workspace, path, new_text)
         if dry_run:
             return result
         if result.changed:
@@ -161,9 +162,10 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
     # Applied even when unchanged: the file may hold a hand edit no watcher has applied yet.
     started = time.monotonic()
     progress(f"applying {path.name}")
-    result.compiled = apply(replace(workspace, mesh_file=path))
-    if wait and status.project_running(project):
-        loaded = ws.load(replace(workspace, mesh_file=path))
+    workspace = replace(workspace, mesh_file=path)
+    result.compiled = apply(workspace)
+    if wait and status.project_running(workspace.project.name):
+        loaded = ws.load(workspace)
         result.synced = wait_synced(loaded, result.compiled.version, timeout, progress)
     result.seconds = time.monotonic() - started
     return result
@@ -171,9 +173,7 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
 
 def _check_service(workspace: Workspace, path: Path, text: str, service: str) -> None:
     """InputError unless `service` is a logical service of the compose file or declared in mesh.yaml."""
-    from meshcli import compose_model
-
-    known = set(compose_model.load(workspace.compose_file, workspace.project_name).logical_services())
+    known = set(workspace.project.logical_services())
     try:
         data = yaml_source.load(path, text).data if text.strip() else None
     except InvalidFileError:
@@ -187,10 +187,6 @@ def _check_service(workspace: Workspace, path: Path, text: str, service: str) ->
                               "e.g. `versions: {v1: COMPOSE_SERVICE}`")
 
 
-def _validate(workspace: Workspace, path: Path, text: str) -> str:
-    """Parse and resolve `text` as if it were the mesh file at `path`; return the project name."""
-    from meshcli import compose_model
-
-    project = compose_model.load(workspace.compose_file, workspace.project_name)
-    mesh_config.resolve(mesh_config.parse(yaml_source.load(path, text)), project)
-    return project.name
+def _validate(workspace: Workspace, path: Path, text: str) -> None:
+    """Parse and resolve `text` as if it were the mesh file at `path`."""
+    mesh_config.resolve(mesh_config.parse(yaml_source.load(path, text)), workspace.project)

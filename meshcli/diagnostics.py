@@ -35,6 +35,8 @@ CATALOGUE: dict[str, Code] = {
         Code("MESH0004", Level.ERROR, "file is too large"),
         Code("MESH0005", Level.ERROR, "values nest too deeply"),
         Code("MESH0006", Level.ERROR, "too many values (aliases expanded)"),
+        Code("MESH0007", Level.ERROR, "docker compose rejects the project"),
+        Code("MESH0008", Level.WARNING, "docker compose warns about the project"),
         Code("MESH0101", Level.ERROR, "unknown field"),
         Code("MESH0102", Level.ERROR, "value has the wrong type or form"),
         Code("MESH0103", Level.ERROR, "required field missing"),

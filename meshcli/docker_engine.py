@@ -28,21 +28,23 @@ def client():
     return engine
 
 
-def compose_command() -> list[str]:
+@lru_cache(maxsize=1)
+def compose_command() -> tuple[str, ...]:
+    """`docker compose`, once checked to be Compose v2 (the check runs once per process)."""
     if shutil.which("docker") is None:
         raise DockerError("the `docker` command is not installed", hint=START_HINT)
     check = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
     if check.returncode != 0 or not check.stdout.strip().lstrip("v").startswith("2"):
         raise DockerError("Docker Compose v2 (`docker compose`) is not available",
                           hint="install the compose plugin; scripts/setup-docker.sh does it")
-    return ["docker", "compose"]
+    return ("docker", "compose")
 
 
 def compose(project: str, files: Sequence[Path], args: Sequence[str], *, project_directory: Path | None = None,
             env: dict[str, str] | None = None, capture: bool = True, check: bool = True,
             timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run `docker compose -p PROJECT -f FILE... ARGS`."""
-    command = compose_command() + ["-p", project]
+    command = [*compose_command(), "-p", project]
     for file in files:
         command += ["-f", str(file)]
     if project_directory is not None:

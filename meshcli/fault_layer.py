@@ -1,6 +1,6 @@
 """Runtime faults (`meshcli fault`): a layer of faults on top of the mesh file.
 
-They live in `.mesh/faults.json`, never in mesh.yaml: the user's file stays theirs,
+They live in `.mesh/<project>/faults.json`, never in mesh.yaml: the user's file stays theirs,
 and clearing a fault leaves no trace. Each fault targets one service (optionally only
 the calls of one source service) at one layer, HTTP (Istio's delay/abort) or TCP
 (Toxiproxy's toxics); a new fault for the same service, source and layer replaces the

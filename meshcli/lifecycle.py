@@ -15,17 +15,22 @@ from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
 
 Progress = Callable[[str], None]
+BASE_IMAGE_VARIABLE = "MESHCLI_BASE_IMAGE"
 
 
-def _compose_env(workspace: Workspace) -> dict[str, str]:
-    # The demo's sample apps build FROM ${MESHCLI_BASE_IMAGE}: the same base as the sidecar.
-    if "MESHCLI_BASE_IMAGE" in os.environ:
-        return {}
-    return {"MESHCLI_BASE_IMAGE": images.base_image(docker_engine.client())}
+def with_base_image(workspace: Workspace) -> Workspace:
+    """The demo's sample apps build FROM ${MESHCLI_BASE_IMAGE}, the sidecar's base image. When the
+    project uses that variable and the user has not set it, `up` sets it to the base it builds
+    the sidecar on, and reads the project again with it (only then: it costs a compose run)."""
+    if BASE_IMAGE_VARIABLE in os.environ or not workspace.project.mentions(BASE_IMAGE_VARIABLE):
+        return workspace
+    variables = {BASE_IMAGE_VARIABLE: images.base_image(docker_engine.client())}
+    return ws.for_project(compose_model.load(workspace.project.options, variables), workspace.mesh_file)
 
 
-def _compose_args(workspace: Workspace) -> list[str]:
-    return ["--env-file", str(workspace.env_file)] if workspace.env_file else []
+def _profiles(profiles: tuple[str, ...]) -> list[str]:
+    """The rendered file holds only the services compose runs; their profiles must be on to run them."""
+    return [arg for profile in profiles for arg in ("--profile", profile)]
 
 
 @dataclass
@@ -77,19 +82,21 @@ def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build:
     healthy, then the workloads are polled until ready() within the same budget; the
     result's statuses say whether they made it. Without it, nothing is waited for.
     """
-    progress("validating compose and mesh files")
+    progress("validating the mesh file")
+    workspace = with_base_image(workspace)
     loaded = ws.load(workspace)
     progress("checking the sidecar image")
     image = images.build_sidecar_image(progress)
-    rendered = ws.render(loaded, image)
+    rendered = ws.write_rendered(loaded, image)
+    control_plane.apply(workspace)  # the sidecars' config, runtime faults included, before they start
     progress(f"starting {len(loaded.mesh.workloads)} meshed workloads with docker compose")
-    args = _compose_args(workspace) + ["up", "-d", "--remove-orphans"]
+    args = _profiles(workspace.project.active_profiles) + ["up", "-d", "--remove-orphans"]
     if wait:
         args += ["--wait", "--wait-timeout", str(wait_timeout)]
     if build:
         args.append("--build")
     started = time.monotonic()
-    docker_engine.compose(loaded.project.name, [workspace.rendered_file], args, env=_compose_env(workspace))
+    docker_engine.compose(loaded.project.name, [workspace.rendered_file], args)
     progress("starting the hot-reload watcher")
     watcher_pid = watcher.start(workspace)
     _apply_edits_made_meanwhile(workspace)
@@ -117,14 +124,14 @@ def down(workspace: Workspace, progress: Progress, volumes: bool = False) -> str
     half-edited mesh.yaml must never stop a teardown, and nothing is rendered just to be
     deleted.
     """
-    name = compose_model.load(workspace.compose_file, workspace.project_name).name
+    name = workspace.project.name
     if watcher.stop(workspace) is not None:
         progress("stopped the hot-reload watcher")
     # Without the rendered file compose finds the project's containers by their labels.
     files = [workspace.rendered_file] if workspace.rendered_file.is_file() else []
     progress(f"removing project {name}")
-    args = (_compose_args(workspace) if files else []) + ["down", "--remove-orphans", "--timeout", "5"]
+    args = (_profiles(("*",)) if files else []) + ["down", "--remove-orphans", "--timeout", "5"]
     if volumes:
         args.append("-v")
-    docker_engine.compose(name, files, args, env=_compose_env(workspace))
+    docker_engine.compose(name, files, args)
     return name

@@ -751,10 +751,10 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
 
     if len(project.workloads) > MAX_WORKLOADS:  # the rendered file grows ~30 values per workload
         first_beyond = list(project.workloads)[MAX_WORKLOADS]
-        problems.append(project.doc.diag(
+        problems.append(project.diag(
             "MESH0207", f"{project.path.name} has {len(project.workloads)} meshed services; meshcli meshes at most "
-                        f"{MAX_WORKLOADS} (three containers each): opt the others out with "
-                        "`x-mesh: {inject: false}`", project.services, first_beyond))
+                        f"{MAX_WORKLOADS} (four containers each): opt the others out with "
+                        "`x-mesh: {inject: false}`", first_beyond))
     claimed: dict[str, tuple[str, str]] = {}
     for service in (config.services.values() if config else ()):
         if not service.versions and service.name not in discovered:

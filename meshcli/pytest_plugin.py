@@ -44,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("meshcli", "meshcli: a meshed Docker Compose project for tests")
     group.addoption("--mesh-compose", metavar="PATH", default=None,
                     help="compose file the `mesh` fixture brings up (default: ini mesh_compose, else "
-                         "compose.yaml in the current directory, else meshcli's bundled demo)")
+                         "the project in the current directory, found as `docker compose` finds it)")
     group.addoption("--mesh-project", metavar="NAME", default=None,
                     help="Compose project name (default: a unique meshtest-<hex>; with --mesh-attach, "
                          "the compose file's own)")
@@ -71,7 +71,7 @@ def _option_path(config: pytest.Config) -> Path | None:
 
 @pytest.fixture(scope="session")
 def mesh_compose_file(pytestconfig: pytest.Config) -> Path | None:
-    """The compose file `mesh` uses; None lets meshcli pick (compose.yaml here, else its demo).
+    """The compose file `mesh` uses; None lets meshcli pick as `docker compose` does (compose.yaml here).
 
     Override it in a conftest.py to point at your project's file; --mesh-compose on the
     command line still wins over the override (so CI can point the same tests elsewhere).
@@ -131,7 +131,7 @@ def mesh(pytestconfig: pytest.Config, mesh_compose_file: Path | None,
             instance.reset()
             if keep and not attach:
                 _say(pytestconfig, f"meshcli: left project {instance.project} running; remove it with "
-                                   f"`meshcli down -v -f {instance.workspace.compose_file} -p {instance.project}`")
+                                   f"`meshcli down -v -f {instance.workspace.project.path} -p {instance.project}`")
         else:
             instance.down()
 

@@ -1,7 +1,7 @@
 """Runtime traffic rules (the testing API's `split`, `timeout`, `retries`): a layer of
 mesh-file edits on top of mesh.yaml, as meshcli/fault_layer.py is a layer of faults.
 
-They live in `.mesh/rules.json`, never in mesh.yaml: a test's rule leaves no trace in the
+They live in `.mesh/<project>/rules.json`, never in mesh.yaml: a test's rule leaves no trace in the
 user's file, also when the test is killed before its cleanup (then `meshcli status`
 lists the rules still in force; removing the file and `meshcli apply` drops them). Each rule is one transform of meshcli/mesh_edit.py on a
 service or one of its routes; `layered()` applies them, in the order they were set, to
@@ -22,7 +22,7 @@ from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError, MeshError
 from meshcli.fault_layer import new_id
 from meshcli.mesh_config import Mesh
-from meshcli.workspace import MESH_FILE, Loaded, Workspace, state_lock
+from meshcli.workspace import Loaded, Workspace, state_lock
 
 FILE_NAME = "rules.json"
 # kind -> mesh_edit transform(text, path, service, value, route)
@@ -92,7 +92,7 @@ def _layer(loaded: Loaded, rules: list[TrafficRule]) -> Mesh:
     if not rules:
         return loaded.mesh
     workspace = loaded.workspace
-    mesh_path = workspace.mesh_file or workspace.compose_file.parent / MESH_FILE
+    mesh_path = workspace.mesh_path
     text = yaml_source.TextFile.read(mesh_path).text if workspace.mesh_file else ""
     for rule in rules:
         text = rule.apply(text, mesh_path)

@@ -195,7 +195,7 @@ class Mesh:
         self.sync_timeout = sync_timeout
         self._rules: list[Rule] = []
         self._urls: dict[str, list[str]] = {}
-        self.project = ws.load(workspace).project.name
+        self.project = workspace.project.name
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -204,8 +204,9 @@ class Mesh:
            keep_on_failure: bool = False) -> Mesh:
         """Bring the project up with the mesh and wait until it is ready, like `meshcli up --wait`.
 
-        Defaults as for the CLI: compose.yaml in the current directory (else the bundled
-        demo), mesh.yaml beside it, the compose file's project name. Raises MeshError when
+        Defaults as for the CLI and `docker compose`: the project in the current directory
+        (compose.yaml, its override file, COMPOSE_FILE...), mesh.yaml beside it, the
+        project name compose gives it. Raises MeshError when
         it is not ready within `timeout` seconds; the project is then taken down again
         unless `keep_on_failure` (to look at it).
         """
@@ -235,7 +236,7 @@ class Mesh:
         statuses = status_core.collect(loaded)
         if statuses and all(s.app == "missing" for s in statuses):
             raise MeshError(f"project {loaded.project.name} is not running",
-                            hint=f"start it first: meshcli up -f {workspace.compose_file} -p {loaded.project.name}")
+                            hint=f"start it first: meshcli up -f {loaded.project.path} -p {loaded.project.name}")
         statuses = lifecycle.wait_ready(loaded, time.monotonic() + timeout, _progress)
         if not lifecycle.ready(statuses):
             raise MeshError(f"project {loaded.project.name} is not ready: "
@@ -259,7 +260,7 @@ class Mesh:
             self.down()
 
     def __repr__(self) -> str:
-        return f"<Mesh {self.project} ({self.workspace.compose_file})>"
+        return f"<Mesh {self.project} ({self.workspace.project.path})>"
 
     # -- what is running ------------------------------------------------------------------
     @property
@@ -465,8 +466,8 @@ class Mesh:
 
     @property
     def _mesh_path(self) -> Path:
-        # mesh.yaml, or where it goes when the project has none yet.
-        return self.workspace.mesh_file or self.workspace.compose_file.parent / ws.MESH_FILE
+        # Where control_plane.edit() reads and writes, creating it when the project has none.
+        return self.workspace.mesh_path
 
     def _mesh_content(self) -> str | None:
         """mesh.yaml exactly as it is on disk; None when there is none."""
@@ -523,8 +524,11 @@ class _TrafficRule(Rule):
 
 
 def _locate(compose_file: PathLike | None, mesh_file: PathLike | None, project: str | None) -> Workspace:
-    return ws.locate(Path(compose_file) if compose_file is not None else None,
-                     Path(mesh_file) if mesh_file is not None else None, project)
+    from meshcli.compose_model import ComposeOptions
+
+    files = (str(Path(compose_file).absolute()),) if compose_file is not None else ()
+    return ws.locate(ComposeOptions(files=files, project_name=project),
+                     Path(mesh_file) if mesh_file is not None else None)
 
 
 def _all_of(steps: list[Callable[[], object]]) -> None:

@@ -4,10 +4,13 @@
 `meshcli watch` runs it in the foreground. It watches the mesh file's directory, not the
 file, because editors save by writing a new file and renaming it over the old one.
 Changes are debounced (one save fires several events) and each burst runs
-`control_plane.apply()` once. Every outcome is one JSON line in `.mesh/watcher.log`:
-applied (version, generation) or rejected (every error with file:line:column).
+`control_plane.apply()` once. Every outcome is one JSON line:
+applied (version, generation) or rejected (every error with file:line:column), in
+`.mesh/<project>/watcher.log`.
 
-The pid goes to `.mesh/watcher.pid`; before signalling it, `stop()` checks in
+The background process runs on the project `meshcli up` saved in its state dir
+(`.mesh/<project>/project.json`): it never reads the compose files again. The pid goes
+to `.mesh/<project>/watcher.pid`; before signalling it, `stop()` checks in
 /proc/PID/cmdline that the process is still this project's watcher, so a pid the
 system has since given to another process is never killed. A background watcher exits
 when the pid file names another process, so one whose pid file was lost (`.mesh/`
@@ -60,7 +63,7 @@ class Watcher:
                  debounce: float = DEBOUNCE_SECONDS) -> None:
         self.workspace = workspace
         # Without a mesh file the project may get one (`meshcli split` creates it).
-        self.mesh_file = workspace.mesh_file or workspace.compose_file.parent / ws.MESH_FILE
+        self.mesh_file = workspace.mesh_path
         self.faults_file = fault_layer.path(workspace)
         self.emit = emit
         self.debounce = debounce
@@ -83,7 +86,7 @@ class Watcher:
                 if paths & watcher.watched:
                     watcher.changed()
 
-        self.workspace.state_dir.mkdir(exist_ok=True)
+        self.workspace.state_dir.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         for directory in {p.parent for p in self.watched}:
             self._observer.schedule(OnChange(), str(directory), recursive=False)
@@ -112,7 +115,7 @@ class Watcher:
         try:
             compiled = control_plane.apply(replace(self.workspace, mesh_file=mesh_file))
         except InvalidFileError as exc:
-            self.emit({"event": "rejected", "file": str(mesh_file or self.workspace.compose_file),
+            self.emit({"event": "rejected", "file": str(self.mesh_file),
                        "errors": [f"{d.location}: {d.message}" for d in exc.diagnostics if d.is_error]})
         except MeshError as exc:
             self.emit({"event": "error", "error": exc.message})
@@ -136,11 +139,11 @@ def _json_lines(*streams: TextIO) -> Callable[[dict], None]:
 
 
 def run(workspace: Workspace, foreground: bool = False) -> None:
-    """Watch until SIGTERM or SIGINT, or until the compose file is deleted."""
+    """Watch until SIGTERM or SIGINT, or until the project directory is deleted."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    workspace.state_dir.mkdir(exist_ok=True)
+    workspace.state_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path(workspace), "a", encoding="utf-8") as log:
         emit = _json_lines(log, sys.stdout) if foreground else _json_lines(log)
         watcher = Watcher(workspace, emit)
@@ -148,8 +151,8 @@ def run(workspace: Workspace, foreground: bool = False) -> None:
         emit({"event": "started", "pid": os.getpid(), "watching": sorted(str(p) for p in watcher.watched)})
         try:
             while not done.wait(1.0):
-                if not workspace.compose_file.exists():  # the project directory is gone
-                    emit({"event": "project-gone", "compose_file": str(workspace.compose_file)})
+                if not workspace.project.directory.exists():
+                    emit({"event": "project-gone", "directory": str(workspace.project.directory)})
                     break
                 if not foreground and _superseded(workspace):
                     emit({"event": "superseded", "pid_file": str(pid_path(workspace))})
@@ -172,11 +175,9 @@ def _superseded(workspace: Workspace) -> bool:
 # --- managing the background process ---------------------------------------------------
 
 def _arguments(workspace: Workspace) -> list[str]:
-    args = ["--compose-file", str(workspace.compose_file)]
+    args = ["--state-dir", str(workspace.state_dir)]
     if workspace.mesh_file is not None:
         args += ["--mesh-file", str(workspace.mesh_file)]
-    if workspace.project_name:
-        args += ["--project-name", workspace.project_name]
     return args
 
 
@@ -184,12 +185,12 @@ def is_our_watcher(cmdline: list[str], workspace: Workspace) -> bool:
     """Whether a process's argv is the watcher of this workspace's state dir."""
     try:
         module = cmdline[cmdline.index("-m") + 1]
-        compose_file = cmdline[cmdline.index("--compose-file") + 1]
+        state_dir = cmdline[cmdline.index("--state-dir") + 1]
     except (ValueError, IndexError):
         return False
     # Resolved: `up -f ../shop/compose.yaml` and `down` run inside shop/ spell the same directory
     # differently, and a watcher that `down` does not recognise would run on for ever.
-    return module == MODULE and (Path(compose_file).parent / ws.STATE_DIR).resolve() == workspace.state_dir.resolve()
+    return module == MODULE and Path(state_dir).resolve() == workspace.state_dir.resolve()
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -212,7 +213,7 @@ def running_pid(workspace: Workspace) -> int | None:
 def start(workspace: Workspace) -> int:
     """Start a detached watcher (replacing one already running for this state dir); return its pid."""
     stop(workspace)
-    workspace.state_dir.mkdir(exist_ok=True)
+    ws.save_project(workspace)
     with open(log_path(workspace), "a", encoding="utf-8") as log:
         process = subprocess.Popen([sys.executable, "-m", MODULE, *_arguments(workspace)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
@@ -248,12 +249,11 @@ def stop(workspace: Workspace) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--compose-file", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True, help="where `meshcli up` saved the project")
     parser.add_argument("--mesh-file", type=Path)
-    parser.add_argument("--project-name")
     parser.add_argument("--foreground", action="store_true", help="also print each event on stdout")
     options = parser.parse_args(argv)
-    workspace = ws.locate(options.compose_file, options.mesh_file, options.project_name)
+    workspace = ws.from_state(options.state_dir, options.mesh_file)
     run(workspace, options.foreground)
     return 0
 

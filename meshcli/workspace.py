@@ -1,42 +1,47 @@
-"""A meshed project on disk: which compose and mesh files, and the `.mesh/` state beside them.
+"""A meshed project on disk: its compose project, its mesh file, and its runtime state.
 
-`locate()` applies the defaults (compose file in the current directory, else the
-bundled demo; mesh.yaml beside the compose file). `render()` validates everything first
-and only then writes `.mesh/compose.yaml` and `.mesh/config/sidecar.json`, each atomically.
+`locate()` reads the compose project once (as `docker compose` resolves it, see
+compose_model.py) and finds the mesh file (mesh.yaml in the project directory).
+Runtime state belongs to one project name: `.mesh/<project>/` in the project directory
+holds the rendered compose file, the compiled sidecar config, the faults, the watcher's
+pid and log, so two projects started from one directory with different `-p` share none
+of it. `render_text()` is pure; only control_plane.apply() writes what the sidecars read.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
-from meshcli import compose_model, compose_rewrite, mesh_config, resources, sidecar_config, yaml_source
-from meshcli.compose_model import ComposeProject
+from meshcli import compose_model, compose_rewrite, mesh_config, yaml_source
+from meshcli.compose_model import ComposeOptions, ComposeProject
 from meshcli.diagnostics import Diagnostic
-from meshcli.errors import InputError
+from meshcli.errors import InputError, MeshError
 from meshcli.mesh_config import Mesh, MeshConfig
 from meshcli.yaml_source import atomic_write
 
 STATE_DIR = ".mesh"
 MESH_FILE = "mesh.yaml"
+PROJECT_FILE = "project.json"  # the loaded compose project, for the watcher process
 
 
 @dataclass(frozen=True)
 class Workspace:
-    compose_file: Path
+    project: ComposeProject
     mesh_file: Path | None
-    project_name: str | None = None  # -p, overrides the compose file's name
-    is_demo: bool = False
+
+    @property
+    def state_root(self) -> Path:
+        return self.project.directory / STATE_DIR
 
     @property
     def state_dir(self) -> Path:
-        return self.compose_file.parent / STATE_DIR
+        return self.state_root / self.project.name
 
     @property
     def rendered_file(self) -> Path:
@@ -47,68 +52,98 @@ class Workspace:
         return self.state_dir / "config"
 
     @property
-    def env_file(self) -> Path | None:
-        env = self.compose_file.parent / ".env"
-        return env if env.is_file() else None
+    def project_file(self) -> Path:
+        return self.state_dir / PROJECT_FILE
+
+    @property
+    def mesh_path(self) -> Path:
+        """The mesh file, or where `meshcli split` and friends create it."""
+        return self.mesh_file or self.project.directory / MESH_FILE
 
 
 @dataclass
 class Loaded:
     workspace: Workspace
-    project: ComposeProject
     config: MeshConfig | None
     mesh: Mesh
     diagnostics: list[Diagnostic] = field(default_factory=list)  # warnings and notes
 
+    @property
+    def project(self) -> ComposeProject:
+        return self.workspace.project
 
-def locate(compose_file: Path | None = None, mesh_file: Path | None = None, project_name: str | None = None,
-           cwd: Path | None = None) -> Workspace:
-    cwd = cwd or Path.cwd()
-    is_demo = False
-    if compose_file is None:
-        compose_file = compose_model.find_compose_file(cwd)
-        if compose_file is None:
-            compose_file, is_demo = resources.demo_compose_file(), True
-            mesh_file = mesh_file or resources.demo_mesh_file()
-    if not compose_file.is_file():
-        raise InputError(f"compose file not found: {compose_file}",
-                         hint="pass -f PATH, or run in a directory with a compose.yaml")
+
+def locate(options: ComposeOptions | Path, mesh_file: Path | None = None) -> Workspace:
+    """Read the compose project (one `docker compose config`; a path is short for `-f PATH`)
+    and find its mesh file."""
+    return for_project(compose_model.load(options), mesh_file)
+
+
+def for_project(project: ComposeProject, mesh_file: Path | None = None) -> Workspace:
     if mesh_file is None:
-        candidate = compose_file.parent / MESH_FILE
+        candidate = project.directory / MESH_FILE
         mesh_file = candidate if candidate.is_file() else None
     elif not mesh_file.is_file():
         raise InputError(f"mesh file not found: {mesh_file}", hint="create one with `meshcli init`")
-    return Workspace(compose_file.absolute(), mesh_file.absolute() if mesh_file else None, project_name, is_demo)
+    return Workspace(project, mesh_file.absolute() if mesh_file else None)
+
+
+def from_state(state_dir: Path, mesh_file: Path | None) -> Workspace:
+    """The workspace a previous `up` saved in its state dir (what the watcher process runs on)."""
+    try:
+        data = json.loads((state_dir / PROJECT_FILE).read_text(encoding="utf-8"))
+        project = ComposeProject.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MeshError(f"{state_dir / PROJECT_FILE}: cannot read the saved project ({exc})",
+                        hint="run `meshcli up` again") from None
+    return Workspace(project, mesh_file)
 
 
 def load(workspace: Workspace) -> Loaded:
-    """Read and validate both files; raise InvalidFileError listing every problem."""
-    project = compose_model.load(workspace.compose_file, workspace.project_name)
+    """Read and validate the mesh file against the project; raise InvalidFileError listing every problem."""
     doc = yaml_source.load(workspace.mesh_file) if workspace.mesh_file else None
-    config, mesh = mesh_config.parse_and_resolve(doc, project)
-    return Loaded(workspace, project, config, mesh, list(project.diagnostics))
+    config, mesh = mesh_config.parse_and_resolve(doc, workspace.project)
+    return Loaded(workspace, config, mesh, list(workspace.project.diagnostics))
 
 
-def render(loaded: Loaded, sidecar_image: str, output: Path | None = None) -> Path:
-    """Write the rendered compose file and the sidecar config; return the compose path."""
+def render_text(loaded: Loaded, sidecar_image: str) -> str:
+    """The meshed compose file (pure: writes nothing)."""
+    import yaml
+
     workspace = loaded.workspace
-    output = (output or workspace.rendered_file).absolute()
-    options = compose_rewrite.RenderOptions(output, sidecar_image, workspace.config_dir, _docker_socket())
-    data = compose_rewrite.render(loaded.project, loaded.mesh, options)
-    text = (f"# Generated by meshcli from {workspace.compose_file.name}"
-            f"{' and ' + workspace.mesh_file.name if workspace.mesh_file else ''}. Do not edit:\n"
-            "# change those files and run `meshcli render` or `meshcli up` again.\n"
+    options = compose_rewrite.RenderOptions(sidecar_image, workspace.config_dir, _docker_socket())
+    data = compose_rewrite.render(workspace.project, loaded.mesh, options)
+    sources = ", ".join(doc.path.name for doc in workspace.project.sources[:3]) or "the compose project"
+    return (f"# Generated by meshcli from {sources}"
+            f"{' and ' + workspace.mesh_file.name if workspace.mesh_file else ''} (project {workspace.project.name})."
+            " Do not edit:\n# change those files and run `meshcli render` or `meshcli up` again.\n"
             + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096))
-    _ignore_state_dir(workspace.state_dir)
-    sidecar_config.write(loaded.mesh, workspace.config_dir)
-    atomic_write(output, text)
-    return output
+
+
+def write_rendered(loaded: Loaded, sidecar_image: str, output: Path | None = None) -> Path:
+    """Write the rendered compose file: by default into the state dir (what `up` runs and
+    `down` removes). Nothing else is written: the sidecars' config is control_plane.apply()'s."""
+    text = render_text(loaded, sidecar_image)
+    if output is None:
+        ignore_state_dir(loaded.workspace)
+    elif not output.absolute().parent.is_dir():
+        raise InputError(f"cannot write {output}: {output.absolute().parent} is not a directory",
+                         hint="create it first, or pass -o - to print the file")
+    path = (output or loaded.workspace.rendered_file).absolute()
+    atomic_write(path, text)
+    return path
+
+
+def save_project(workspace: Workspace) -> None:
+    """Save the loaded project for a process that must not read the compose files again (the watcher)."""
+    ignore_state_dir(workspace)
+    atomic_write(workspace.project_file, json.dumps(workspace.project.to_json(), indent=2) + "\n")
 
 
 @contextmanager
 def state_lock(workspace: Workspace) -> Iterator[None]:
     """Hold the project's lock while reading and rewriting a file others may rewrite too
-    (mesh.yaml through commands, .mesh/faults.json, sidecar.json): parallel test workers,
+    (mesh.yaml through commands, faults.json, sidecar.json): parallel test workers,
     the watcher and a command never lose one another's change. Not re-entrant."""
     workspace.state_dir.mkdir(parents=True, exist_ok=True)
     with open(workspace.state_dir / ".lock", "a") as handle:
@@ -121,7 +156,9 @@ def _docker_socket() -> str:
     return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
 
 
-def _ignore_state_dir(state_dir: Path) -> None:
-    gitignore = state_dir / ".gitignore"
+def ignore_state_dir(workspace: Workspace) -> None:
+    """Create the state dir, with a .gitignore at `.mesh/` that keeps it out of the user's repository."""
+    workspace.state_dir.mkdir(parents=True, exist_ok=True)
+    gitignore = workspace.state_root / ".gitignore"
     if not gitignore.exists():
         atomic_write(gitignore, "# meshcli's generated state\n*\n")

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Set up this machine and run the demo: frontend -> orders -> payment v1/v2 under the mesh.
+# Set up this machine and run the demo (frontend -> orders -> payment v1/v2 under the mesh)
+# on a copy of it in ./meshcli-demo: what you try next changes that copy, never this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/meshcli up -f compose/compose.yaml
+.venv/bin/meshcli demo meshcli-demo
 cat >&2 <<MSG
 
-The demo is up. Try:
-  curl -s http://localhost:\${FRONTEND_PORT:-8080}/     # frontend -> orders -> payment (v1 or v2)
-  .venv/bin/meshcli status -f compose/compose.yaml
-  .venv/bin/meshcli split payment v1=90 v2=10 -f compose/compose.yaml      # canary, hot-reloaded
-  .venv/bin/meshcli fault payment --abort 503 --percent 50 --for 30s -f compose/compose.yaml
-  .venv/bin/meshcli down -f compose/compose.yaml       # remove everything
+Commands run inside the copy (with .venv/bin on your PATH, or prefix them with ../../.venv/bin/):
+  cd meshcli-demo/compose
+  meshcli split payment v1=90 v2=10      # canary, hot-reloaded
+  meshcli down                           # remove everything
 MSG

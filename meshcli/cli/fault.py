@@ -8,12 +8,9 @@ running sidecars apply it (unless --no-wait, or nothing is running).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
 from meshcli.cli import common, output
@@ -59,6 +56,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(fault_app, name="fault")
 
     @fault_app.command("set")
+    @common.project_command()
     def set_fault(
         service: str = typer.Argument(..., help="The mesh service whose callers get the fault."),
         delay: Optional[str] = typer.Option(None, "--delay", help="Delay requests this long, e.g. 2s."),
@@ -76,15 +74,13 @@ def register(app: typer.Typer) -> None:
         source: Optional[str] = typer.Option(None, "--source", help="Only calls made by this service."),
         no_wait: bool = common.NoWait,
         timeout: float = common.SyncTimeout,
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
         as_json: bool = common.Json,
     ) -> None:
         """Inject a fault into the calls to SERVICE; replaces its previous fault at the same layer."""
         from meshcli import fault_layer, workspace
 
-        loaded = workspace.load(common.locate(compose_file, mesh_file, project))
+        loaded = workspace.load(project.locate())
         fault = fault_layer.build(loaded.mesh, service, delay=delay, abort=abort, tcp=tcp, latency=latency,
                                   jitter=jitter, rate=rate, size=size, percent=percent, duration=duration,
                                   source=source)
@@ -98,16 +94,15 @@ def register(app: typer.Typer) -> None:
                        f"{_applied_text(summary)}")
 
     @fault_app.command("list")
+    @common.project_command()
     def list_faults(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
         as_json: bool = common.Json,
     ) -> None:
         """List the faults in force, with the time each has left."""
         from meshcli import fault_layer
 
-        located = common.locate(compose_file, mesh_file, project)
+        located = project.locate()
         now = time.time()
         faults = fault_layer.active(located, now)
         if as_json:
@@ -116,6 +111,9 @@ def register(app: typer.Typer) -> None:
         if not faults:
             output.info("no faults in force")
             return
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("ID", "SERVICE", "SOURCE", "FAULT", "TIME LEFT"):
             table.add_column(column)
@@ -125,21 +123,20 @@ def register(app: typer.Typer) -> None:
         output.out.print(table)
 
     @fault_app.command("clear")
+    @common.project_command()
     def clear_faults(
         service: Optional[str] = typer.Argument(None, help="Only this service's faults (default: all)."),
         fault_id: Optional[str] = typer.Option(None, "--id", help="Only the fault with this id (see `fault list`)."),
         no_wait: bool = common.NoWait,
         timeout: float = common.SyncTimeout,
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
         as_json: bool = common.Json,
     ) -> None:
         """Remove faults: all of them, a service's, or one by id."""
         from meshcli import fault_layer, workspace
         from meshcli.errors import InputError
 
-        loaded = workspace.load(common.locate(compose_file, mesh_file, project))
+        loaded = workspace.load(project.locate())
         if service is not None:
             fault_layer.check_service(loaded.mesh, service)
         if fault_id is not None and fault_id not in {f.id for f in fault_layer.active(loaded.workspace)}:

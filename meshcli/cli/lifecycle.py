@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import typer
 
@@ -53,10 +52,9 @@ def up_json(result, seconds: float, waited: bool) -> dict:
 
 def register(app: typer.Typer) -> None:
     @app.command("up")
+    @common.project_command()
     def up(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
         wait: bool = typer.Option(True, "--wait/--no-wait",
                                   help="Wait until every app runs and every sidecar is healthy and runs the "
                                        "current config (exit 1 if that takes longer than --timeout)."),
@@ -70,9 +68,7 @@ def register(app: typer.Typer) -> None:
         from meshcli.cli.status import print_table
 
         with _json_failure(as_json, "up"):
-            located = common.locate(compose_file, mesh_file, project)
-            if located.is_demo and not as_json:
-                output.info(f"no compose file here: running the bundled demo ({located.compose_file})")
+            located = project.locate()
             started = time.monotonic()
             with output.progress("starting the mesh") as progress:
                 result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait)
@@ -97,10 +93,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("down")
+    @common.project_command()
     def down(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
         volumes: bool = typer.Option(False, "--volumes", "-v",
                                      help="Also remove the project's named volumes and the data in them."),
         keep_volumes: bool = typer.Option(False, "--keep-volumes", hidden=True,
@@ -115,7 +110,7 @@ def register(app: typer.Typer) -> None:
             if volumes and keep_volumes:
                 raise InputError("--volumes and --keep-volumes contradict each other",
                                  hint="volumes are kept by default; -v removes them")
-            located = common.locate(compose_file, mesh_file, project)
+            located = project.locate()
             started = time.monotonic()
             with output.progress("stopping the mesh") as progress:
                 name = lifecycle.down(located, progress, volumes=volumes)

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from meshcli import __version__
-from meshcli.cli import fault, init, lifecycle, render, schema, status, traffic, validate, watch
+from meshcli.cli import apply, demo, fault, init, lifecycle, render, route, schema, split, status, validate, watch
 from meshcli.errors import EXIT_INTERRUPTED, EXIT_USAGE, InvalidFileError, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
@@ -43,7 +43,7 @@ def _root(
     pass
 
 
-for module in (init, render, validate, schema, lifecycle, status, fault, traffic, watch):
+for module in (demo, init, render, validate, schema, lifecycle, status, fault, split, route, apply, watch):
     module.register(app)
 
 

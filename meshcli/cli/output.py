@@ -9,41 +9,59 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterator
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:
+    from meshcli.diagnostics import Diagnostic
 
-from meshcli.diagnostics import Diagnostic, Level
+LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
-# Off a terminal (CI logs, pipes) rich would wrap at 80 columns and split file:line:col
-# diagnostics and table rows; give it room instead.
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
-LEVEL_STYLE = {Level.ERROR: "bold red", Level.WARNING: "yellow", Level.INFO: "cyan"}
+@lru_cache(maxsize=None)
+def _console(stderr: bool):
+    # Imported here: `meshcli --help` must not pay for rich's console.
+    from rich.console import Console
+
+    # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and split file:line:col
+    # diagnostics and table rows; give it room instead.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
+
+
+def __getattr__(name: str):
+    """`output.err` and `output.out`: the consoles for messages (stderr) and data (stdout)."""
+    if name in ("err", "out"):
+        return _console(name == "err")
+    raise AttributeError(name)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    _console(True).print(f"[bold red]error:[/] {escape(message)}")
     if hint:
-        err.print(f"[dim]hint:[/] {escape(hint)}")
+        _console(True).print(f"[dim]hint:[/] {escape(hint)}")
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    _console(True).print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def info(message: str) -> None:
-    err.print(escape(message))
+    _console(True).print(escape(message))
 
 
 def success(message: str) -> None:
-    err.print(f"[green]✓[/] {escape(message)}")
+    _console(True).print(f"[green]✓[/] {escape(message)}")
 
 
 def diagnostic(d: Diagnostic) -> None:
-    err.print(f"{escape(d.location)}: [{LEVEL_STYLE[d.level]}]{d.level.value} {d.code}[/]: {escape(d.message)}")
+    _console(True).print(f"{escape(d.location)}: [{LEVEL_STYLE[d.level.value]}]{d.level.value} {d.code}[/]: {escape(d.message)}")
 
 
 def emit_text(text: str) -> None:
@@ -60,17 +78,17 @@ def emit_json(data: object) -> None:
 @contextmanager
 def progress(initial: str) -> Iterator:
     """A spinner on stderr; yields a callback that updates its text (and logs each step)."""
-    if not err.is_terminal or os.environ.get("CI"):
+    if not _console(True).is_terminal or os.environ.get("CI"):
         # Plain step lines where there is no terminal to animate (CI logs, pipes).
         def log_step(text: str) -> None:
-            err.print(f"[dim]…[/] {escape(text)}")
+            _console(True).print(f"[dim]…[/] {escape(text)}")
 
         log_step(initial)
         yield log_step
         return
-    with err.status(escape(initial)) as status:
+    with _console(True).status(escape(initial)) as status:
         def update(text: str) -> None:
             status.update(escape(text))
-            err.print(f"[dim]…[/] {escape(text)}")
+            _console(True).print(f"[dim]…[/] {escape(text)}")
 
         yield update

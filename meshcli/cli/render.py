@@ -1,8 +1,7 @@
-"""`meshcli render`: write the meshed compose file without starting anything."""
+"""`meshcli render`: preview the meshed compose file; start nothing, change no running sidecar."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -12,19 +11,30 @@ from meshcli.cli import common, output
 
 def register(app: typer.Typer) -> None:
     @app.command("render")
+    @common.project_command()
     def render(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        output_file: Optional[Path] = typer.Option(None, "--output", "-o",
-                                                   help="Where to write (default: .mesh/compose.yaml)."),
-        project: Optional[str] = common.ProjectName,
+        project: common.ProjectFlags = common.PROJECT,
+        output_file: Optional[str] = typer.Option(None, "--output", "-o",
+                                                  help="Where to write (default: .mesh/PROJECT/compose.yaml; "
+                                                       "- prints it on stdout)."),
         as_json: bool = common.Json,
     ) -> None:
-        """Render the compose file with a pod and a sidecar for every meshed service."""
-        from meshcli import images, workspace
+        """Render the compose project with a pod and a sidecar for every meshed service."""
+        from pathlib import Path
 
-        loaded = workspace.load(common.locate(compose_file, mesh_file, project))
-        path = workspace.render(loaded, images.sidecar_image_tag(), output_file)
+        from meshcli import images, workspace
+        from meshcli.errors import InputError
+
+        if output_file == "-" and as_json:
+            raise InputError("--json and -o - both print on stdout", hint="pick one")
+        loaded = workspace.load(project.locate())
+        image = images.sidecar_image_tag()
+        if output_file == "-":
+            for d in loaded.diagnostics:
+                output.diagnostic(d)
+            output.emit_text(workspace.render_text(loaded, image))
+            return
+        path = workspace.write_rendered(loaded, image, Path(output_file) if output_file else None)
         if as_json:
             output.emit_json({
                 "output": str(path),

@@ -4,11 +4,8 @@ version, like `istioctl proxy-status`), its URLs; a rejected mesh.yaml; the hot-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from meshcli.cli import common, output
 
@@ -16,11 +13,16 @@ STATE_STYLE = {"running": "green", "healthy": "green", "SYNCED": "green", "STALE
                "starting": "yellow", "restarting": "yellow"}
 
 
-def _cell(value: str) -> Text:
+def _cell(value: str):
+    from rich.text import Text
+
     return Text(value, style=STATE_STYLE.get(value, "red" if value in ("missing", "exited", "unhealthy") else ""))
 
 
 def print_table(statuses) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("SERVICE", "VERSION", "WORKLOAD", "APP", "SIDECAR", "RESTARTS", "CONFIG", "URLS"):
         table.add_column(column)
@@ -40,16 +42,12 @@ def healthy(statuses) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command("status")
-    def status(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        project: Optional[str] = common.ProjectName,
-        as_json: bool = common.Json,
-    ) -> None:
+    @common.project_command()
+    def status(project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
         from meshcli import control_plane, fault_layer, rule_layer, sidecar_config, status as core, watcher
 
-        located = common.locate(compose_file, mesh_file, project)
+        located = project.locate()
         loaded, mesh_error = core.load(located)
         statuses = core.collect(loaded)
         on_disk = sidecar_config.current(located.config_dir)
@@ -100,6 +98,7 @@ def _print_faults(faults: list[dict]) -> None:
 def _print_rejection(rejected: dict | None, mesh_error) -> None:
     """The errors that keep mesh.yaml from the sidecars, impossible to miss."""
     from rich.panel import Panel
+    from rich.text import Text
 
     if rejected:
         keeping = rejected.get("keeping") or {}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
 
 from meshcli.cli import common, output
@@ -12,17 +9,14 @@ from meshcli.cli import common, output
 
 def register(app: typer.Typer) -> None:
     @app.command("validate")
-    def validate(
-        compose_file: Optional[Path] = common.ComposeFile,
-        mesh_file: Optional[Path] = common.MeshFile,
-        as_json: bool = common.Json,
-    ) -> None:
-        """Validate the mesh file against the compose file. Exit 2 when there are errors."""
+    @common.project_command()
+    def validate(project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
+        """Validate the mesh file against the compose project. Exit 2 when there are errors."""
         from meshcli import workspace
         from meshcli.errors import InvalidFileError
 
-        located = common.locate(compose_file, mesh_file, None)
         try:
+            located = project.locate()
             loaded = workspace.load(located)
             diagnostics = loaded.diagnostics
         except InvalidFileError as exc:
@@ -35,5 +29,5 @@ def register(app: typer.Typer) -> None:
             return
         for d in diagnostics:
             output.diagnostic(d)
-        output.success(f"{located.mesh_file or located.compose_file}: valid "
+        output.success(f"{located.mesh_file or located.project.path}: valid "
                        f"({len(loaded.mesh.services)} services, {len(loaded.mesh.workloads)} workloads)")

@@ -1,6 +1,6 @@
 """End-to-end fixtures: the real meshcli CLI against a real Docker engine.
 
-Each session copies the demo (compose/ and sample-apps/) into a temporary directory so
+Each session copies the demo (as `meshcli demo` does) into a temporary directory so
 its `.mesh/` state is private, brings it up under a unique project name on a free host
 port, and always removes it with `meshcli down` (plus a `docker compose down` fallback).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -159,9 +158,9 @@ def add_test_workloads(compose_file: Path) -> None:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, request) -> Demo:
-    root = tmp_path_factory.mktemp("demo")
-    shutil.copytree(REPO / "compose", root / "compose", ignore=shutil.ignore_patterns(".mesh"))
-    shutil.copytree(REPO / "sample-apps", root / "sample-apps", ignore=shutil.ignore_patterns("__pycache__"))
+    from meshcli import demo as bundled_demo
+
+    root = bundled_demo.copy(tmp_path_factory.mktemp("demo")).directory
     add_test_workloads(root / "compose" / "compose.yaml")
     project = f"meshe2e-{uuid.uuid4().hex[:8]}"
     port = free_port()

@@ -183,7 +183,7 @@ def running(pid: int) -> bool:
 
 @pytest.mark.last
 def test_down_leaves_nothing_behind_even_with_a_broken_mesh_file(demo):
-    watcher_pid = int((demo.directory / "compose" / ".mesh" / "watcher.pid").read_text())
+    watcher_pid = int((demo.directory / "compose" / ".mesh" / demo.project / "watcher.pid").read_text())
     assert running(watcher_pid)  # `up` started the hot-reload watcher
     (demo.directory / "compose" / "mesh.yaml").write_text("services: [unclosed\n")
     demo.cli("down", "-p", demo.project)

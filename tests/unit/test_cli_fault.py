@@ -7,23 +7,19 @@ sidecars unless a test says so.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, status
+from meshcli import control_plane, demo as demo_copy, status
 from meshcli.cli.main import main
-
-DEMO = Path(__file__).resolve().parents[2] / "compose"
-
 
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
-    shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns(".mesh"))  # a demo run leaves state
-    monkeypatch.chdir(tmp_path / "demo")
+    compose_dir = demo_copy.copy(tmp_path / "demo").compose_dir  # as `meshcli demo` makes it
+    monkeypatch.chdir(compose_dir)
     monkeypatch.setattr(status, "project_running", lambda project: False)
-    return tmp_path / "demo"
+    return compose_dir
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -33,11 +29,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def faults_file(demo: Path) -> list[dict]:
-    return json.loads((demo / ".mesh" / "faults.json").read_text())["faults"]
+    return json.loads((demo / ".mesh" / "meshcli-demo" / "faults.json").read_text())["faults"]
 
 
 def sidecar_faults(demo: Path) -> list[dict]:
-    return json.loads((demo / ".mesh" / "config" / "sidecar.json").read_text())["faults"]
+    return json.loads((demo / ".mesh" / "meshcli-demo" / "config" / "sidecar.json").read_text())["faults"]
 
 
 def test_fault_service_sets_an_http_fault_and_compiles_it(capsys, demo):
@@ -72,7 +68,7 @@ def test_fault_waits_for_running_sidecars(capsys, demo, monkeypatch):
     code, _, err = run(capsys, "fault", "payment", "--delay", "2s", "--timeout", "12")
 
     assert code == 0
-    assert waited == [(json.loads((demo / ".mesh/config/sidecar.json").read_text())["version"], 12.0)]
+    assert waited == [(json.loads((demo / ".mesh/meshcli-demo/config/sidecar.json").read_text())["version"], 12.0)]
     assert "generation 1 running on 9/9 sidecars" in err
 
     waited.clear()
@@ -131,4 +127,4 @@ def test_bad_input_exits_2_and_changes_nothing(capsys, demo, argv, message):
 
     assert code == 2
     assert message in err
-    assert not (demo / ".mesh" / "faults.json").exists()
+    assert not (demo / ".mesh" / "meshcli-demo" / "faults.json").exists()

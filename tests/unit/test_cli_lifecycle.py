@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from meshcli import docker_engine, lifecycle, watcher
+from meshcli import docker_engine, watcher
 from meshcli.cli.main import main
 
 
@@ -18,7 +18,6 @@ def composed(tmp_path, monkeypatch) -> list[list[str]]:
     calls: list[list[str]] = []
     monkeypatch.setattr(docker_engine, "compose", lambda project, files, args, **kw: calls.append(list(args)))
     monkeypatch.setattr(watcher, "stop", lambda workspace: None)
-    monkeypatch.setattr(lifecycle, "_compose_env", lambda workspace: {})
     monkeypatch.chdir(tmp_path)
     return calls
 

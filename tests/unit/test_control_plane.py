@@ -4,12 +4,11 @@ and the `split` / `route` commands on a copy of the demo (not running: nothing t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, docker_engine, mesh_edit, sidecar_config, status, workspace as ws
+from meshcli import control_plane, demo as demo_copy, docker_engine, mesh_edit, sidecar_config, status, workspace as ws
 from meshcli.cli.main import main
 from meshcli.errors import InputError, InvalidFileError, MeshError
 from meshcli.status import WorkloadStatus
@@ -147,10 +146,10 @@ def test_project_running_is_false_without_an_engine(tmp_path, monkeypatch):
 
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
-    shutil.copytree(REPO / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".mesh"))
-    monkeypatch.chdir(tmp_path / "compose")
+    compose_dir = demo_copy.copy(tmp_path / "demo").compose_dir  # as `meshcli demo` makes it
+    monkeypatch.chdir(compose_dir)
     monkeypatch.setattr(status, "project_running", lambda name: False)
-    return tmp_path / "compose"
+    return compose_dir
 
 
 def test_split_dry_run_prints_the_diff_and_writes_nothing(demo, capsys):
@@ -168,7 +167,7 @@ def test_split_json_reports_the_generation(demo, capsys):
 
     data = json.loads(capsys.readouterr().out)
     assert data["changed"] and data["generation"] == 1 and data["sidecars"] is None
-    assert data["version"] == sidecar_config.current_version(demo / ".mesh" / "config")
+    assert data["version"] == sidecar_config.current_version(demo / ".mesh" / "meshcli-demo" / "config")
     assert "split: {v2: 100}" in (demo / "mesh.yaml").read_text()
 
 
@@ -267,8 +266,7 @@ def test_edit_refuses_an_unknown_service_before_transforming(project):
     assert not result.changed
 
 
-def _set_timeouts(compose_dir: str, service: str, done) -> None:
-    located = ws.locate(Path(compose_dir) / "compose.yaml")
+def _set_timeouts(located, service: str, done) -> None:
     for ms in range(100, 1300, 100):
         control_plane.edit(located, lambda text, ms=ms: mesh_edit.set_timeout(text, located.mesh_file, service,
                                                                              f"{ms}ms"), wait=False)
@@ -283,7 +281,8 @@ def test_concurrent_edits_of_mesh_yaml_lose_no_change(demo):
     services = ["frontend", "orders", "payment", "greeter"]
     context = multiprocessing.get_context("fork")
     done = context.Queue()
-    workers = [context.Process(target=_set_timeouts, args=(str(demo), s, done)) for s in services]
+    located = ws.locate(demo / "compose.yaml")
+    workers = [context.Process(target=_set_timeouts, args=(located, s, done)) for s in services]  # forked
     for worker in workers:
         worker.start()
     finished = sorted(done.get(timeout=60) for _ in services)

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from meshcli import fault_layer, sidecar_config, workspace
+from meshcli import demo as demo_copy, fault_layer, sidecar_config, workspace
 from meshcli.errors import InputError, MeshError
 from meshproxy import config as wire
 
-DEMO = Path(__file__).resolve().parents[2] / "compose"
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
 def loaded(tmp_path):
-    shutil.copytree(DEMO, tmp_path / "demo", ignore=shutil.ignore_patterns(".mesh"))  # a demo run leaves state
-    return workspace.load(workspace.locate(tmp_path / "demo" / "compose.yaml"))
+    return workspace.load(workspace.locate(demo_copy.copy(tmp_path / "demo").compose_file))
 
 
 def build(loaded, service="payment", **options):
@@ -128,7 +124,7 @@ def test_bad_values_are_input_errors(loaded, service, options, message):
 
 def test_an_unreadable_file_is_an_error_that_clear_fixes(loaded):
     ws = loaded.workspace
-    (ws.state_dir).mkdir(exist_ok=True)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
     (ws.state_dir / "faults.json").write_text("{not json")
 
     with pytest.raises(MeshError, match="meshcli fault clear|not a faults file"):
@@ -164,8 +160,7 @@ def test_in_force_lists_runtime_faults_then_the_mesh_files(loaded):
     assert fault_layer.in_force(loaded.workspace, reloaded.mesh, now=NOW + 31)[0]["origin"] == "mesh.yaml"
 
 
-def _add_faults_from(compose_file: str, source: str, last_ids) -> None:
-    loaded = workspace.load(workspace.locate(Path(compose_file)))
+def _add_faults_from(loaded, source: str, last_ids) -> None:
     for _ in range(30):
         stored = fault_layer.add(loaded.workspace, fault_layer.build(loaded.mesh, "payment", abort="503",
                                                                      source=source))
@@ -180,7 +175,7 @@ def test_concurrent_writers_lose_no_fault(loaded):
     sources = ["frontend", "orders", "greeter", "greeter-client", "payment"]
     context = multiprocessing.get_context("fork")
     last_ids = context.Queue()
-    workers = [context.Process(target=_add_faults_from, args=(str(loaded.workspace.compose_file), s, last_ids))
+    workers = [context.Process(target=_add_faults_from, args=(loaded, s, last_ids))  # forked: the loaded project is shared
                for s in sources]
     for worker in workers:
         worker.start()

@@ -24,7 +24,8 @@ class FakeMesh:
     def __init__(self, calls: list, project: str | None) -> None:
         self.calls = calls
         self.project = project or "from-compose-file"
-        self.workspace = type("W", (), {"compose_file": Path("/somewhere/compose.yaml")})()
+        project = type("P", (), {"path": Path("/somewhere/compose.yaml")})()
+        self.workspace = type("W", (), {"project": project})()
 
     def down(self) -> None:
         self.calls.append(("down", self.project))

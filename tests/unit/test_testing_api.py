@@ -83,7 +83,9 @@ def engine(monkeypatch) -> Engine:
 def shop(tmp_path):
     (tmp_path / "compose.yaml").write_text(COMPOSE)
     (tmp_path / "mesh.yaml").write_text(MESH)
-    workspace.render(workspace.load(locate(tmp_path / "compose.yaml")), "meshcli-sidecar:test")  # as `up` does
+    located = locate(tmp_path / "compose.yaml")
+    workspace.write_rendered(workspace.load(located), "meshcli-sidecar:test")  # as `up` does
+    control_plane.apply(located)
     return tmp_path
 
 
@@ -93,7 +95,7 @@ def mesh(shop, engine) -> Mesh:
 
 
 def sidecar_json(shop) -> dict:
-    return json.loads((shop / ".mesh" / "config" / "sidecar.json").read_text())
+    return json.loads((shop / ".mesh" / "shop" / "config" / "sidecar.json").read_text())
 
 
 def default_route(shop, service: str = "payment") -> dict:
@@ -152,7 +154,7 @@ def test_split_is_a_runtime_rule_that_never_touches_mesh_yaml(mesh, shop, engine
         assert engine.synced == [sidecar_json(shop)["version"]]
     after = (shop / "mesh.yaml").stat()
     assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
-    assert not (shop / ".mesh" / "rules.json").exists()
+    assert not (shop / ".mesh" / "shop" / "rules.json").exists()
     assert default_route(shop)["split"] == []
     assert engine.synced[-1] == sidecar_json(shop)["version"]
 
@@ -173,7 +175,7 @@ def test_a_hand_edit_that_breaks_a_runtime_rule_is_rejected_naming_the_rule(mesh
         with pytest.raises(InvalidFileError) as info:
             control_plane.apply(mesh.workspace)
         [diagnostic] = info.value.diagnostics
-        assert diagnostic.file == shop / ".mesh" / "rules.json"
+        assert diagnostic.file == shop / ".mesh" / "shop" / "rules.json"
         assert 'unknown version "v2"' in diagnostic.message and "split payment v2=100" in diagnostic.message
         assert default_route(shop)["split"] == [{"version": "v2", "weight": 100}]  # the sidecars keep it
         (shop / "mesh.yaml").write_text(MESH)
@@ -324,13 +326,13 @@ def test_attach_gives_up_on_a_mesh_that_stays_unhealthy(shop, engine):
 @pytest.fixture
 def fake_lifecycle(engine, monkeypatch):
     def up(workspace, progress, wait_timeout=180, build=False, wait=True):
-        engine.ups.append({"project": workspace.project_name, "timeout": wait_timeout, "build": build})
+        engine.ups.append({"project": workspace.project.name, "timeout": wait_timeout, "build": build})
         loaded = workspace_module.load(workspace)
         return lifecycle.UpResult(loaded, workspace.rendered_file, "meshcli-sidecar:test", list(engine.statuses))
 
     monkeypatch.setattr(lifecycle, "up", up)
     monkeypatch.setattr(lifecycle, "down", lambda workspace, progress, volumes=False: engine.downs.append(
-        (workspace.project_name, volumes)))
+        (workspace.project.name, volumes)))
 
 
 def test_up_then_down_with_the_rules_still_applied_restores_mesh_yaml(shop, engine, fake_lifecycle):
@@ -364,9 +366,9 @@ def test_an_attached_mesh_is_never_taken_down_by_with(mesh, engine):
 
 def test_down_of_an_attached_mesh_keeps_its_volumes_like_meshcli_down(mesh, engine, fake_lifecycle):
     mesh.down()
-    assert engine.downs == [(None, False)]
+    assert engine.downs == [("shop", False)]
     mesh.down(volumes=True)
-    assert engine.downs[-1] == (None, True)
+    assert engine.downs[-1] == ("shop", True)
 
 
 # -- lifecycle.up's wait ------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from meshcli import fault_layer, watcher, workspace as ws
+from meshcli import compose_model, fault_layer, watcher, workspace as ws
 from meshcli.yaml_source import atomic_write
 
 COMPOSE = """
@@ -91,21 +91,24 @@ def test_a_burst_of_events_applies_once(project, events):
 
 
 def test_the_pid_check_only_accepts_this_projects_watcher(project, tmp_path):
-    own = [sys.executable, "-m", "meshcli.watcher", "--compose-file", str(project.compose_file)]
+    own = [sys.executable, "-m", "meshcli.watcher", "--state-dir", str(project.state_dir)]
     assert watcher.is_our_watcher(own, project)
-    other = ws.locate(project.compose_file, project.mesh_file)
+    other = ws.locate(project.project.path, project.mesh_file)
     assert watcher.is_our_watcher(own, other)
-    elsewhere = [sys.executable, "-m", "meshcli.watcher", "--compose-file", str(tmp_path / "x" / "compose.yaml")]
+    elsewhere = [sys.executable, "-m", "meshcli.watcher", "--state-dir", str(tmp_path / "x" / ".mesh" / "shop")]
     assert not watcher.is_our_watcher(elsewhere, project)
     assert not watcher.is_our_watcher(["sleep", "100"], project)
-    assert not watcher.is_our_watcher([sys.executable, "-m", "http.server", "--compose-file",
-                                       str(project.compose_file)], project)
+    assert not watcher.is_our_watcher([sys.executable, "-m", "http.server", "--state-dir",
+                                       str(project.state_dir)], project)
+    # Another project name from the same directory (-p) has a watcher of its own.
+    renamed = ws.locate(compose_model.ComposeOptions((str(project.project.path),), project_name="other"))
+    assert not watcher.is_our_watcher(own, renamed)
 
 
 def test_a_reused_pid_is_never_signalled(project):
     stranger = subprocess.Popen(["sleep", "30"])
     try:
-        project.state_dir.mkdir(exist_ok=True)
+        project.state_dir.mkdir(parents=True, exist_ok=True)
         watcher.pid_path(project).write_text(f"{stranger.pid}\n")
 
         assert watcher.running_pid(project) is None
@@ -141,16 +144,17 @@ def test_background_watcher_starts_applies_and_stops(project):
 
 def test_the_pid_check_accepts_another_spelling_of_the_project_directory(project):
     """`up -f ../shop/compose.yaml` from elsewhere, then `down` inside shop/: the same watcher."""
-    detour = project.compose_file.parent / "sub" / ".." / "compose.yaml"
-    own = [sys.executable, "-m", "meshcli.watcher", "--compose-file", str(detour)]
+    detour = project.project.directory / "sub" / ".." / ".mesh" / "shop"
+    own = [sys.executable, "-m", "meshcli.watcher", "--state-dir", str(detour)]
     assert watcher.is_our_watcher(own, project)
 
 
 def test_a_background_watcher_exits_when_the_pid_file_names_another_process(project):
-    process = subprocess.Popen([sys.executable, "-m", "meshcli.watcher", "--compose-file", str(project.compose_file)],
+    ws.save_project(project)
+    process = subprocess.Popen([sys.executable, "-m", "meshcli.watcher", "--state-dir", str(project.state_dir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        project.state_dir.mkdir(exist_ok=True)
+        project.state_dir.mkdir(parents=True, exist_ok=True)
         watcher.pid_path(project).write_text(f"{process.pid}\n")
         assert wait_for(lambda: '"started"' in (watcher.log_path(project).read_text()
                                                 if watcher.log_path(project).exists() else ""), timeout=15)
