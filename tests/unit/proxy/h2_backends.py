@@ -19,6 +19,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from sidecar_kit import LoopbackServer
+
 
 @dataclass
 class Request:
@@ -47,35 +49,16 @@ def ok(n: int, request: Request) -> Reply:
     return Reply()
 
 
-class H2Backend:
+class H2Backend(LoopbackServer):
     def __init__(self, reply: Callable[[int, Request], Reply] = ok, host: str = "127.0.0.1", port: int = 0,
                  max_concurrent_streams: int | None = None) -> None:
+        super().__init__(host, port)
         self.reply = reply
-        self.host, self.port = host, port
         self.max_concurrent_streams = max_concurrent_streams
         self.requests: list[Request] = []
-        self.connections = 0
         self.client_resets: list[tuple[int, int]] = []  # (stream id, error code) of RST_STREAMs received
-        self._tasks: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> H2Backend:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.sleep(0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         if self.max_concurrent_streams:
             conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -114,9 +97,6 @@ class H2Backend:
                 await writer.drain()
         except (ConnectionError, h2.exceptions.ProtocolError):
             pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
 
     async def _answer(self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, window: asyncio.Event,
                       request: Request, reply: Reply) -> None:

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sidecar_kit import LoopbackServer
+
 
 @dataclass
 class Request:
@@ -39,62 +41,42 @@ def fail_first(count: int, status: int = 503) -> Callable[[int, Request], Reply]
     return lambda n, request: Reply(status, b"failed") if n <= count else Reply()
 
 
-class Backend:
+class Backend(LoopbackServer):
     def __init__(self, reply: Callable[[int, Request], Reply] = ok, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.reply = reply
-        self.host, self.port = host, port
         self.requests: list[Request] = []
-        self.connections = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> Backend:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._server.close()
-        for writer in self._writers:  # kept-alive connections: their handlers end on EOF
-            writer.close()
-        await asyncio.sleep(0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode().split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", 0)))
-                request = Request(method, target, headers, body)
-                self.requests.append(request)
-                reply = self.reply(len(self.requests), request)
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                if reply.reset:
-                    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                                              struct.pack("ii", 1, 0))
-                    writer.transport.abort()
-                    return
-                extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-                if reply.chunked:
-                    framing = "transfer-encoding: chunked\r\n"
-                    payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(reply.body), reply.body) if reply.body else b"0\r\n\r\n"
-                else:
-                    framing = f"content-length: {len(reply.body)}\r\n"
-                    payload = reply.body
-                writer.write(f"HTTP/1.1 {reply.status} X\r\n{framing}{extra}\r\n".encode() + payload)
-                await writer.drain()
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            lines = head.decode().split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", 0)))
+            request = Request(method, target, headers, body)
+            self.requests.append(request)
+            reply = self.reply(len(self.requests), request)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            if reply.reset:
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                          struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+            if reply.chunked:
+                framing = "transfer-encoding: chunked\r\n"
+                payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(reply.body), reply.body) if reply.body else b"0\r\n\r\n"
+            else:
+                framing = f"content-length: {len(reply.body)}\r\n"
+                payload = reply.body
+            writer.write(f"HTTP/1.1 {reply.status} X\r\n{framing}{extra}\r\n".encode() + payload)
+            await writer.drain()

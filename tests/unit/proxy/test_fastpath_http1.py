@@ -12,10 +12,10 @@ import asyncio
 import pytest
 from prometheus_client import generate_latest
 
-from fastpath_harness import (RawServer, RunningSidecar, answer_once, at_eof, exchange, free_port, keep_alive_server,
-                              payment, read_head, read_request, read_response, request, response, run)
 from http_backends import Backend, fail_first
 from meshproxy.fastpath.http1 import BUFFER_LIMIT
+from sidecar_kit import (RawServer, RunningSidecar, answer_once, at_eof, exchange, free_port, keep_alive_server,
+                         payment_state, read_head, read_request, read_response, request, response, run)
 
 
 def echo_target(message) -> bytes:
@@ -198,12 +198,12 @@ def test_a_bad_request_gets_400_and_the_connection_is_closed(bad):
 def test_the_source_header_is_added_outbound_to_mesh_services_and_popped_inbound():
     async def scenario():
         async with Backend() as server:
-            async with RunningSidecar(payment(), destination=("10.0.0.9", server.port)) as mesh:
+            async with RunningSidecar(payment_state(), destination=("10.0.0.9", server.port)) as mesh:
                 await exchange(mesh.outbound_port, request(host=f"payment:{server.port}"))
                 mesh.destination = ("127.0.0.1", server.port)
                 await exchange(mesh.outbound_port, request(host="elsewhere.example"))  # not a mesh service
                 await exchange(mesh.inbound_port, request(host="web:80", headers=(("x-meshcli-source", "orders-v1"),)))
-                log = mesh.access_log()
+                log = mesh.log_lines()
         to_mesh, to_elsewhere, inbound = server.requests
         assert to_mesh.headers.get("x-meshcli-source") == "web-v1"
         assert to_mesh.headers["host"] == f"payment:{server.port}"  # the app's Host, to the version's address
@@ -224,7 +224,7 @@ def test_an_upstream_that_refuses_the_connection_gets_503_uf():
             writer.write(request(target="/again"))  # the caller's connection is still good
             again = await read_response(reader)
             writer.close()
-            log = mesh.access_log()
+            log = mesh.log_lines()
         assert (refused.status, again.status) == (503, 503)
         assert b"connection failure" in refused.body
         assert [(e["status"], e["response_flags"]) for e in log] == [(503, "UF"), (503, "UF")]
@@ -236,10 +236,11 @@ def test_one_hop_through_two_sidecars_names_the_caller_and_not_what_the_app_clai
     async def scenario():
         async with Backend() as app, RunningSidecar(destination=("127.0.0.1", app.port)) as server_side:
             # the client's sidecar sends payment's calls to the server's inbound listener
-            async with RunningSidecar(payment(), destination=("10.0.0.9", server_side.inbound_port)) as client_side:
+            async with RunningSidecar(payment_state(),
+                                      destination=("10.0.0.9", server_side.inbound_port)) as client_side:
                 answer = await exchange(client_side.outbound_port, request(
                     host="payment", headers=(("x-meshcli-source", "spoofed-v9"),)))
-            inbound = server_side.access_log()
+            inbound = server_side.log_lines()
         assert answer.status == 200
         [seen] = app.requests
         assert "x-meshcli-source" not in seen.headers and seen.headers["host"] == "payment"
@@ -331,7 +332,7 @@ def test_a_caller_that_leaves_frees_its_circuit_breaker_slot_and_its_upstream_co
 
     async def scenario():
         async with RawServer(backend) as server, \
-                RunningSidecar(payment(circuitBreaker={"maxConnections": 1}),
+                RunningSidecar(payment_state(circuitBreaker={"maxConnections": 1}),
                                destination=("127.0.0.1", server.port)) as mesh:
             host = f"payment:{server.port}"
             loop = asyncio.get_running_loop()
@@ -346,7 +347,7 @@ def test_a_caller_that_leaves_frees_its_circuit_breaker_slot_and_its_upstream_co
             answer = await asyncio.wait_for(exchange(mesh.outbound_port, request(target="/fast", host=host)), 6)
             waited = loop.time() - started
             await asyncio.sleep(0.1)
-            log = mesh.access_log()
+            log = mesh.log_lines()
         assert answer.body == b"fast"
         assert waited < 2.0  # not the 3.8 s the slow upstream would have held the only slot
         assert ended["after"] < 2.0  # the abandoned upstream connection was closed
@@ -364,7 +365,7 @@ def test_a_caller_that_leaves_frees_its_circuit_breaker_slot_and_its_upstream_co
 def test_a_caller_that_leaves_in_the_middle_of_a_streamed_upload_frees_its_slot(flagged):
     async def scenario():
         async with RawServer(keep_alive_server(lambda m: response(body=b"%d" % m.size), keep=False)) as server, \
-                RunningSidecar(payment(circuitBreaker={"maxConnections": 1}),
+                RunningSidecar(payment_state(circuitBreaker={"maxConnections": 1}),
                                destination=("127.0.0.1", server.port)) as mesh:
             host = f"payment:{server.port}"
             reader, writer = await mesh.connect()
@@ -375,7 +376,7 @@ def test_a_caller_that_leaves_in_the_middle_of_a_streamed_upload_frees_its_slot(
             writer.close()
             answer = await asyncio.wait_for(exchange(mesh.outbound_port, request(target="/next", host=host)), 2)
             await asyncio.sleep(0.1)
-            closed, [upload, _] = server.closed, mesh.access_log()
+            closed, [upload, _] = server.closed, mesh.log_lines()
         assert (answer.status, answer.body) == (200, b"0")
         assert server.connections == 2 and closed == 1  # the half-sent upload's connection was closed
         if flagged:
@@ -392,9 +393,9 @@ RETRIES = {"routes": [{"name": "main", "retries": {"attempts": 3, "retryOn": ["5
 def test_a_failure_before_any_answer_byte_is_retried():
     async def scenario():
         async with Backend(fail_first(2)) as server, \
-                RunningSidecar(payment(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
+                RunningSidecar(payment_state(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
             answer = await exchange(mesh.outbound_port, request(host=f"payment:{server.port}"))
-            [entry] = mesh.access_log()
+            [entry] = mesh.log_lines()
         assert (answer.status, answer.body) == (200, b"ok")
         assert len(server.requests) == 3 and entry["attempts"] == 3
 
@@ -406,13 +407,13 @@ def test_an_answer_that_breaks_after_its_first_bytes_went_out_is_not_retried():
 
     async def scenario():
         async with RawServer(backend) as server, \
-                RunningSidecar(payment(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
+                RunningSidecar(payment_state(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
             reader, writer = await mesh.connect()
             writer.write(request(host=f"payment:{server.port}"))
             start, headers = await read_head(reader)
             received = await asyncio.wait_for(reader.read(), 2)  # then the proxy closes: it cannot say more
             writer.close()
-            [entry] = mesh.access_log()
+            [entry] = mesh.log_lines()
         assert start.startswith("HTTP/1.1 200") and ("content-length", "1000") in headers
         assert received == b"partial"
         assert server.connections == 1  # no second try
@@ -431,7 +432,7 @@ def test_a_streamed_request_body_is_not_retried(size, chunked, tries):
 
     async def scenario():
         async with RawServer(keep_alive_server(lambda m: response(503, b"busy"), log, keep=False)) as server, \
-                RunningSidecar(payment(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
+                RunningSidecar(payment_state(**RETRIES), destination=("127.0.0.1", server.port)) as mesh:
             reader, writer = await mesh.connect()
             if chunked:
                 writer.write(b"PUT /doc HTTP/1.1\r\nHost: payment:%d\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -15,11 +15,11 @@ import h2.connection
 import h2.events
 import pytest
 
-from fastpath_harness import (RawServer, RunningSidecar, at_eof, exchange, keep_alive_server, request, response, run,
-                              self_signed, use_private_handover_ports)
 from h2_backends import H2Backend
 from h2_backends import Reply as H2Reply
 from meshproxy.fastpath import listener
+from sidecar_kit import (EchoServer, RawServer, RunningSidecar, at_eof, exchange, keep_alive_server, payment_state,
+                         request, response, run, self_signed, use_private_handover_ports)
 
 LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 FAULTED = "127.0.0.2"  # the address of the service with a TCP fault (all of 127/8 is loopback)
@@ -34,7 +34,7 @@ def test_http1_is_detected_and_proxied_request_by_request(loop):
                 RunningSidecar(destination=server.address) as mesh:
             answer = await exchange(mesh.outbound_port, request(
                 target="/detected", headers=(("Connection", "keep-alive, x-private"), ("x-private", "1"))))
-            entries = mesh.access_log()
+            entries = mesh.log_lines()
         assert (answer.status, answer.body) == (200, b"/detected")
         [seen] = log
         assert seen.header("x-private") is None  # parsed and rebuilt, not relayed: hop-by-hop headers are gone
@@ -61,7 +61,7 @@ def test_a_silent_client_is_relayed_raw_after_the_detection_timeout():
             reply = await asyncio.wait_for(reader.readline(), 2)
             writer.close()
             await asyncio.sleep(0.05)
-            entries = mesh.access_log()
+            entries = mesh.log_lines()
         assert (banner, reply) == (b"220 mail.test ESMTP\r\n", b"250 EHLO client\r\n")
         assert listener.DETECT_TIMEOUT * 0.9 <= waited < 1.5  # nothing was connected before the timeout
         assert [e["kind"] for e in entries] == ["tcp"]
@@ -120,7 +120,7 @@ def test_tls_started_by_the_app_is_handed_over_and_passes_untouched(tmp_path, mo
 
     async def scenario():
         async with RawServer(tls_echo, ssl_context=server_context) as server, \
-                RunningSidecar(destination=server.address) as mesh:
+                RunningSidecar(destination=server.address, real_mitmproxy=True) as mesh:
             reader, writer = await asyncio.wait_for(
                 mesh.connect(ssl=client_context, server_hostname="backend.test"), 30)  # mitmproxy starts first
             certificate = writer.get_extra_info("peercert")
@@ -129,7 +129,7 @@ def test_tls_started_by_the_app_is_handed_over_and_passes_untouched(tmp_path, mo
             closed = await at_eof(reader)  # the server's close came through too
             writer.close()
             await asyncio.sleep(0.2)  # the relays wind down before the loop ends
-            handed_over = mesh.sidecar.mitmproxy.handed_over
+            handed_over = mesh.mitmproxy.handed_over
         # the backend's own certificate: mitmproxy relayed the TLS bytes, it did not intercept them
         assert dict(pair[0] for pair in certificate["subject"])["commonName"] == "backend.test"
         assert answer == b"pong:ping" and closed
@@ -143,7 +143,7 @@ def test_h2c_with_prior_knowledge_is_answered_on_the_fast_path(tmp_path, monkeyp
 
     async def scenario():
         async with H2Backend(lambda n, r: H2Reply(200, b"over h2", headers=[("x-h2", "yes")])) as server, \
-                RunningSidecar(destination=("127.0.0.1", server.port)) as mesh:
+                RunningSidecar(destination=("127.0.0.1", server.port), real_mitmproxy=True) as mesh:
             reader, writer = await mesh.connect()
             conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
             conn.initiate_connection()
@@ -166,7 +166,7 @@ def test_h2c_with_prior_knowledge_is_answered_on_the_fast_path(tmp_path, monkeyp
                     writer.write(conn.data_to_send())
             writer.close()
             handed_over, master = mesh.sidecar.mitmproxy.handed_over, mesh.sidecar.mitmproxy.master
-            entries = mesh.access_log()
+            entries = mesh.log_lines()
         assert (headers[":status"], headers["x-h2"], body) == ("200", "yes", b"over h2")
         [seen] = server.requests
         assert seen.header(":path") == "/h2"
@@ -178,14 +178,8 @@ def test_h2c_with_prior_knowledge_is_answered_on_the_fast_path(tmp_path, monkeyp
 
 # -- TCP faults ----------------------------------------------------------------------------
 
-def faulted(fault: dict) -> dict:
-    return {"payment": {"versions": [{"name": "v1", "host": FAULTED}], "tcpFault": fault}}
-
-
-async def echo(reader, writer):
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
+def faulted(fault: dict):
+    return payment_state(versions=(("v1", FAULTED),), tcpFault=fault)
 
 
 class Recorder:
@@ -206,13 +200,13 @@ class Recorder:
 
 
 def flags(mesh: RunningSidecar) -> list[str]:
-    return [e["response_flags"] for e in mesh.access_log() if e["kind"] == "tcp"]
+    return [e["response_flags"] for e in mesh.log_lines() if e["kind"] == "tcp"]
 
 
 @LOOPS
 def test_reset_resets_the_callers_connection_before_anything_is_connected(loop):
     async def scenario():
-        async with RawServer(echo, FAULTED) as server, \
+        async with EchoServer(FAULTED) as server, \
                 RunningSidecar(faulted({"kind": "reset"}), destination=server.address) as mesh:
             reader, writer = await mesh.connect()
             writer.write(request())
@@ -249,7 +243,7 @@ HTTP_GET = b"GET / HTTP/1.1\r\nHost: payment\r\n\r\n"
 
 def test_latency_delays_every_piece_each_way():
     async def scenario():
-        async with RawServer(echo, FAULTED) as server, \
+        async with EchoServer(FAULTED) as server, \
                 RunningSidecar(faulted({"kind": "latency", "latencyMs": 100}), destination=server.address) as mesh:
             loop = asyncio.get_running_loop()
             reader, writer = await mesh.connect()

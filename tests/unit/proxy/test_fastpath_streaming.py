@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 
-from fastpath_harness import BLOCK, RawServer, RunningSidecar, read_head, read_request, read_response, request, run
+from sidecar_kit import BLOCK, RawServer, RunningSidecar, read_head, read_request, read_response, request, run
 
 MiB = 1 << 20
 LARGE = 200 * MiB

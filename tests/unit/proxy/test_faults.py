@@ -19,7 +19,7 @@ from meshproxy.policy import faults as faults_module
 from meshproxy.policy.faults import RESET, HttpFaults, TcpFaults, Toxic
 from meshproxy.policy.routing import Router
 from meshproxy.sampling import Shares
-from sidecar_kit import (ORIGINAL_IP, V1_HOST, Adapters, EchoServer, FastPath, exchange_of, flow_to, http_call,
+from sidecar_kit import (ORIGINAL_IP, V1_HOST, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to, http_call,
                          inbound, on_loop, outbound, payment_state, runtime_fault, tcp_exchange, until)
 
 PAYMENT_IP = "10.0.0.9"
@@ -318,8 +318,7 @@ async def through_listener(tcp_fault: dict, send: bytes, expect_bytes: int, time
     """Send `send` to an echo server through a real Listener whose sidecar has `tcp_fault`
     on the service living at 127.0.0.1: (received, seconds, error, arrivals, echo, sidecar)."""
     async with EchoServer() as echo:
-        async with FastPath(mesh(tcp_fault=tcp_fault)) as sidecar:
-            await sidecar.tcp_faults.addresses.refresh()
+        async with RunningSidecar(mesh(tcp_fault=tcp_fault)) as sidecar:
             sidecar.to(echo.port, "127.0.0.1")
             result = await tcp_exchange("127.0.0.1", sidecar.outbound_port, send, expect_bytes, timeout)
             await until(lambda: sidecar.log_lines(), timeout=1.0)  # the relay saw the close and logged it
@@ -409,8 +408,7 @@ async def test_without_a_tcp_fault_the_relay_is_untouched():
 @on_loop
 async def test_tcp_faults_are_client_side_only():
     async with EchoServer() as echo:
-        async with FastPath(mesh(tcp_fault={"kind": "reset"})) as sidecar:
-            await sidecar.tcp_faults.addresses.refresh()
+        async with RunningSidecar(mesh(tcp_fault={"kind": "reset"})) as sidecar:
             sidecar.to(echo.port, "127.0.0.1")
             received, _, error, _ = await tcp_exchange("127.0.0.1", sidecar.inbound_port, b"\x00hello", 6)
 
@@ -421,7 +419,7 @@ async def test_tcp_faults_are_client_side_only():
 
 @on_loop
 async def test_http_abort_on_the_wire():
-    async with Backend() as v1, FastPath(mesh(route_fault={"abort": {"status": 503}})) as web:
+    async with Backend() as v1, RunningSidecar(mesh(route_fault={"abort": {"status": 503}})) as web:
         reply = await web.call(v1.port)
 
     assert (reply.status, reply.body, reply.header(FAULT_HEADER)) == (503, FAULT_ABORT, "abort")
@@ -431,7 +429,7 @@ async def test_http_abort_on_the_wire():
 
 @on_loop
 async def test_http_abort_reset_resets_the_callers_connection():
-    async with Backend() as v1, FastPath(mesh(route_fault={"abort": {"reset": True}})) as web:
+    async with Backend() as v1, RunningSidecar(mesh(route_fault={"abort": {"reset": True}})) as web:
         with pytest.raises(ConnectionResetError):
             await web.call(v1.port)
         await until(lambda: web.log_lines())
@@ -442,11 +440,11 @@ async def test_http_abort_reset_resets_the_callers_connection():
 
 @on_loop
 async def test_http_delay_then_forwarded_and_delay_past_the_deadline():
-    async with Backend() as v1, FastPath(mesh(route_fault={"delay": {"ms": 50}})) as web:
+    async with Backend() as v1, RunningSidecar(mesh(route_fault={"delay": {"ms": 50}})) as web:
         started = time.monotonic()
         delayed = await web.call(v1.port)
         took = time.monotonic() - started
-    async with Backend() as v1_late, FastPath(mesh(route_fault={"delay": {"ms": 5000}}, timeout_ms=60)) as late:
+    async with Backend() as v1_late, RunningSidecar(mesh(route_fault={"delay": {"ms": 5000}}, timeout_ms=60)) as late:
         started = time.monotonic()
         timed_out = await late.call(v1_late.port)
         late_took = time.monotonic() - started
@@ -459,7 +457,7 @@ async def test_http_delay_then_forwarded_and_delay_past_the_deadline():
 
 @on_loop
 async def test_http_faults_spare_calls_outside_the_mesh():
-    async with Backend() as elsewhere, FastPath(mesh(route_fault={"abort": {"status": 503}})) as web:
+    async with Backend() as elsewhere, RunningSidecar(mesh(route_fault={"abort": {"status": 503}})) as web:
         web.to(elsewhere.port, "127.0.0.1")
         reply = await http_call("127.0.0.1", web.outbound_port, host="example.com")
 

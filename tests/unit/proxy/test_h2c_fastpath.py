@@ -10,19 +10,18 @@ from h2_backends import H2Backend
 from h2_backends import Reply as H2Reply
 from meshproxy.exchange import FAULT_HEADER, INBOUND
 from meshproxy.policy.routing import SOURCE_HEADER
-from sidecar_kit import PAYMENT, V1_HOST, V2_HOST, FastPath, H2Client, on_loop, payment_state, until
+from sidecar_kit import PAYMENT, V1_HOST, V2_HOST, H2Client, RunningSidecar, on_loop, payment_state, until
 
 GRPC_OK = H2Reply(body=b"\x00\x00\x00\x00\x02ok", headers=[("content-type", "application/grpc")],
                   trailers=[("grpc-status", "0")])
 CALL = b"\x00\x00\x00\x00\x01x"
 
 
-async def app_connection(sidecar: FastPath, port: int, ip: str = "10.0.0.9", inbound: bool = False) -> H2Client:
-    sidecar.to(port, ip)
-    return await H2Client.open(sidecar.host, sidecar.inbound_port if inbound else sidecar.outbound_port)
+async def app_connection(sidecar: RunningSidecar, port: int, ip: str = "10.0.0.9", inbound: bool = False) -> H2Client:
+    return H2Client(*await sidecar.to(port, ip).connect(inbound))
 
 
-async def calls(sidecar: FastPath, port: int, count: int = 1, **request):
+async def calls(sidecar: RunningSidecar, port: int, count: int = 1, **request):
     app = await app_connection(sidecar, port)
     try:
         return await asyncio.gather(*(app.request(f"payment:{port}", body=CALL, **request) for _ in range(count)))
@@ -32,7 +31,7 @@ async def calls(sidecar: FastPath, port: int, count: int = 1, **request):
 
 @on_loop
 async def test_grpc_goes_out_as_h2c_to_the_chosen_version_with_its_trailers_back():
-    async with H2Backend(lambda n, r: GRPC_OK) as v1, FastPath(payment_state()) as web:
+    async with H2Backend(lambda n, r: GRPC_OK) as v1, RunningSidecar(payment_state()) as web:
         answers = await calls(web, v1.port, 5)
         await until(lambda: len(web.log_lines()) == 5)
 
@@ -50,7 +49,7 @@ async def test_grpc_goes_out_as_h2c_to_the_chosen_version_with_its_trailers_back
 
 @on_loop
 async def test_h2c_sends_only_its_own_source_header():
-    async with H2Backend(lambda n, r: GRPC_OK) as v1, FastPath(payment_state()) as web:
+    async with H2Backend(lambda n, r: GRPC_OK) as v1, RunningSidecar(payment_state()) as web:
         await calls(web, v1.port, headers=(("content-type", "application/grpc"), (SOURCE_HEADER, "spoofed")))
 
     assert [v for n, v in v1.requests[0].headers if n == SOURCE_HEADER] == ["web-v1"]
@@ -61,7 +60,7 @@ async def test_h2c_retries_a_reset_stream_and_a_5xx():
     replies = {1: H2Reply(reset=True), 2: H2Reply(503)}
     retries = {"attempts": 2, "retryOn": ["reset", "5xx"], "retryNonIdempotent": True, "backoffMs": 1}
     async with H2Backend(lambda n, r: replies.get(n, GRPC_OK)) as v1, \
-            FastPath(payment_state({"retries": retries})) as web:
+            RunningSidecar(payment_state({"retries": retries})) as web:
         [answer] = await calls(web, v1.port)
 
     assert (answer.status, answer.trailers) == (200, [("grpc-status", "0")])
@@ -72,7 +71,7 @@ async def test_h2c_retries_a_reset_stream_and_a_5xx():
 @on_loop
 async def test_h2c_timeout_is_504_and_cancels_only_that_upstream_stream():
     slow = lambda n, r: H2Reply(delay=1.0) if n == 1 else GRPC_OK  # noqa: E731
-    async with H2Backend(slow) as v1, FastPath(payment_state({"timeoutMs": 100})) as web:
+    async with H2Backend(slow) as v1, RunningSidecar(payment_state({"timeoutMs": 100})) as web:
         started = time.monotonic()
         [timed_out] = await calls(web, v1.port)
         elapsed = time.monotonic() - started
@@ -89,7 +88,7 @@ async def test_h2c_timeout_is_504_and_cancels_only_that_upstream_stream():
 @on_loop
 async def test_h2c_circuit_breaker_overflow_is_refused_at_once():
     async with H2Backend(lambda n, r: H2Reply(delay=0.2)) as v1, \
-            FastPath(payment_state({}, circuitBreaker={"maxConnections": 1, "maxPendingRequests": 1})) as web:
+            RunningSidecar(payment_state({}, circuitBreaker={"maxConnections": 1, "maxPendingRequests": 1})) as web:
         answers = await calls(web, v1.port, 3)
 
     assert sorted(a.status for a in answers) == [200, 200, 503]
@@ -101,9 +100,10 @@ async def test_h2c_circuit_breaker_overflow_is_refused_at_once():
 @on_loop
 async def test_h2c_faults_abort_with_a_status_or_reset_only_that_stream():
     async with H2Backend(lambda n, r: GRPC_OK) as v1, \
-            FastPath(payment_state([{"name": "reset", "match": [{"headers": [{"name": "x-reset", "kind": "present"}]}],
-                                     "fault": {"abort": {"reset": True}}},
-                                    {"name": "abort", "fault": {"abort": {"status": 503}}}])) as web:
+            RunningSidecar(payment_state([
+                {"name": "reset", "match": [{"headers": [{"name": "x-reset", "kind": "present"}]}],
+                 "fault": {"abort": {"reset": True}}},
+                {"name": "abort", "fault": {"abort": {"status": 503}}}])) as web:
         app = await app_connection(web, v1.port)
         aborted = await app.request(f"payment:{v1.port}", body=CALL)
         reset = await app.request(f"payment:{v1.port}", body=CALL, headers=(("x-reset", "1"),))
@@ -122,7 +122,7 @@ async def test_h2c_is_mirrored_over_h2c():
     state = payment_state([{"name": "default", "split": [{"version": "v1", "weight": 100}],
                             "mirror": {"version": "v2", "percent": 100}}], (("v1", V1_HOST), ("v2", V2_HOST)))
     async with H2Backend(lambda n, r: GRPC_OK) as v1, H2Backend(host=V2_HOST, port=v1.port) as v2, \
-            FastPath(state) as web:
+            RunningSidecar(state) as web:
         [answer] = await calls(web, v1.port)
         await until(lambda: v2.requests)
 
@@ -134,7 +134,7 @@ async def test_h2c_is_mirrored_over_h2c():
 
 @on_loop
 async def test_inbound_h2c_reaches_the_app_without_the_source_header():
-    async with H2Backend(lambda n, r: GRPC_OK) as app, FastPath(payment_state(identity=PAYMENT)) as sidecar:
+    async with H2Backend(lambda n, r: GRPC_OK) as app, RunningSidecar(payment_state(identity=PAYMENT)) as sidecar:
         client = await app_connection(sidecar, app.port, V1_HOST, inbound=True)
         answer = await client.request(f"payment:{app.port}", body=CALL, headers=(
             ("content-type", "application/grpc"), (SOURCE_HEADER, "web-v1")))

@@ -3,22 +3,21 @@ test_fastpath_http1.py leave out): the handover in both directions, connections 
 not redirected or cannot be connected, a failing connection beside healthy ones, and the
 requests or answers HttpProxy must cut short itself."""
 
-import asyncio
 import logging
 
 
 from http_backends import Backend
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.fastpath import http1
-from sidecar_kit import (NOBODY_HOST, V1_HOST, EchoServer, FastPath, RawServer, encode_request, on_loop,
-                         partial_answer, payment_state, read_reply, tcp_exchange, until)
+from sidecar_kit import (NOBODY_HOST, V1_HOST, EchoServer, RawServer, RunningSidecar, on_loop, partial_answer,
+                         payment_state, read_response, request, tcp_exchange, until)
 from test_sniff import client_hello
 
 
 @on_loop
 async def test_tls_the_app_started_is_handed_over_to_mitmproxy_as_it_came():
     hello = client_hello()
-    async with EchoServer() as stand_in, FastPath(payment_state()) as sidecar:
+    async with EchoServer() as stand_in, RunningSidecar(payment_state()) as sidecar:
         sidecar.mitmproxy.target = (V1_HOST, stand_in.port)  # what mitmproxy would see through the tunnel
         sidecar.to(443)
         received, _, error, _ = await tcp_exchange(V1_HOST, sidecar.outbound_port, hello, len(hello))
@@ -32,7 +31,7 @@ async def test_tls_the_app_started_is_handed_over_to_mitmproxy_as_it_came():
 
 @on_loop
 async def test_a_connection_that_was_not_redirected_is_closed():
-    async with FastPath(payment_state()) as sidecar:
+    async with RunningSidecar(payment_state()) as sidecar:
         def not_redirected(sock):
             raise OSError("no SO_ORIGINAL_DST")
         sidecar.listener.destination_of = not_redirected
@@ -43,7 +42,7 @@ async def test_a_connection_that_was_not_redirected_is_closed():
 
 @on_loop
 async def test_raw_tcp_to_nobody_is_reset_and_logged():
-    async with FastPath(payment_state()) as sidecar:
+    async with RunningSidecar(payment_state()) as sidecar:
         sidecar.to(9, NOBODY_HOST)
         received, _, error, _ = await tcp_exchange(V1_HOST, sidecar.outbound_port, b"\x00\x01", 1)
         await until(lambda: sidecar.log_lines())
@@ -55,7 +54,7 @@ async def test_raw_tcp_to_nobody_is_reset_and_logged():
 
 @on_loop
 async def test_one_connections_failure_never_reaches_the_listener(caplog):
-    async with EchoServer() as echo, FastPath(payment_state()) as sidecar:
+    async with EchoServer() as echo, RunningSidecar(payment_state()) as sidecar:
         async def broken(direction, destination):
             raise ConnectionError("mitmproxy refused the handover")
         sidecar.mitmproxy.connect = broken
@@ -71,7 +70,7 @@ async def test_one_connections_failure_never_reaches_the_listener(caplog):
 
 @on_loop
 async def test_listening_until_stopped():
-    sidecar = FastPath(payment_state())
+    sidecar = RunningSidecar(payment_state())
     assert not sidecar.listener.listening()
     async with sidecar:
         assert sidecar.listener.listening()
@@ -79,21 +78,16 @@ async def test_listening_until_stopped():
     assert not sidecar.listener.listening()
 
 
-async def connect(sidecar: FastPath, port: int):
-    sidecar.to(port)
-    return await asyncio.open_connection(V1_HOST, sidecar.outbound_port)
-
-
-def request(port: int, path: str = "/pay") -> bytes:
-    return encode_request("GET", path, f"payment:{port}")
+def get(port: int, path: str = "/pay") -> bytes:
+    return request("GET", path, f"payment:{port}")
 
 
 @on_loop
 async def test_a_target_http11_cannot_carry_is_400():
-    async with Backend() as v1, FastPath(payment_state()) as web:
-        reader, writer = await connect(web, v1.port)
-        writer.write(request(v1.port, "/caf\u00e9"))
-        reply = await read_reply(reader)
+    async with Backend() as v1, RunningSidecar(payment_state()) as web:
+        reader, writer = await web.to(v1.port).connect()
+        writer.write(get(v1.port, "/caf\u00e9"))
+        reply = await read_response(reader, timeout=5, partial=True)
         writer.close()
 
     assert reply.status == 400 and v1.requests == []
@@ -103,10 +97,10 @@ async def test_a_target_http11_cannot_carry_is_400():
 async def test_an_answer_that_stalls_is_cut_after_the_stream_idle_timeout(monkeypatch):
     monkeypatch.setattr(http1, "STREAM_IDLE_TIMEOUT", 0.05)
 
-    async with RawServer(partial_answer(stall=1.0)) as server, FastPath(payment_state()) as web:
-        reader, writer = await connect(web, server.port)
-        writer.write(request(server.port))
-        reply = await read_reply(reader, timeout=1)
+    async with RawServer(partial_answer(stall=1.0)) as server, RunningSidecar(payment_state()) as web:
+        reader, writer = await web.to(server.port).connect()
+        writer.write(get(server.port))
+        reply = await read_response(reader, timeout=1, partial=True)
         writer.close()
         await until(lambda: web.log_lines())
 

@@ -17,7 +17,7 @@ from meshproxy.fastpath.http1 import BUFFER_LIMIT
 from meshproxy.policy import mirroring as mirroring_module
 from meshproxy.policy.mirroring import Mirroring, shadow_authority
 from meshproxy.policy.routing import Router
-from sidecar_kit import (V1_HOST, V2_HOST, Adapters, FastPath, exchange_of, flow_to, h2_flow_to, handover_mode,
+from sidecar_kit import (V1_HOST, V2_HOST, Adapters, RunningSidecar, exchange_of, flow_to, h2_flow_to, handover_mode,
                          on_loop, outbound, payment_state, until)
 
 TWO = (("v1", V1_HOST), ("v2", V2_HOST))
@@ -124,7 +124,7 @@ async def test_stop_cancels_copies_in_flight():
 async def test_a_copy_goes_to_the_mirror_and_the_answer_is_the_primarys():
     async with Backend(lambda n, r: Reply(body=b"primary")) as v1, \
             Backend(lambda n, r: Reply(500, b"mirror", delay=0.3), V2_HOST, v1.port) as v2, \
-            FastPath(mirrored(100)) as web:
+            RunningSidecar(mirrored(100)) as web:
         started = time.monotonic()
         reply = await web.call(v1.port, "POST", body=b"order")
         elapsed = time.monotonic() - started
@@ -142,13 +142,13 @@ async def test_a_copy_goes_to_the_mirror_and_the_answer_is_the_primarys():
 
 @on_loop
 async def test_percent_zero_sends_no_copy_and_a_dead_mirror_harms_nothing():
-    async with Backend(ok) as v1, Backend(ok, V2_HOST, v1.port) as v2, FastPath(mirrored(0)) as web:
+    async with Backend(ok) as v1, Backend(ok, V2_HOST, v1.port) as v2, RunningSidecar(mirrored(0)) as web:
         await web.call(v1.port)
         await asyncio.sleep(0.03)
         assert v2.requests == []
     assert web.stats()["mirrored"] == []
 
-    async with Backend(ok) as v1, FastPath(mirrored(100)) as web:  # nothing listens on V2_HOST now
+    async with Backend(ok) as v1, RunningSidecar(mirrored(100)) as web:  # nothing listens on V2_HOST now
         reply = await web.call(v1.port)
         await until(lambda: not web.mirroring._copies)
     assert reply.status == 200
@@ -158,7 +158,7 @@ async def test_percent_zero_sends_no_copy_and_a_dead_mirror_harms_nothing():
 @on_loop
 async def test_a_retried_request_is_mirrored_once():
     state = mirrored(100, retries={"attempts": 2, "retryOn": ["5xx"], "backoffMs": 1})
-    async with Backend(fail_first(2)) as v1, Backend(ok, V2_HOST, v1.port) as v2, FastPath(state) as web:
+    async with Backend(fail_first(2)) as v1, Backend(ok, V2_HOST, v1.port) as v2, RunningSidecar(state) as web:
         reply = await web.call(v1.port)
         await until(lambda: v2.requests)
         await asyncio.sleep(0.02)
@@ -170,7 +170,7 @@ async def test_a_retried_request_is_mirrored_once():
 @on_loop
 async def test_a_body_too_large_to_keep_is_not_mirrored():
     big = b"b" * (BUFFER_LIMIT + 1)
-    async with Backend(ok) as v1, Backend(ok, V2_HOST, v1.port) as v2, FastPath(mirrored(100)) as web:
+    async with Backend(ok) as v1, Backend(ok, V2_HOST, v1.port) as v2, RunningSidecar(mirrored(100)) as web:
         reply = await web.call(v1.port, "POST", body=big)
         await asyncio.sleep(0.03)
 
@@ -181,7 +181,7 @@ async def test_a_body_too_large_to_keep_is_not_mirrored():
 @on_loop
 async def test_a_request_answered_by_a_fault_is_not_mirrored():
     async with Backend(ok) as v1, Backend(ok, V2_HOST, v1.port) as v2, \
-            FastPath(mirrored(100, fault={"abort": {"status": 503}})) as web:
+            RunningSidecar(mirrored(100, fault={"abort": {"status": 503}})) as web:
         reply = await web.call(v1.port)
         await asyncio.sleep(0.03)
 

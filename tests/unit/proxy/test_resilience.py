@@ -24,7 +24,7 @@ from meshproxy.fastpath.http1 import BUFFER_LIMIT
 from meshproxy.outlier import Outliers
 from meshproxy.policy.resilience import CircuitBreaker, Resilience, backoff, is_retriable
 from meshproxy.policy.routing import Router
-from sidecar_kit import (NOBODY_HOST, V1_HOST, V2_HOST, Adapters, FastPath, exchange_of, flow_to, h2_flow_to,
+from sidecar_kit import (NOBODY_HOST, V1_HOST, V2_HOST, Adapters, RunningSidecar, exchange_of, flow_to, h2_flow_to,
                          http_call, mesh_state, on_loop, outbound, payment_state, until)
 
 TWO = (("v1", V1_HOST), ("v2", V2_HOST))
@@ -347,11 +347,11 @@ def test_backoff_is_jittered_and_capped_at_ten_times_the_base():
 
 # -- on the wire, through the fast path ------------------------------------------------------
 
-def fast(routes=None, versions=(("v1", V1_HOST),), **service) -> FastPath:
-    return FastPath(payment_state(routes, versions, **service))
+def fast(routes=None, versions=(("v1", V1_HOST),), **service) -> RunningSidecar:
+    return RunningSidecar(payment_state(routes, versions, **service))
 
 
-def last_entry(sidecar: FastPath) -> dict:
+def last_entry(sidecar: RunningSidecar) -> dict:
     return sidecar.log_lines()[-1]
 
 
@@ -640,7 +640,7 @@ async def test_requests_leaving_the_mesh_are_sent_once_without_the_policies():
 @on_loop
 async def test_inbound_requests_go_to_the_app_once():
     async with Backend(fail_first(1)) as app:
-        async with FastPath(payment_state(RETRY_5XX)) as sidecar:
+        async with RunningSidecar(payment_state(RETRY_5XX)) as sidecar:
             reply = await sidecar.call(app.port, direction=INBOUND, ip="127.0.0.1")
 
     assert reply.status == 503 and len(app.requests) == 1

@@ -14,7 +14,7 @@ from meshproxy.config import Identity, MeshState, Version
 from meshproxy.exchange import INBOUND
 from meshproxy.policy import routing
 from meshproxy.policy.routing import SOURCE_HEADER, LazyQuery, Router, host_name
-from sidecar_kit import (ORIGINAL_IP, PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, FastPath, RawServer, exchange_of,
+from sidecar_kit import (ORIGINAL_IP, PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, RawServer, RunningSidecar, exchange_of,
                          flow_to, h2_flow_to, http_call, inbound, mesh_state, on_loop, outbound, parse, payment,
                          payment_state)
 
@@ -354,7 +354,7 @@ def test_routes_without_a_split_share_the_services_balancer():
 @on_loop
 async def test_fast_path_sends_each_request_to_the_chosen_version_with_the_apps_host():
     async with Backend() as v1, Backend(host=V2_HOST, port=v1.port) as v2:
-        async with FastPath(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)))) as web:
+        async with RunningSidecar(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)))) as web:
             replies = [await web.call(v1.port) for _ in range(4)]
 
     assert [r.status for r in replies] == [200] * 4
@@ -367,7 +367,7 @@ async def test_fast_path_sends_each_request_to_the_chosen_version_with_the_apps_
 @on_loop
 async def test_fast_path_sends_calls_outside_the_mesh_where_the_app_sent_them():
     async with Backend() as elsewhere:
-        async with FastPath(payment_state()) as web:
+        async with RunningSidecar(payment_state()) as web:
             web.to(elsewhere.port, ip="127.0.0.1")
             reply = await http_call("127.0.0.1", web.outbound_port, host="example.com")
             no_host = await http_call("127.0.0.1", web.outbound_port, host=None)
@@ -382,7 +382,7 @@ async def test_fast_path_sends_calls_outside_the_mesh_where_the_app_sent_them():
 @on_loop
 async def test_fast_path_inbound_takes_the_source_header_off_before_the_app():
     async with Backend() as app:
-        async with FastPath(payment_state(identity=PAYMENT)) as sidecar:
+        async with RunningSidecar(payment_state(identity=PAYMENT)) as sidecar:
             reply = await sidecar.call(app.port, headers=((SOURCE_HEADER, "checkout-v1"),), direction=INBOUND,
                                        ip="127.0.0.1")
 
@@ -395,9 +395,9 @@ async def test_fast_path_inbound_takes_the_source_header_off_before_the_app():
 @on_loop
 async def test_fast_path_a_source_header_from_the_app_is_replaced():
     async with Backend() as app:
-        async with FastPath(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side:
+        async with RunningSidecar(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side:
             payment_side.to(app.port, ip="127.0.0.1")
-            async with FastPath(payment_state(versions=(("v1", V2_HOST),))) as web:
+            async with RunningSidecar(payment_state(versions=(("v1", V2_HOST),))) as web:
                 await web.call(app.port, headers=((SOURCE_HEADER, "spoofed"),))
 
     assert payment_side.log_lines()[0]["source"] == "web-v1"
@@ -412,7 +412,7 @@ async def test_fast_path_sends_only_its_own_source_header():
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
         await writer.drain()
 
-    async with RawServer(capture) as server, FastPath(payment_state()) as web:
+    async with RawServer(capture) as server, RunningSidecar(payment_state()) as web:
         reply = await web.call(server.port, headers=((SOURCE_HEADER, "spoofed"),))
 
     assert reply.status == 200
@@ -423,7 +423,7 @@ async def test_fast_path_sends_only_its_own_source_header():
 @on_loop
 async def test_fast_path_releases_least_request_counts():
     async with Backend() as v1, Backend(host=V2_HOST, port=v1.port) as v2:
-        async with FastPath(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)),
+        async with RunningSidecar(payment_state(None, (("v1", V1_HOST), ("v2", V2_HOST)),
                                           loadBalancer="least-request")) as web:
             await asyncio.gather(*(web.call(v1.port) for _ in range(6)))
             counts = in_flight(web.router)

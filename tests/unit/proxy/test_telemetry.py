@@ -19,7 +19,7 @@ from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
 from meshproxy.policy.routing import Router
 from meshproxy.policy.telemetry import Telemetry
-from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, FastPath, exchange_of, flow_to,
+from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
                          handover_mode, inbound, mesh_state, on_loop, outbound, payment, payment_state, tcp_exchange,
                          until)
 
@@ -304,8 +304,8 @@ async def test_one_hop_is_seen_by_both_sidecars():
     async with Backend() as app:
         # web calls payment:P; its sidecar sends it to payment-v1 (127.0.0.2:P), whose
         # sidecar's inbound listener passes it to the app behind it (127.0.0.1:P)
-        async with FastPath(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side, \
-                FastPath(payment_state(versions=(("v1", V2_HOST),))) as web:
+        async with RunningSidecar(payment_state(identity=PAYMENT), V2_HOST, inbound_port=app.port) as payment_side, \
+                RunningSidecar(payment_state(versions=(("v1", V2_HOST),))) as web:
             payment_side.to(app.port, V1_HOST)
             reply = await web.call(app.port)
 
@@ -318,7 +318,7 @@ async def test_one_hop_is_seen_by_both_sidecars():
 
 @on_loop
 async def test_pooled_connections_are_counted_once():
-    async with Backend() as v1, FastPath(payment_state()) as web:
+    async with Backend() as v1, RunningSidecar(payment_state()) as web:
         for _ in range(3):
             await web.call(v1.port)
 
@@ -329,7 +329,7 @@ async def test_pooled_connections_are_counted_once():
 
 @on_loop
 async def test_a_raw_tcp_relay_is_counted():
-    async with EchoServer() as echo, FastPath(payment_state()) as web:
+    async with EchoServer() as echo, RunningSidecar(payment_state()) as web:
         web.to(echo.port, V1_HOST)
         received, _, _, _ = await tcp_exchange(V1_HOST, web.outbound_port, b"\x00hello", 6)
         await until(lambda: web.log_lines())

@@ -6,11 +6,7 @@ import pytest
 
 from http_backends import Backend, Reply
 from meshproxy import upstream
-from sidecar_kit import RawServer, partial_answer
-
-
-def run(scenario) -> None:
-    asyncio.run(scenario())
+from sidecar_kit import RawServer, partial_answer, run
 
 
 def headers(port: int) -> list:

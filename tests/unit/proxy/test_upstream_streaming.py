@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from fastpath_harness import (RawServer, RunningSidecar, answer_once, exchange, keep_alive_server, payment,
-                              read_request, read_response, request, response, run)
 from meshproxy import upstream
+from sidecar_kit import (RawServer, RunningSidecar, answer_once, exchange, keep_alive_server, payment_state,
+                         read_request, read_response, request, response, run)
 
 HOST = [(b"host", b"backend")]
 
@@ -139,7 +139,7 @@ def test_max_requests_per_connection_is_honoured():
 
     async def scenario():
         async with RawServer(backend) as server, \
-                RunningSidecar(payment(circuitBreaker={"maxRequestsPerConnection": 2}),
+                RunningSidecar(payment_state(circuitBreaker={"maxRequestsPerConnection": 2}),
                                destination=("127.0.0.1", server.port)) as mesh:
             reader, writer = await mesh.connect()
             for _ in range(5):
@@ -154,11 +154,18 @@ def test_max_requests_per_connection_is_honoured():
     run(scenario)
 
 
-def test_an_expired_idle_connection_is_not_reused(monkeypatch):
+@pytest.fixture
+def short_idle_timeout(monkeypatch):
     monkeypatch.setattr(upstream, "IDLE_TIMEOUT", 0.2)
 
+
+def always_ok() -> RawServer:
+    return RawServer(keep_alive_server(lambda message: response()))
+
+
+def test_an_expired_idle_connection_is_not_reused(short_idle_timeout):
     async def scenario():
-        async with RawServer(keep_alive_server(lambda message: response())) as server, RunningSidecar(destination=server.address) as mesh:
+        async with always_ok() as server, RunningSidecar(destination=server.address) as mesh:
             await exchange(mesh.outbound_port, request())
             await exchange(mesh.outbound_port, request())
             await asyncio.sleep(0.3)
@@ -168,11 +175,9 @@ def test_an_expired_idle_connection_is_not_reused(monkeypatch):
     run(scenario)
 
 
-def test_an_idle_connection_is_closed_after_the_idle_timeout(monkeypatch):
-    monkeypatch.setattr(upstream, "IDLE_TIMEOUT", 0.2)
-
+def test_an_idle_connection_is_closed_after_the_idle_timeout(short_idle_timeout):
     async def scenario():
-        async with RawServer(keep_alive_server(lambda message: response())) as server, RunningSidecar(destination=server.address) as mesh:
+        async with always_ok() as server, RunningSidecar(destination=server.address) as mesh:
             await exchange(mesh.outbound_port, request())
             await asyncio.sleep(1.0)
             closed = server.closed
