@@ -36,7 +36,6 @@ logger = logging.getLogger("meshproxy.http1")
 
 BUFFER_LIMIT = 1 << 20  # request bodies kept for retries and mirroring (Envoy's per-request buffer)
 STREAM_IDLE_TIMEOUT = 300.0  # an answer that sends nothing for this long is cut (Envoy's default)
-MAX_STASH = 1 << 16  # bytes read ahead (pipelined requests) while an exchange is in flight
 LINGER_SECONDS = 2.0  # how long a closing connection still reads what the caller sends
 SOURCE = SOURCE_HEADER.encode()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -79,6 +78,7 @@ class Downstream:
         self.events: collections.deque = collections.deque()
         self.stash = first  # received, not yet parsed
         self.upgraded: bytes | None = None  # after an upgrade request: the bytes that followed it
+        self.in_request = False  # a request's head was taken, not yet its END
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -134,7 +134,17 @@ class Downstream:
                 self.upgraded = data[exc.args[0]:]
             except (httptools.HttpParserError, ValueError) as exc:
                 raise BadRequest(str(exc)) from None
-        return self.events.popleft()
+        event = self.events.popleft()
+        if event is END:
+            self.in_request = False
+        elif isinstance(event, RequestHead):
+            self.in_request = True
+        return event
+
+    @property
+    def drained(self) -> bool:
+        """Every request the caller sent was read to its end: closing now loses it nothing."""
+        return not self.in_request and not self.events and not self.stash
 
     async def body(self) -> AsyncIterator[bytes]:
         """The current request's body pieces, to its end."""
@@ -150,16 +160,6 @@ class Downstream:
 
     async def read_body(self) -> bytes:
         return b"".join([chunk async for chunk in self.body()])
-
-    async def closed(self) -> None:
-        """Returns when the caller closed its side; what it sends meanwhile (pipelined
-        requests) is kept for next()."""
-        while len(self.stash) < MAX_STASH:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return
-            self.stash += data
-        await asyncio.Future()  # read far enough ahead: wait to be cancelled
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -215,7 +215,10 @@ class HttpProxy:
         except (OSError, Reset, asyncio.IncompleteReadError):
             pass  # the caller went away
         finally:
-            await lingering_close(reader, writer)
+            if downstream.drained or writer.is_closing():
+                writer.close()
+            else:
+                await lingering_close(reader, writer)
 
     async def _one(self, downstream: Downstream, head: RequestHead, direction: str,
                    destination: tuple[str, int]) -> bool:
@@ -306,17 +309,23 @@ class HttpProxy:
     async def _unless_caller_leaves(downstream: Downstream, work):
         """Run `work` (the exchange and the answer's streaming) unless the caller closes its
         connection first (then None): a silent stream must not keep a caller that left.
-        The work runs in this task; a watcher reads the caller's side and cancels it."""
+        The connection's protocol (listener.CallerProtocol) cancels this task when it does."""
+        protocol = downstream.writer.transport.get_protocol()
+        if not hasattr(protocol, "on_close"):  # not one of the listener's connections
+            return await work
         current = asyncio.current_task()
         left = False
 
-        async def watch() -> None:
+        def caller_left() -> None:
             nonlocal left
-            await downstream.closed()
-            left = True
-            current.cancel()
+            if not left:
+                left = True
+                current.cancel()
 
-        watcher = asyncio.ensure_future(watch())
+        if downstream.reader.at_eof():
+            work.close()
+            return None
+        protocol.on_close = caller_left
         try:
             return await work
         except asyncio.CancelledError:
@@ -325,9 +334,7 @@ class HttpProxy:
             current.uncancel()
             return None
         finally:
-            if not watcher.done():
-                watcher.cancel()
-                await asyncio.wait((watcher,))  # its read is really over before the next one
+            protocol.on_close = None
 
     def _answer_locally(self, downstream: Downstream, head: RequestHead, exchange: Exchange, reply: LocalReply,
                         drained: bool) -> bool:
@@ -380,8 +387,11 @@ class HttpProxy:
         try:
             if answer.complete:
                 self.pipeline.finish(exchange)
-            if answer.complete or not answer.conn.buffer:
-                writer.write(head_bytes)  # now: a stream's first piece may be long in coming
+            if answer.complete or remaining is None:
+                # Now: a stream's first piece may be long in coming. A body of known length
+                # goes out with its head instead (one send, one wake-up at the caller): apps
+                # that write the two separately would otherwise double every hop's packets.
+                writer.write(head_bytes)
                 head_bytes = b""
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
                 if chunked:

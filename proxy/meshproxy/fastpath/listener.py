@@ -61,6 +61,24 @@ async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
             return data, kind
 
 
+class CallerProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, telling `on_close` (while set) that the caller closed or
+    reset its connection: an exchange in flight is cancelled at once, with no task watching."""
+
+    on_close: Callable[[], None] | None = None
+
+    def eof_received(self) -> bool:
+        keep_open = super().eof_received()
+        if self.on_close is not None:
+            self.on_close()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.on_close is not None:
+            self.on_close()
+
+
 class Listener:
     def __init__(self, http: HttpProxy, h2: H2Proxy, tcp_faults: TcpFaults, telemetry: Telemetry, mitmproxy: Mitmproxy,
                  destination_of: Callable[[socket.socket], tuple[str, int]] = original_destination) -> None:
@@ -70,10 +88,14 @@ class Listener:
 
     async def start(self, host: str = "0.0.0.0", outbound_port: int = OUTBOUND_PORT,
                     inbound_port: int = INBOUND_PORT) -> None:
+        loop = asyncio.get_running_loop()
         for port, direction in ((outbound_port, OUTBOUND), (inbound_port, INBOUND)):
-            self.servers.append(await asyncio.start_server(
-                functools.partial(self._accept, direction), host, port, reuse_address=True, backlog=1024,
-                limit=READ_SIZE))
+            accept = functools.partial(self._accept, direction)
+
+            def protocol(accept=accept) -> CallerProtocol:  # asyncio.start_server's, with CallerProtocol
+                return CallerProtocol(asyncio.StreamReader(limit=READ_SIZE), accept)
+
+            self.servers.append(await loop.create_server(protocol, host, port, reuse_address=True, backlog=1024))
 
     def listening(self) -> bool:
         return len(self.servers) == 2 and all(server.is_serving() for server in self.servers)
