@@ -14,7 +14,7 @@ import typer
 
 from meshcli import __version__
 from meshcli.cli import apply, demo, fault, init, lifecycle, render, route, schema, split, status, validate, watch
-from meshcli.errors import InputError, Interrupted, MeshError
+from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
 ClickException = getattr(getattr(typer, "_click", None), "ClickException", None) or __import__("click").ClickException
@@ -61,14 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     shown = False
     try:
-        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        # Without standalone mode, click returns typer.Exit's code instead of raising it; typer
+        # turns Ctrl-C (KeyboardInterrupt) into that code 130, which no command returns itself.
         code = app(args=argv, prog_name="meshcli", standalone_mode=False)
-        return code if isinstance(code, int) else 0
+        if code != EXIT_INTERRUPTED:
+            return code if isinstance(code, int) else 0
+        error: MeshError = Interrupted("interrupted")
     except typer.Exit as exc:
         return exc.exit_code
     except ClickException as exc:
         exc.show()  # usage errors, including a bare `meshcli` (help, then exit 2)
-        error: MeshError = InputError(exc.format_message())
+        error = InputError(exc.format_message())
         shown = True
     except MeshError as exc:
         error = exc

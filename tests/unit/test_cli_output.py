@@ -103,6 +103,12 @@ def no_engine(demo: Path, monkeypatch) -> None:
     monkeypatch.setattr(lifecycle, "up", up)
 
 
+def ctrl_c(demo: Path, monkeypatch) -> None:
+    def collect(loaded):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(status, "collect", collect)
+
+
 # name -> (setup, argv, exit code): a success and a failure of every command's --json output.
 JSON_CASES = {
     "demo": (nothing, ["demo", "../../copy", "--no-up", "--json"], 0),
@@ -120,6 +126,7 @@ JSON_CASES = {
     "down-error": (nothing, ["down", "-v", "--keep-volumes", "--json"], 2),
     "status": (with_fault, ["status", "--json"], 1),
     "status-error": (nothing, ["status", "-f", "missing.yaml", "--json"], 2),
+    "status-interrupted": (ctrl_c, ["status", "--json"], 130),
     "fault-set": (nothing, ["fault", "payment", "--delay", "2s", "--percent", "50", "--json"], 0),
     "fault-set-error": (nothing, ["fault", "paymnt", "--delay", "2s", "--json"], 2),
     "fault-list": (with_fault, ["fault", "list", "--json"], 0),
@@ -161,24 +168,26 @@ HUMAN_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", JSON_CASES)
-def test_json_output_matches_its_golden_file(name, demo, capsys, monkeypatch):
-    setup, argv, expected = JSON_CASES[name]
+def run_case(case: tuple, demo: Path, capsys, monkeypatch) -> tuple[str, str]:
+    """Set the case up, run its command, check its exit code; its stdout and stderr."""
+    setup, argv, expected = case
     setup(demo, monkeypatch)
     capsys.readouterr()
-    code, out, _ = run(capsys, demo.parent.parent, argv)
-    json.loads(out)  # one JSON document
+    code, out, err = run(capsys, demo.parent.parent, argv)
     assert code == expected
+    return out, err
+
+
+@pytest.mark.parametrize("name", JSON_CASES)
+def test_json_output_matches_its_golden_file(name, demo, capsys, monkeypatch):
+    out, _ = run_case(JSON_CASES[name], demo, capsys, monkeypatch)
+    json.loads(out)  # one JSON document
     check_golden(f"{name}.json", out)
 
 
 @pytest.mark.parametrize("name", HUMAN_CASES)
 def test_human_output_matches_its_golden_file(name, demo, capsys, monkeypatch):
-    setup, argv, expected = HUMAN_CASES[name]
-    setup(demo, monkeypatch)
-    capsys.readouterr()
-    code, out, err = run(capsys, demo.parent.parent, argv)
-    assert code == expected
+    out, err = run_case(HUMAN_CASES[name], demo, capsys, monkeypatch)
     check_golden(f"{name}.txt", f"--- stdout\n{out}--- stderr\n{err}")
 
 
