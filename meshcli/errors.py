@@ -5,7 +5,7 @@ The core never prints and never exits: it raises one of these.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from meshcli.diagnostics import Diagnostic
@@ -17,9 +17,15 @@ EXIT_INTERRUPTED = 130
 
 
 class MeshError(Exception):
-    """A failure the user can act on. `hint` says what to do about it."""
+    """A failure the user can act on. `hint` says what to do about it.
+
+    `code` is stable, for scripts (`--json` prints it): a diagnostic's MESH code when the
+    error has diagnostics, else the error class's.
+    """
 
     exit_code = EXIT_FAILURE
+    code = "failure"
+    diagnostics: Sequence[Diagnostic] = ()
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -31,6 +37,7 @@ class InputError(MeshError):
     """Bad input from the user: a file, an argument. Exit code 2."""
 
     exit_code = EXIT_USAGE
+    code = "usage"
 
 
 class InvalidFileError(InputError):
@@ -48,3 +55,12 @@ class InvalidFileError(InputError):
 
 class DockerError(MeshError):
     """Docker is missing, not running, or a docker/compose command failed."""
+
+    code = "docker"
+
+
+class Interrupted(MeshError):
+    """Ctrl-C. Exit code 130."""
+
+    exit_code = EXIT_INTERRUPTED
+    code = "interrupted"

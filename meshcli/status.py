@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from meshproxy.config import ADMIN_PORT
 
@@ -40,7 +40,11 @@ class WorkloadStatus:
         return self.app == "running" and self.sidecar_health == "healthy"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """As `--json` shows it (camelCase, as in mesh.yaml)."""
+        return {"workload": self.workload, "service": self.service, "version": self.version, "app": self.app,
+                "sidecar": self.sidecar, "sidecarHealth": self.sidecar_health,
+                "sidecarRestarts": self.sidecar_restarts, "configVersion": self.config_version,
+                "configGeneration": self.config_generation, "sync": self.sync, "urls": self.urls}
 
 
 def _containers(project: str) -> dict[str, object]:

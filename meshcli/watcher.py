@@ -126,26 +126,32 @@ class Watcher:
                        "generation": compiled.generation})
 
 
-def _json_lines(*streams: TextIO) -> Callable[[dict], None]:
-    lock = threading.Lock()
-
-    def emit(record: dict) -> None:
-        line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
-        with lock:
-            for stream in streams:
-                stream.write(line)
-                stream.flush()
-    return emit
+def _json_lines(stream: TextIO) -> Callable[[dict], None]:
+    def write(record: dict) -> None:
+        stream.write(json.dumps(record) + "\n")
+        stream.flush()
+    return write
 
 
-def run(workspace: Workspace, foreground: bool = False) -> None:
-    """Watch until SIGTERM or SIGINT, or until the project directory is deleted."""
+def run(workspace: Workspace, on_event: Callable[[dict], None] | None = None) -> None:
+    """Watch until SIGTERM or SIGINT, or until the project directory is deleted. Every event
+    goes to the log as a JSON line and, in the foreground (`on_event` given: `meshcli watch`),
+    to `on_event` too."""
+    foreground = on_event is not None
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     workspace.state_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path(workspace), "a", encoding="utf-8") as log:
-        emit = _json_lines(log, sys.stdout) if foreground else _json_lines(log)
+        lock = threading.Lock()
+        sinks = [_json_lines(log)] + ([on_event] if on_event else [])
+
+        def emit(record: dict) -> None:
+            record = {"time": round(time.time(), 3), **record}
+            with lock:
+                for sink in sinks:
+                    sink(record)
+
         watcher = Watcher(workspace, emit)
         watcher.start()
         emit({"event": "started", "pid": os.getpid(), "watching": sorted(str(p) for p in watcher.watched)})
@@ -155,7 +161,7 @@ def run(workspace: Workspace, foreground: bool = False) -> None:
                     emit({"event": "project-gone", "directory": str(workspace.project.directory)})
                     break
                 if not foreground and _superseded(workspace):
-                    emit({"event": "superseded", "pid_file": str(pid_path(workspace))})
+                    emit({"event": "superseded", "pidFile": str(pid_path(workspace))})
                     break
         finally:
             watcher.stop()
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foreground", action="store_true", help="also print each event on stdout")
     options = parser.parse_args(argv)
     workspace = ws.from_state(options.state_dir, options.mesh_file)
-    run(workspace, options.foreground)
+    run(workspace, _json_lines(sys.stdout) if options.foreground else None)
     return 0
 
 

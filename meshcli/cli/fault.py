@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         stored = fault_layer.add(loaded.workspace, fault)
         summary = _apply(loaded, not no_wait, timeout)
         if as_json:
-            output.emit_json({"fault": fault_layer.view(stored, time.time()), "config": summary})
+            output.result({"fault": fault_layer.view(stored, time.time()), "config": summary})
             return
         lasting = "until cleared" if stored.until is None else f"for {fault_layer.format_seconds(stored.until - stored.created)}"
         output.success(f"{stored.service}: {fault_layer.describe(stored)}, {lasting} ({stored.id}) - "
@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         now = time.time()
         faults = fault_layer.active(located, now)
         if as_json:
-            output.emit_json({"faults": [fault_layer.view(f, now) for f in faults]})
+            output.result({"faults": [fault_layer.view(f, now) for f in faults]})
             return
         if not faults:
             output.info("no faults in force")
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         summary = _apply(loaded, not no_wait, timeout)
         if as_json:
             now = time.time()
-            output.emit_json({"cleared": [fault_layer.view(f, now) for f in removed], "config": summary})
+            output.result({"cleared": [fault_layer.view(f, now) for f in removed], "config": summary})
         elif removed:
             names = ", ".join(f"{f.service} {fault_layer.describe(f)} ({f.id})" for f in removed)
             output.success(f"cleared {len(removed)} fault{'s' if len(removed) != 1 else ''}: {names} - "

@@ -1,49 +1,32 @@
 """`meshcli up` and `meshcli down`.
 
 Both are made for scripts and CI as much as for people: `--json` prints one JSON object
-on stdout (also when they fail, with `"ok": false` and the error), and the exit code says
-what happened: 0 ok, 1 the mesh did not become ready in time or compose failed, 2 bad input.
+on stdout (also when they fail, like every command: output.failure_json), and the exit code
+says what happened: 0 ok, 1 the mesh did not become ready in time or compose failed, 2 bad input.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import typer
 
 from meshcli.cli import common, output
 
 
-@contextmanager
-def _json_failure(as_json: bool, command: str) -> Iterator[None]:
-    """With --json, a failure still prints one JSON object; main() then prints the error and exits."""
-    from meshcli.errors import MeshError
-
-    try:
-        yield
-    except MeshError as exc:
-        if as_json:
-            output.emit_json({"ok": False, "command": command, "error": exc.message, "hint": exc.hint,
-                              "exit_code": exc.exit_code})
-        raise
-
-
-def up_json(result, seconds: float, waited: bool) -> dict:
-    """What `meshcli up --json` prints: `ok` is false when --wait saw the mesh not ready in time."""
+def up_json(result, seconds: float) -> dict:
+    """What `meshcli up --json` prints (and `meshcli demo --json` under "up")."""
     from meshcli import lifecycle, sidecar_config
 
     statuses = result.statuses
     config = sidecar_config.current(result.loaded.workspace.config_dir)
     return {
-        "ok": lifecycle.ready(statuses) or not waited,
         "project": result.loaded.project.name,
         "seconds": round(seconds, 1),
         "healthy": lifecycle.ready(statuses),
-        "not_ready": lifecycle.not_ready(statuses),
+        "notReady": lifecycle.not_ready(statuses),
         "rendered": str(result.rendered),
-        "sidecar_image": result.sidecar_image,
+        "sidecarImage": result.sidecar_image,
         "config": {"version": config.version, "generation": config.generation} if config else None,
         "urls": {s.workload: s.urls for s in statuses if s.urls},
         "workloads": [s.to_json() for s in statuses],
@@ -67,15 +50,14 @@ def register(app: typer.Typer) -> None:
         from meshcli import lifecycle
         from meshcli.cli.status import print_table
 
-        with _json_failure(as_json, "up"):
-            located = project.locate()
-            started = time.monotonic()
-            with output.progress("starting the mesh") as progress:
-                result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait)
+        located = project.locate()
+        started = time.monotonic()
+        with output.progress("starting the mesh") as progress:
+            result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait)
         elapsed = time.monotonic() - started
         ready = lifecycle.ready(result.statuses)
         if as_json:
-            output.emit_json(up_json(result, elapsed, wait))
+            output.result(up_json(result, elapsed), ok=ready or not wait)  # ok: false when not ready in time
         else:
             for d in result.loaded.diagnostics:
                 output.diagnostic(d)
@@ -106,18 +88,17 @@ def register(app: typer.Typer) -> None:
         from meshcli import lifecycle
         from meshcli.errors import InputError
 
-        with _json_failure(as_json, "down"):
-            if volumes and keep_volumes:
-                raise InputError("--volumes and --keep-volumes contradict each other",
-                                 hint="volumes are kept by default; -v removes them")
-            located = project.locate()
-            started = time.monotonic()
-            with output.progress("stopping the mesh") as progress:
-                name = lifecycle.down(located, progress, volumes=volumes)
+        if volumes and keep_volumes:
+            raise InputError("--volumes and --keep-volumes contradict each other",
+                             hint="volumes are kept by default; -v removes them")
+        located = project.locate()
+        started = time.monotonic()
+        with output.progress("stopping the mesh") as progress:
+            name = lifecycle.down(located, progress, volumes=volumes)
         elapsed = time.monotonic() - started
         if as_json:
-            output.emit_json({"ok": True, "project": name, "removed": True, "volumes_removed": volumes,
-                              "seconds": round(elapsed, 1)})
+            output.result({"project": name, "removed": True, "volumesRemoved": volumes,
+                           "seconds": round(elapsed, 1)})
         else:
             output.success(f"project {name} removed in {elapsed:.1f}s"
                            + ("" if volumes else " (volumes kept: -v removes them)"))

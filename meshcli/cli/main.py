@@ -14,7 +14,7 @@ import typer
 
 from meshcli import __version__
 from meshcli.cli import apply, demo, fault, init, lifecycle, render, route, schema, split, status, validate, watch
-from meshcli.errors import EXIT_INTERRUPTED, EXIT_USAGE, InvalidFileError, MeshError
+from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
 ClickException = getattr(getattr(typer, "_click", None), "ClickException", None) or __import__("click").ClickException
@@ -47,41 +47,48 @@ for module in (demo, init, render, validate, schema, lifecycle, status, fault, s
     module.register(app)
 
 
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for --json: read from the arguments themselves, so that an
+    error typer raises before any command runs (a usage error) is reported as JSON too."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; every error is reported here, once (see output.failure), as text on
+    stderr and, with --json, as one JSON object on stdout."""
     from meshcli.cli import output
 
+    argv = sys.argv[1:] if argv is None else argv
+    shown = False
     try:
-        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        # Without standalone mode, click returns typer.Exit's code instead of raising it; typer
+        # turns Ctrl-C (KeyboardInterrupt) into that code 130, which no command returns itself.
         code = app(args=argv, prog_name="meshcli", standalone_mode=False)
-        return code if isinstance(code, int) else 0
-    except InvalidFileError as exc:
-        for d in exc.diagnostics:
-            output.diagnostic(d)
-        errors = sum(1 for d in exc.diagnostics if d.is_error)
-        output.error(f"{errors} error{'s' if errors != 1 else ''}; nothing was changed")
-        return exc.exit_code
-    except MeshError as exc:
-        output.error(exc.message, exc.hint)
-        return exc.exit_code
+        if code != EXIT_INTERRUPTED:
+            return code if isinstance(code, int) else 0
+        error: MeshError = Interrupted("interrupted")
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        output.error("interrupted")
-        return EXIT_INTERRUPTED
     except ClickException as exc:
         exc.show()  # usage errors, including a bare `meshcli` (help, then exit 2)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        output.error("interrupted")
-        return EXIT_INTERRUPTED
+        error = InputError(exc.format_message())
+        shown = True
+    except MeshError as exc:
+        error = exc
+    except (typer.Abort, KeyboardInterrupt):
+        error = Interrupted("interrupted")
     except Exception:
         if os.environ.get("MESHCLI_DEBUG"):
             raise
         import traceback
 
-        output.error("unexpected error (set MESHCLI_DEBUG=1 for the traceback): "
-                     + traceback.format_exc().strip().splitlines()[-1])
-        return 1
+        error = MeshError("unexpected error (set MESHCLI_DEBUG=1 for the traceback): "
+                          + traceback.format_exc().strip().splitlines()[-1])
+    if not shown:
+        output.failure(error)
+    if wants_json(argv):
+        output.failure_json(error)
+    return error.exit_code
 
 
 def run() -> None:

@@ -38,9 +38,9 @@ def run(project: common.ProjectFlags, service: str | None, what: str, transform:
     workloads = len(result.synced) if result.synced is not None else None
     synced = sum(1 for s in result.synced if s.sync == "SYNCED") if result.synced is not None else None
     if as_json:
-        output.emit_json({
+        output.result({
             "service": service, "change": what, "file": str(result.file), "changed": result.changed,
-            "dry_run": dry_run, "diff": result.diff,
+            "dryRun": dry_run, "diff": result.diff,
             "version": result.compiled.version if result.compiled else None,
             "generation": result.compiled.generation if result.compiled else None,
             "sidecars": {"synced": synced, "workloads": workloads} if result.synced is not None else None,

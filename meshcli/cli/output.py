@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from meshcli.diagnostics import Diagnostic
+    from meshcli.errors import MeshError
 
 LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -73,6 +74,41 @@ def emit_text(text: str) -> None:
 def emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def result(data: dict, ok: bool = True) -> None:
+    """A command's `--json` result: one object, `ok` first. Keys are camelCase, as in mesh.yaml."""
+    emit_json({"ok": ok, **data})
+
+
+def json_line(data: dict) -> None:
+    """One JSON Lines record on stdout (`meshcli watch --json`)."""
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def failure(exc: MeshError) -> None:
+    """An error on stderr: its diagnostics, or its message and hint (main() calls it, once)."""
+    for d in exc.diagnostics:
+        diagnostic(d)
+    if exc.diagnostics:
+        errors = sum(1 for d in exc.diagnostics if d.is_error)
+        error(f"{errors} error{'s' if errors != 1 else ''}; nothing was changed")
+    else:
+        error(exc.message, exc.hint)
+
+
+def failure_json(exc: MeshError) -> None:
+    """An error as `--json` prints it, for every command: one object on stdout,
+    `{"ok": false, "error": {code, message, file, line, column, hint}, "diagnostics": [...]}`.
+    `code` is the first diagnostic's (MESH0xxx) or the error class's ("usage", "docker",
+    "failure", "interrupted"); file/line/column are the first diagnostic's (null without one);
+    `diagnostics` lists every diagnostic the error carries (empty without)."""
+    first = exc.diagnostics[0].to_json() if exc.diagnostics else {}
+    emit_json({"ok": False,
+               "error": {"code": first.get("code", exc.code), "message": exc.message, "file": first.get("file"),
+                         "line": first.get("line"), "column": first.get("column"), "hint": exc.hint},
+               "diagnostics": [d.to_json() for d in exc.diagnostics]})
 
 
 @contextmanager

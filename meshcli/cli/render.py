@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
             return
         path = workspace.write_rendered(loaded, image, Path(output_file) if output_file else None)
         if as_json:
-            output.emit_json({
+            output.result({
                 "output": str(path),
                 "project": loaded.project.name,
                 "workloads": {name: {"service": w.service, "version": w.version}

@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
 
         rules = control_plane.effective_rules(project.locate(), service)
         if as_json:
-            output.emit_json({"service": service, **rules})
+            output.result({"service": service, **rules})
         else:
             _print_rules(service, rules)
 

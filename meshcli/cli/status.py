@@ -56,15 +56,15 @@ def register(app: typer.Typer) -> None:
         faults = fault_layer.in_force(located, loaded.mesh)
         rules = rule_layer.active(located)
         if as_json:
-            output.emit_json({
+            output.result({
                 "project": loaded.project.name, "healthy": healthy(statuses),
                 "config": {"version": on_disk.version, "generation": on_disk.generation} if on_disk else None,
                 "rejected": rejected,
-                "mesh_errors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
+                "meshErrors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
                 "watcher": {"running": watcher_pid is not None, "pid": watcher_pid},
                 "faults": faults,
                 "rules": [rule.to_json() for rule in rules],
-                "workloads": [s.to_json() for s in statuses]})
+                "workloads": [s.to_json() for s in statuses]}, ok=healthy(statuses))
         else:
             print_table(statuses)
             _print_config(on_disk, watcher_pid, located)

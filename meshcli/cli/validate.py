@@ -13,19 +13,12 @@ def register(app: typer.Typer) -> None:
     def validate(project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
         """Validate the mesh file against the compose project. Exit 2 when there are errors."""
         from meshcli import workspace
-        from meshcli.errors import InvalidFileError
 
-        try:
-            located = project.locate()
-            loaded = workspace.load(located)
-            diagnostics = loaded.diagnostics
-        except InvalidFileError as exc:
-            if not as_json:
-                raise
-            output.emit_json({"valid": False, "diagnostics": [d.to_json() for d in exc.diagnostics]})
-            raise typer.Exit(exc.exit_code)
-        if as_json:
-            output.emit_json({"valid": True, "diagnostics": [d.to_json() for d in diagnostics]})
+        located = project.locate()
+        loaded = workspace.load(located)
+        diagnostics = loaded.diagnostics
+        if as_json:  # an invalid project is an error: main() prints it, with every diagnostic
+            output.result({"diagnostics": [d.to_json() for d in diagnostics]})
             return
         for d in diagnostics:
             output.diagnostic(d)

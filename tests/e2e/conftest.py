@@ -173,7 +173,7 @@ def demo(tmp_path_factory, request) -> Demo:
         if reporter is not None and capture is not None:  # the figure the issue asks for, in every CI log
             with capture.global_and_fixture_disabled():
                 reporter.write_line(f"\nmeshcli up on the demo took {up['seconds']} s "
-                                    f"({len(up['workloads'])} workloads, sidecar image {up['sidecar_image']})")
+                                    f"({len(up['workloads'])} workloads, sidecar image {up['sidecarImage']})")
         yield instance
     finally:
         down = instance.cli("down", "-v", "-p", project, check=False)

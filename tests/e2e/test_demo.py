@@ -167,7 +167,7 @@ def test_status_json_reports_every_workload(demo):
     workloads = {w["workload"]: w for w in data["workloads"]}
     assert set(workloads) == {"frontend", "orders", "payment-v1", "payment-v2", "greeter", "greeter-client",
                               "h2echo", "streamer"}
-    assert {w["sidecar_health"] for w in workloads.values()} == {"healthy"}
+    assert {w["sidecarHealth"] for w in workloads.values()} == {"healthy"}
     assert {w["sync"] for w in workloads.values()} == {"SYNCED"}
     assert workloads["payment-v2"]["service"] == "payment" and workloads["payment-v2"]["version"] == "v2"
     assert workloads["frontend"]["urls"] == [demo.url]

@@ -172,7 +172,7 @@ def test_reloads_under_load_fail_no_request(demo, measured):
     workers = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for worker in workers:
         worker.start()
-    generation_before = demo.status()["workloads"][0]["config_generation"]
+    generation_before = demo.status()["workloads"][0]["configGeneration"]
     for i in range(20):
         weights = (100 - 5 * i, 5 * i)
         demo.mesh_file.write_text(mesh_yaml_split(*weights))  # by hand: the watcher applies it
@@ -186,7 +186,7 @@ def test_reloads_under_load_fail_no_request(demo, measured):
              f"{sum(1 for r in results if r != 200)}")
     assert len(results) > 200
     assert Counter(results) == {200: len(results)}
-    generations = {w["config_generation"] for w in status["workloads"]}
+    generations = {w["configGeneration"] for w in status["workloads"]}
     assert len(generations) == 1 and generations.pop() > generation_before
     # The last edit (v1=5, v2=95) is what every sidecar now runs.
     answers = send(demo, 100)
@@ -196,7 +196,7 @@ def test_reloads_under_load_fail_no_request(demo, measured):
 def test_invalid_edit_is_rejected_and_previous_rules_keep_working(demo):
     demo.cli("split", "payment", "v1=100", "-p", demo.project)
     before = demo.wait_synced()
-    config_before = {w["workload"]: w["config_version"] for w in before["workloads"]}
+    config_before = {w["workload"]: w["configVersion"] for w in before["workloads"]}
 
     # Through the command: refused, file untouched.
     text = demo.mesh_file.read_text()
@@ -218,6 +218,6 @@ def test_invalid_edit_is_rejected_and_previous_rules_keep_working(demo):
         time.sleep(0.3)
     assert status.get("rejected"), status
     assert "mesh.yaml:4" in str(status["rejected"])
-    assert {w["workload"]: w["config_version"] for w in status["workloads"]} == config_before
+    assert {w["workload"]: w["configVersion"] for w in status["workloads"]} == config_before
     answers = send(demo, 100)
     assert Counter(version_of(a) for _, a in answers) == {"v1": 100}

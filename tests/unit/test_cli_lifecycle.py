@@ -33,7 +33,7 @@ def test_down_removes_volumes_only_with_v(composed, capsys, argv, removes_volume
     [args] = composed
     assert args[0] == "down" and "--remove-orphans" in args
     assert ("-v" in args) is removes_volumes
-    assert json.loads(capsys.readouterr().out)["volumes_removed"] is removes_volumes
+    assert json.loads(capsys.readouterr().out)["volumesRemoved"] is removes_volumes
 
 
 def test_down_says_the_volumes_stay(composed, capsys):

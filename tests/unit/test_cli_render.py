@@ -132,7 +132,7 @@ def test_validate_json_lists_every_error(capsys, files, compose):
     files.write("mesh.yaml", BAD_MESH)
     _, out, _ = run(capsys, "validate", "-f", str(compose), "--json")
     report = json.loads(out)
-    assert report["valid"] is False
+    assert report["ok"] is False
     assert sorted((d["code"], d["line"], d["column"]) for d in report["diagnostics"]) == [
         ("MESH0102", 4, 13), ("MESH0104", 1, 1), ("MESH0201", 3, 3)]  # the file's shape and its services at once
     assert all(d["level"] == "error" and d["file"] == str(files.root / "mesh.yaml") for d in report["diagnostics"])
@@ -147,7 +147,7 @@ def test_validate_json_of_a_valid_project_exits_0_with_its_warnings(capsys, file
     code, out, _ = run(capsys, "validate", "-f", str(compose), "--json")
     assert code == 0
     report = json.loads(out)
-    assert report["valid"] is True
+    assert report["ok"] is True
     assert [(d["code"], d["level"], d["line"]) for d in report["diagnostics"]] == [
         ("MESH0301", "warning", 5), ("MESH0302", "info", 6)]
 

@@ -133,7 +133,7 @@ def test_render_is_a_preview_that_never_touches_the_live_config(capsys, shop, tm
 def test_two_project_names_from_one_directory_share_no_state(capsys, shop):
     shop.write("compose.yaml", "services:\n  payment-v1: {image: pay}\n")
     assert run(capsys, "fault", "payment", "--abort", "503", "--no-wait", "-p", "one")[0] == 0
-    assert run(capsys, "fault", "list", "--json", "-p", "two")[1] == '{\n  "faults": []\n}\n'
+    assert run(capsys, "fault", "list", "--json", "-p", "two")[1] == '{\n  "ok": true,\n  "faults": []\n}\n'
     assert (shop.root / ".mesh" / "one" / "faults.json").is_file()
     assert not (shop.root / ".mesh" / "two" / "faults.json").exists()
 

@@ -119,12 +119,12 @@ def test_the_workflows_up_and_down_commands_work_and_print_json(workflow, stubbe
     assert printed["ok"] is True and printed["project"] == "meshci-1-1"
     assert printed["urls"] == {"frontend": ["http://localhost:8080/"]}
     assert printed["config"] == {"version": "abc", "generation": 3}
-    assert printed["sidecar_image"] == "meshcli-sidecar:test" and isinstance(printed["seconds"], float)
+    assert printed["sidecarImage"] == "meshcli-sidecar:test" and isinstance(printed["seconds"], float)
     assert calls == [("up", REPO / "compose" / "compose.yaml", "meshci-1-1", 120, True)]
 
     assert main(expand(step(workflow, "Take the mesh down")["run"], workflow)[1:]) == 0
     assert json.loads(capsys.readouterr().out) == {"ok": True, "project": "meshci-1-1", "removed": True,
-                                                   "volumes_removed": True, "seconds": 0.0}
+                                                   "volumesRemoved": True, "seconds": 0.0}
     assert calls[-1][2:] == ("meshci-1-1", True)  # CI made the volumes
 
 
@@ -134,7 +134,7 @@ def test_up_exits_1_with_json_when_the_mesh_is_not_ready_in_time(workflow, stubb
                                                              sidecar="running", sidecar_health="unhealthy")]
     assert main(expand(step(workflow, "Start the mesh")["run"], workflow)[1:]) == 1
     printed = json.loads(capsys.readouterr().out)
-    assert printed["ok"] is False and printed["not_ready"] == ["orders: sidecar unhealthy"]
+    assert printed["ok"] is False and printed["notReady"] == ["orders: sidecar unhealthy"]
 
 
 def test_up_exits_2_with_json_on_bad_input(capsys, tmp_path):

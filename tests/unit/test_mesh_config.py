@@ -568,7 +568,7 @@ def test_validate_json_lists_the_same_diagnostics(capsys, files):
     code, out, _ = run(capsys, "validate", "-f", str(compose), "--json")
     assert code == 2
     report = json.loads(out)
-    assert report["valid"] is False
+    assert report["ok"] is False
     assert [(d["code"], d["line"], d["column"]) for d in report["diagnostics"]] == [
         ("MESH0201", 3, 3), ("MESH0107", 5, 5), ("MESH0105", 6, 5), ("MESH0110", 8, 9), ("MESH0101", 9, 39),
         ("MESH0205", 10, 9)]
