@@ -58,6 +58,13 @@ class Exchange:
         self.picker.done(self.upstream)
         return self.send_to(self.picker.pick(tried))
 
+    def answer_locally(self, reply: LocalReply) -> LocalReply:
+        """Record a reply the sidecar gives itself (its flag and status); returns it to write."""
+        if reply.flag:
+            self.flags.append(reply.flag)
+        self.status = reply.status
+        return reply
+
     def release(self) -> None:
         picker, self.picker = self.picker, None
         if picker is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -98,8 +99,11 @@ def carries(request) -> bool:
             and request.raw_content is not None and "upgrade" not in request.headers)
 
 
+VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+
+
 def _check_token(value: bytes, what: str) -> bytes:
-    if not value or any(c <= 0x20 or c >= 0x7f for c in value):
+    if VISIBLE_ASCII.fullmatch(value) is None:  # empty, spaces, controls or non-ASCII
         raise Unsendable(f"cannot send {what} {value!r} as HTTP/1.1")
     return value
 

@@ -6,13 +6,12 @@ on one loopback port per direction.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 
 from mitmproxy import connection, ctx, http
 
 from meshproxy.exchange import Exchange, LocalReply
+from meshproxy.fastpath import tcp
 from meshproxy.fastpath.handover import direction_of_port
 
 META_EXCHANGE = "meshcli.exchange"
@@ -27,8 +26,7 @@ def exchange_of(flow) -> Exchange | None:
 
 
 def local_response(exchange: Exchange, reply: LocalReply) -> http.Response:
-    if reply.flag:
-        exchange.flags.append(reply.flag)
+    exchange.answer_locally(reply)
     return http.Response.make(reply.status, reply.body, {"content-type": "text/plain", **dict(reply.headers)})
 
 
@@ -40,18 +38,13 @@ def _connection_io(conn: connection.Connection, client: connection.Client):
 
 
 def reset_connection(client: connection.Client) -> bool:
-    """Close the caller's connection with a TCP RST, not a FIN (mitmproxy only closes
-    gracefully, so we abort the socket ourselves with SO_LINGER 0)."""
+    """Close the caller's connection with a TCP RST, not a FIN (mitmproxy only closes gracefully)."""
     io = _connection_io(client, client)
     writer = io.writer if io is not None else None
     if writer is None or writer.is_closing():
         return False
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
+    tcp.reset(writer)
     return True
-
 
 def finish(exchange: Exchange, flow: http.HTTPFlow) -> None:
     """Timings and outcome from the flow, once it is over."""

@@ -27,7 +27,7 @@ from meshproxy import upstream
 from meshproxy.config import Version
 from meshproxy.exchange import INBOUND, Exchange, LocalReply
 from meshproxy.fastpath import tcp
-from meshproxy.fastpath.pipeline import Pipeline, answer_locally
+from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
 from meshproxy.policy.routing import SOURCE_HEADER
 from meshproxy.upstream import NOT_FORWARDED, READ_SIZE, Reset, Unsendable, without_hop_by_hop
@@ -338,7 +338,7 @@ class HttpProxy:
 
     def _answer_locally(self, downstream: Downstream, head: RequestHead, exchange: Exchange, reply: LocalReply,
                         drained: bool) -> bool:
-        answer_locally(exchange, reply)
+        exchange.answer_locally(reply)
         keep = head.keep_alive and drained and not head.upgrade
         self.pipeline.finish(exchange)
         self._write_reply(downstream, head.version, reply, close=not keep, head_only=head.method == b"HEAD")

@@ -27,7 +27,7 @@ import h2.exceptions
 from meshproxy import upstream_h2
 from meshproxy.config import Version
 from meshproxy.exchange import INBOUND, Exchange, LocalReply
-from meshproxy.fastpath.pipeline import Pipeline, answer_locally
+from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
 from meshproxy.policy.routing import SOURCE_HEADER
 from meshproxy.upstream import READ_SIZE, Reset
@@ -297,7 +297,7 @@ class H2Proxy:
 
     async def _reply(self, caller: CallerConnection, stream: CallerStream, exchange: Exchange,
                      reply: LocalReply) -> None:
-        answer_locally(exchange, reply)
+        exchange.answer_locally(reply)
         self.pipeline.finish(exchange)
         caller.send_headers(stream, [(b":status", b"%d" % reply.status), (b"content-type", b"text/plain"),
                                      (b"content-length", b"%d" % len(reply.body)),

@@ -67,10 +67,3 @@ class Pipeline:
         exchange.release()
         self.telemetry.record(exchange)
 
-
-def answer_locally(exchange: Exchange, reply: LocalReply) -> LocalReply:
-    """Record a reply the sidecar gives itself; returns it for the caller to write."""
-    if reply.flag:
-        exchange.flags.append(reply.flag)
-    exchange.status = reply.status
-    return reply
