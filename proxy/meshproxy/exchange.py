@@ -28,6 +28,10 @@ class Exchange:
     protocol: str = "HTTP/1.1"  # as the app spoke it: HTTP/1.0, HTTP/1.1, HTTP/2.0
     grpc: bool = False
     source: str = "unknown"  # the calling workload
+    # The caller's verified identity (a SPIFFE ID from its mTLS certificate; "" without one)
+    # and how the hop was secured: Istio's connection_security_policy, "mutual_tls" or "none".
+    source_principal: str = ""
+    security_policy: str = "none"
     service_name: str = ""  # the destination service, or the host when leaving the mesh
     service: Service | None = None  # its mesh config; None: not a mesh service (no policies)
     route: Route | None = None
