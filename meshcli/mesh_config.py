@@ -13,14 +13,16 @@ meshcli/schema/mesh-v1.schema.json is the same rules as a JSON Schema for editor
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from meshproxy.config import (DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS, DEFAULT_CONSECUTIVE_5XX,
-                              DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_PERCENT, DEFAULT_RETRY_ON,
-                              DEFAULT_ROUTE, LOAD_BALANCERS, PATH_MATCH_KINDS, RETRY_ON, STRING_MATCH_KINDS,
+from meshproxy.config import (ALWAYS_REDACTED, DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS,
+                              DEFAULT_CONSECUTIVE_5XX, DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT,
+                              DEFAULT_PERCENT, DEFAULT_RETRY_ON, DEFAULT_ROUTE, DEFAULT_SAMPLING_PERCENT,
+                              LOAD_BALANCERS, OTLP_TRACES_PATH, PATH_MATCH_KINDS, RETRY_ON, STRING_MATCH_KINDS,
                               TcpFaultKind)
 
 from meshcli import durations, yaml_source
@@ -168,9 +170,24 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class Tracing:
+    endpoint: str  # OTLP/HTTP URL, e.g. http://host.docker.internal:4318/v1/traces (`meshcli trace`)
+    sampling: float = DEFAULT_SAMPLING_PERCENT  # percent of new traces
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What every sidecar records and exports, and what it never shows."""
+
+    redact_headers: tuple[str, ...] = ()  # lower case, besides ALWAYS_REDACTED
+    tracing: Tracing | None = None
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     doc: yaml_source.YamlDocument | None  # kept for positions in later diagnostics
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    telemetry: Telemetry = Telemetry()
 
     @property
     def source(self) -> Path | None:
@@ -201,6 +218,7 @@ class Mesh:
     project: str
     services: dict[str, Service]
     workloads: dict[str, Workload]  # compose service -> identity (service, version)
+    telemetry: Telemetry = Telemetry()
 
 
 def json_schema() -> str:
@@ -311,7 +329,10 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-TOP_LEVEL_FIELDS = ("apiVersion", "services")
+TOP_LEVEL_FIELDS = ("apiVersion", "services", "telemetry")
+TELEMETRY_FIELDS = ("redactHeaders", "tracing")
+TRACING_FIELDS = ("endpoint", "sampling")
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP token (RFC 9110)
 ROUTE_POLICY_FIELDS = ("to", "split", "timeout", "retries", "mirror", "fault")
 SERVICE_FIELDS = ("versions", "ports", "loadBalancer", *ROUTE_POLICY_FIELDS, "routes", "circuitBreaker",
                   "outlierDetection", "tcpFault")
@@ -355,7 +376,44 @@ def _parse(doc: yaml_source.YamlDocument) -> tuple[MeshConfig, list[Diagnostic]]
     if check.mapping(raw_services, "services", tuple(raw_services) if isinstance(raw_services, dict) else (), data, "services"):
         for name, body in raw_services.items():
             services[str(name)] = _parse_service(check, raw_services, str(name), body)
-    return MeshConfig(doc, services), check.diagnostics
+    return MeshConfig(doc, services, _parse_telemetry(check, data)), check.diagnostics
+
+
+def _parse_telemetry(check: _Collector, data: dict) -> Telemetry:
+    """`telemetry: {redactHeaders: [names], tracing: {endpoint, sampling}}`."""
+    raw = data.get("telemetry")
+    if raw is None or not check.mapping(raw, "telemetry", TELEMETRY_FIELDS, data, "telemetry"):
+        return Telemetry()
+    names: list[str] = []
+    headers = raw.get("redactHeaders")
+    if headers is not None and not isinstance(headers, list):
+        check.add("MESH0102", f"telemetry.redactHeaders must be a list of header names, got {_kind(headers)}",
+                  raw, "redactHeaders")
+    for i, name in enumerate(headers if isinstance(headers, list) else ()):
+        if not isinstance(name, str) or not HEADER_NAME.match(name):
+            check.add("MESH0102", f"telemetry.redactHeaders: {name!r} is not an HTTP header name", headers, i)
+        elif name.lower() not in ALWAYS_REDACTED and name.lower() not in names:
+            names.append(name.lower())
+    return Telemetry(tuple(names), _parse_tracing(check, raw))
+
+
+def _parse_tracing(check: _Collector, node: dict) -> Tracing | None:
+    raw = node.get("tracing")
+    if raw is None or not check.mapping(raw, "telemetry.tracing", TRACING_FIELDS, node, "tracing"):
+        return None
+    check.required(raw, ("endpoint",), "telemetry.tracing", node, "tracing")
+    endpoint = check.string(raw, "endpoint", "telemetry.tracing.endpoint")
+    sampling = check.percent(raw, "sampling", "telemetry.tracing.sampling")
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            check.add("MESH0102", f"telemetry.tracing.endpoint {endpoint!r} is not an http(s) URL, e.g. "
+                                  f"http://host.docker.internal:4318{OTLP_TRACES_PATH}", raw, "endpoint")
+            return None
+        if parts.path in ("", "/"):  # OTLP/HTTP's exporters add the signal's path to a bare base URL
+            endpoint = endpoint.rstrip("/") + OTLP_TRACES_PATH
+        return Tracing(endpoint, DEFAULT_SAMPLING_PERCENT if sampling is None else sampling)
+    return None
 
 
 def _parse_service(check: _Collector, parent: Any, name: str, body: Any) -> ServiceConfig:
@@ -795,7 +853,7 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
     for service in services.values():
         for code, message, path in _policy_problems(service, services, doc):
             problem(code, message, *path)
-    return Mesh(project.name, services, workloads), problems
+    return Mesh(project.name, services, workloads, config.telemetry if config else Telemetry()), problems
 
 
 def _policy_problems(service: Service, services: dict[str, Service], doc: yaml_source.YamlDocument | None):

@@ -36,13 +36,20 @@ def compile_mesh(mesh: Mesh, runtime_faults: Sequence[wire.RuntimeFault] = (),
                  generation: int = 0) -> wire.SidecarConfig:
     """The sidecar config of `mesh` plus the runtime faults, its version set."""
     config = wire.SidecarConfig(version="", services={name: _service(s) for name, s in mesh.services.items()},
-                                generation=generation, faults=tuple(runtime_faults), project=mesh.project)
+                                generation=generation, faults=tuple(runtime_faults), project=mesh.project,
+                                telemetry=_telemetry(mesh.telemetry))
     return replace(config, version=content_version(config))
 
 
 def content_version(config: wire.SidecarConfig) -> str:
     """sha256[:12] of the canonical JSON of the config without version and generation."""
     return hashlib.sha256(wire.content(config).encode()).hexdigest()[:12]
+
+
+def _telemetry(telemetry: mesh_config.Telemetry) -> wire.Telemetry:
+    tracing = telemetry.tracing
+    return wire.Telemetry(telemetry.redact_headers,
+                          wire.Tracing(tracing.endpoint, tracing.sampling) if tracing else None)
 
 
 def _service(service: Service) -> wire.Service:

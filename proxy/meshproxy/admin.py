@@ -1,9 +1,11 @@
 """The sidecar's own HTTP endpoints, on Istio's ports.
 
 15020 `/healthz/ready` (ready once the proxy listens and a config is loaded),
-15000 `/config_dump` and `/stats` (JSON, read by meshcli), 15090 `/stats/prometheus`.
+15000 `/config_dump` and `/stats` (JSON, read by meshcli) and `/tap` (a stream of JSON
+lines, one per finished request, for `meshcli tap`), 15090 `/stats/prometheus`.
 They run on threads with the standard library's HTTP server: they are low-traffic
-and must answer even when the proxy's event loop is busy.
+and must answer even when the proxy's event loop is busy; a tap reader's thread is
+the only one that writes its stream, so a slow reader slows nothing else.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshproxy.config import ADMIN_PORT, HEALTH_PATH, HEALTH_PORT, METRICS_PORT
+from meshproxy.config import ADMIN_PORT, HEALTH_PATH, HEALTH_PORT, METRICS_PORT, TAP_PATH
 
-Route = Callable[[], tuple[int, str, bytes]]
+# (status, content type, body); a body that is an iterator streams until it ends or the reader leaves.
+Route = Callable[[], tuple[int, str, bytes | Iterator[bytes]]]
+TAP_HEARTBEAT_SECONDS = 1.0  # an idle tap still writes (a newline): a reader that left is noticed
 
 
 def json_route(produce: Callable[[], tuple[int, object]]) -> Route:
@@ -37,9 +41,20 @@ def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0") -> Threadi
                 status, ctype, body = route()
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if isinstance(body, bytes):
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.end_headers()  # HTTP/1.0: the stream ends when the connection does
+            try:
+                for piece in body:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+            except OSError:
+                pass  # the reader left
+            finally:
+                body.close()
 
         def log_message(self, format: str, *args) -> None:
             pass  # health probes every second would drown the access log
@@ -48,6 +63,23 @@ def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0") -> Threadi
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"admin-{port}", daemon=True).start()
     return server
+
+
+def tap_lines(tap) -> Iterator[bytes]:
+    """The /tap stream of a policy.tap.Tap: a JSON line per request as it finishes, a
+    `{"dropped": n}` line when this reader fell behind, a bare newline when idle."""
+    reader = tap.open()
+    dropped = 0
+    try:
+        while True:
+            lines = [json.dumps(record, separators=(",", ":")) + "\n"
+                     for record in reader.take(TAP_HEARTBEAT_SECONDS)]
+            if reader.dropped != dropped:
+                dropped = reader.dropped
+                lines.append(json.dumps({"dropped": dropped}) + "\n")
+            yield "".join(lines).encode() or b"\n"
+    finally:
+        tap.close(reader)
 
 
 def start(sidecar) -> list[ThreadingHTTPServer]:
@@ -73,15 +105,20 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
         }
 
     def stats() -> tuple[int, object]:
+        exporter = sidecar.tracing.exporter
         return 200, {"workload": state.identity.workload, "config_version": state.config.version,
-                     "handed_over": sidecar.mitmproxy.handed_over, **telemetry.stats()}
+                     "handed_over": sidecar.mitmproxy.handed_over, **telemetry.stats(),
+                     "spans": exporter.stats() if exporter is not None else None}
 
     def prometheus() -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
 
+    def tap() -> tuple[int, str, Iterator[bytes]]:
+        return 200, "application/x-ndjson", tap_lines(sidecar.tap)
+
     return [
         serve(HEALTH_PORT, {HEALTH_PATH: json_route(ready)}),
         serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats),
-                           HEALTH_PATH: json_route(ready)}),
+                           HEALTH_PATH: json_route(ready), TAP_PATH: tap}),
         serve(METRICS_PORT, {"/stats/prometheus": prometheus, "/metrics": prometheus}),
     ]

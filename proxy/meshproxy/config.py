@@ -37,7 +37,10 @@ optional keys absent or null:
      "faults": [                   # runtime faults of `meshcli fault`, on top of the mesh file
         {"id": "f-1a2b", "service": "payment", "source": null, "http": {...a route's fault...},
          "tcp": {...a tcpFault...}, "until": 1764000000.5,   # epoch seconds; null: until cleared
-         "created": 1763999970.5}]}
+         "created": 1763999970.5}],
+     "telemetry": {                # absent: the defaults (only the always-redacted headers, no tracing)
+        "redactHeaders": ["x-api-key"],    # lower case, besides ALWAYS_REDACTED
+        "tracing": {"samplingPercent": 1.0, "endpoint": "http://collector:4318/v1/traces"}}}
 
 meshcli's `.mesh/faults.json` holds the same fault objects (`dump_faults()`,
 `parse_faults()`). In memory durations are seconds; `dump()` writes them back as the
@@ -46,6 +49,7 @@ milliseconds they were read as, so `parse(dump(config)) == config`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -75,6 +79,10 @@ ENV_WORKLOAD = "MESH_WORKLOAD"
 ENV_SERVICE = "MESH_SERVICE"
 ENV_VERSION = "MESH_VERSION"
 ENV_CONFIG_DIR = "MESH_CONFIG_DIR"
+TAP_PATH = "/tap"  # on ADMIN_PORT: a live stream of requests, one JSON line each (`meshcli tap`)
+# Never in an access log, a tap or a span, whatever the mesh file says (it can only add names).
+ALWAYS_REDACTED = ("authorization", "proxy-authorization", "cookie", "set-cookie")
+REDACTED = "[redacted]"  # what stands in for the value of a redacted header
 
 
 # --- vocabulary and defaults --------------------------------------------------------------
@@ -133,6 +141,8 @@ DEFAULT_PERCENT = 100.0  # of requests (faults, mirroring) or connections (TCP f
 DEFAULT_CONSECUTIVE_5XX = 5  # outlier detection, Istio's defaults
 DEFAULT_BASE_EJECTION_TIME_MS = 30_000
 DEFAULT_MAX_EJECTION_PERCENT = 10
+DEFAULT_SAMPLING_PERCENT = 1.0  # of new traces (Istio's default); an incoming decision is kept
+OTLP_TRACES_PATH = "/v1/traces"  # OTLP/HTTP's path for spans
 
 
 def seconds(ms: int | float) -> float:
@@ -346,6 +356,22 @@ class RuntimeFault:
 
 
 @dataclass(frozen=True)
+class Tracing:
+    endpoint: str  # OTLP/HTTP (protobuf) URL the spans are posted to
+    sampling_percent: float = DEFAULT_SAMPLING_PERCENT
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    redact_headers: tuple[str, ...] = ()  # lower case, besides ALWAYS_REDACTED
+    tracing: Tracing | None = None  # None: no spans (trace headers pass as the app sent them)
+
+    @functools.cached_property
+    def redacted(self) -> frozenset[str]:
+        return frozenset(ALWAYS_REDACTED) | frozenset(self.redact_headers)
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     version: str  # content hash; reported so meshcli status can say SYNCED/STALE
     services: dict[str, Service] = field(default_factory=dict)
@@ -355,6 +381,7 @@ class SidecarConfig:
     faults: tuple[RuntimeFault, ...] = ()
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # as parsed, for /config_dump
     project: str = ""
+    telemetry: Telemetry = Telemetry()
 
     def __post_init__(self) -> None:
         if self.services and not self.by_host:
@@ -644,10 +671,32 @@ def fault_json(fault: RuntimeFault) -> dict:
             "until": fault.until, "created": fault.created}
 
 
+def _telemetry(r: _Reader | None) -> Telemetry:
+    if r is None:
+        return Telemetry()
+    tracing = r.child("tracing")
+    return Telemetry(tuple(name.lower() for name in r.get("redactHeaders", list, [])),
+                     Tracing(tracing.get("endpoint", str, required=True),
+                             tracing.get("samplingPercent", float, DEFAULT_SAMPLING_PERCENT))
+                     if tracing is not None else None)
+
+
+def _telemetry_json(telemetry: Telemetry) -> dict | None:
+    if telemetry == Telemetry():
+        return None  # absent, so configs without telemetry keep the versions they had
+    tracing = telemetry.tracing
+    return _without_none({
+        "redactHeaders": list(telemetry.redact_headers) or None,
+        "tracing": {"samplingPercent": tracing.sampling_percent, "endpoint": tracing.endpoint} if tracing else None,
+    })
+
+
 def _config_json(config: SidecarConfig) -> dict:
-    return {"schema": SCHEMA, "project": config.project, "version": config.version, "generation": config.generation,
-            "services": {name: _service_json(service) for name, service in config.services.items()},
-            "faults": [fault_json(fault) for fault in config.faults]}
+    return _without_none({
+        "schema": SCHEMA, "project": config.project, "version": config.version, "generation": config.generation,
+        "services": {name: _service_json(service) for name, service in config.services.items()},
+        "faults": [fault_json(fault) for fault in config.faults],
+        "telemetry": _telemetry_json(config.telemetry)})
 
 
 def _load(text: str) -> Any:
@@ -679,7 +728,7 @@ def parse(text: str) -> SidecarConfig:
                     for name, service in r.get("services", dict, required=True).items()}
         return SidecarConfig(str(data["version"]), services, dict(services), r.get("generation", int, 0),
                              tuple(_runtime_fault(fault) for fault in r.items("faults")), data,
-                             r.get("project", str, ""))
+                             r.get("project", str, ""), _telemetry(r.child("telemetry")))
 
     return _malformed(body, "sidecar config")
 

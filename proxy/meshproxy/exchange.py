@@ -3,7 +3,7 @@
 The fast path (meshproxy/fastpath/) and the mitmproxy adapters (meshproxy/addons/) make
 one Exchange per request and hand it to the policies in meshproxy/policy/ in the same
 order: routing fills in where it goes, faults may answer it, resilience forwards it,
-telemetry records it. Nothing else travels between the policies, so a policy is written
+telemetry, the access log, tracing and tap record it. Nothing else travels between the policies, so a policy is written
 once for both paths. Also here: the local replies the sidecar answers with itself.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
-from meshproxy.config import Direction, Route, Service, Version
+from meshproxy.config import REDACTED, Direction, Route, Service, Version
 
 INBOUND = Direction.INBOUND.value
 OUTBOUND = Direction.OUTBOUND.value
@@ -43,9 +43,18 @@ class Exchange:
     attempts: int = 0  # upstream tries (0: answered by the sidecar itself)
     mirrored: str | None = None  # the version a copy went to
     status: int = 0  # the answer's status; 0: none (reset, error)
+    grpc_status: str = ""  # gRPC's grpc-status of the answer, when the path saw one
+    request_bytes: int = 0  # body sizes (Istio's istio_request_bytes / istio_response_bytes)
+    response_bytes: int = 0
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    trace_id: str = ""  # the W3C trace id it belongs to ("": tracing is off)
+    span: Any = None  # policy.tracing.Span while this hop is sampled, else None
+    # (epoch seconds, name, attributes) of what happened to it (retries, faults), kept only
+    # for a sampled span; None: nobody reads them, note() drops them.
+    events: list | None = None
+    headers: Mapping[str, str] | None = None  # the request's headers (lower-case names), kept only while tapped
 
     @property
     def duration_ms(self) -> float:
@@ -69,10 +78,21 @@ class Exchange:
         self.status = reply.status
         return reply
 
+    def note(self, name: str, **attributes: Any) -> None:
+        """Record an event of this request (a retry, an injected fault) for its span."""
+        if self.events is not None:
+            self.events.append((time.time(), name, attributes))
+
     def release(self) -> None:
         picker, self.picker = self.picker, None
         if picker is not None:
             picker.done(self.upstream)
+
+
+def redact(headers: Mapping[str, str], redacted: Collection[str]) -> dict[str, str]:
+    """Headers (lower-case names) as logs, tap and spans may show them: the values of the
+    `redacted` names (config.Telemetry.redacted) replaced by REDACTED."""
+    return {name: REDACTED if name in redacted else value for name, value in headers.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 
-from meshproxy import admin, upstream, upstream_h2
+from meshproxy import admin, otlp, upstream, upstream_h2
 from meshproxy.config import MeshState
 from meshproxy.config_watcher import ConfigWatcher
 from meshproxy.fastpath.handover import Mitmproxy
@@ -21,11 +21,14 @@ from meshproxy.fastpath.http2 import H2Proxy
 from meshproxy.fastpath.listener import Listener
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.outlier import Outliers
+from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.faults import HttpFaults, TcpFaults
 from meshproxy.policy.mirroring import Mirroring
 from meshproxy.policy.resilience import Resilience
 from meshproxy.policy.routing import Router
+from meshproxy.policy.tap import Tap
 from meshproxy.policy.telemetry import Telemetry
+from meshproxy.policy.tracing import Tracing
 
 logger = logging.getLogger("meshproxy")
 
@@ -41,13 +44,17 @@ class Sidecar:
         self.mirroring = Mirroring()
         self.resilience = Resilience(state, self.outliers)
         self.telemetry = Telemetry(state, outliers=self.outliers)
+        self.access_log = AccessLog(state)
+        self.tracing = Tracing(state, lambda settings: otlp.Exporter(settings, state.identity))
+        self.tap = Tap(state)
         self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened)
-        self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry)
+        self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry,
+                                 self.access_log, self.tracing, self.tap)
         self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened)
         self.http = HttpProxy(self.pipeline, self.pool)
         self.h2 = H2Proxy(self.pipeline, self.h2_pool)
         self.mitmproxy = Mitmproxy(self._mitmproxy_addons)
-        self.listener = Listener(self.http, self.h2, self.tcp_faults, self.telemetry, self.mitmproxy)
+        self.listener = Listener(self.http, self.h2, self.tcp_faults, self.telemetry, self.access_log, self.mitmproxy)
 
     def _mitmproxy_addons(self) -> list:
         from meshproxy.addons import addons  # imports mitmproxy
@@ -65,6 +72,7 @@ class Sidecar:
         self.watcher.stop()
         self.tcp_faults.stop()
         self.mirroring.stop()
+        self.tracing.stop()
         self.mitmproxy.stop()
         self.pool.close()
         self.h2_pool.close()

@@ -24,5 +24,5 @@ def addons(sidecar) -> list:
         Faults(sidecar.http_faults),  # client side: injected delays and aborts
         Mirroring(sidecar.mirroring, sidecar.pool, sidecar.h2_pool),  # client side: fire-and-forget copies
         Resilience(sidecar.resilience, sidecar.pool, sidecar.h2_pool),  # client side: timeouts, retries, circuit breaking
-        Telemetry(sidecar.telemetry),  # counters, Prometheus metrics, access log
+        Telemetry(sidecar.telemetry, sidecar.access_log, sidecar.tap),  # metrics, access log, tap
     ]

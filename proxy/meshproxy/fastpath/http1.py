@@ -244,8 +244,7 @@ class HttpProxy:
         if head.upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
         try:
-            version = self.pipeline.route(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())),
-                                          source)
+            version = self.pipeline.route(exchange, fields, headers, source)
             host = version.host if version is not None else destination[0]
             return await self._forward(downstream, head, exchange, headers, host, destination[1])
         except CallerLeft:

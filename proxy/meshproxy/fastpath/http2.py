@@ -258,8 +258,7 @@ class H2Proxy:
         exchange.grpc = fields.get("content-type", "").startswith("application/grpc")
         headers = upstream_h2.forwarded_headers(kept, authority)
         try:
-            version = self.pipeline.route(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())),
-                                          source)
+            version = self.pipeline.route(exchange, fields, headers, source)
             host = version.host if version is not None else destination[0]
             await self._forward(caller, stream, exchange, headers, host, destination[1])
         finally:

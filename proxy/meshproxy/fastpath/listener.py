@@ -16,6 +16,7 @@ import functools
 import logging
 import socket
 import struct
+import time
 from typing import Callable
 
 from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT
@@ -24,6 +25,7 @@ from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
 from meshproxy.fastpath.http1 import HttpProxy
 from meshproxy.fastpath.http2 import H2Proxy
+from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.faults import Toxic, TcpFaults
 from meshproxy.policy.telemetry import Telemetry
 
@@ -80,9 +82,11 @@ class CallerProtocol(asyncio.StreamReaderProtocol):
 
 
 class Listener:
-    def __init__(self, http: HttpProxy, h2: H2Proxy, tcp_faults: TcpFaults, telemetry: Telemetry, mitmproxy: Mitmproxy,
+    def __init__(self, http: HttpProxy, h2: H2Proxy, tcp_faults: TcpFaults, telemetry: Telemetry, access_log: AccessLog,
+                 mitmproxy: Mitmproxy,
                  destination_of: Callable[[socket.socket], tuple[str, int]] = original_destination) -> None:
         self.http, self.h2, self.tcp_faults, self.telemetry, self.mitmproxy = http, h2, tcp_faults, telemetry, mitmproxy
+        self.access_log = access_log
         self.destination_of = destination_of  # tests set their own: there is no iptables on loopback
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -137,7 +141,13 @@ class Listener:
                      writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None) -> None:
         labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination)
         self.telemetry.tcp_opened(labels)
+        started = time.time()
+        counted = [0, 0]  # bytes from the server, from the client (indexed by from_client)
         error = None
+
+        def on_bytes(from_client: bool, size: int) -> None:
+            self.telemetry.tcp_bytes(labels, from_client, size)
+            counted[from_client] += size
         try:
             at_start = toxic.at_start() if toxic is not None else None
             if at_start == "reset":
@@ -151,8 +161,8 @@ class Listener:
                 error = f"cannot connect: {exc}"
                 tcp.reset(writer)
                 return
-            error = await tcp.relay((reader, writer), server, client_first=data, toxic=toxic,
-                                    on_bytes=lambda from_client, size: self.telemetry.tcp_bytes(labels, from_client,
-                                                                                                size))
+            error = await tcp.relay((reader, writer), server, client_first=data, toxic=toxic, on_bytes=on_bytes)
         finally:
-            self.telemetry.tcp_closed(labels, error, toxic.flag if toxic is not None else "-")
+            self.telemetry.tcp_closed(labels)
+            self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error,
+                                toxic.flag if toxic is not None else "-")

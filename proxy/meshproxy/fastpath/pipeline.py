@@ -2,9 +2,10 @@
 
 http1.py and http2.py parse and frame; everything a request meets between its headers
 and its answer is here, once: routing (outbound: route and version; inbound: the
-caller's identity), then for mesh services faults, mirroring and resilience, and in the
-end telemetry. Requests leaving the mesh, or reaching the app behind this sidecar, are
-sent once, as they came.
+caller's identity) and tracing (the trace headers), then for mesh services faults,
+mirroring and resilience, and in the end telemetry, the access log, the span and the tap.
+Requests leaving the mesh, or reaching the app behind this sidecar, are sent once, as
+they came. Tracing off and nobody tapping cost one attribute test each.
 """
 
 from __future__ import annotations
@@ -14,28 +15,39 @@ from typing import Awaitable, Callable, Mapping
 
 from meshproxy.config import Version
 from meshproxy.exchange import INBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.faults import HttpFaults
 from meshproxy.policy.mirroring import Mirroring, SendCopy
 from meshproxy.policy.resilience import Attempt, Forwarded, Resilience
 from meshproxy.policy.routing import Router
+from meshproxy.policy.tap import Tap
 from meshproxy.policy.telemetry import Telemetry
+from meshproxy.policy.tracing import Tracing
 from meshproxy.upstream import ConnectFailure, Reset
 
 
 class Pipeline:
     def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, access_log: AccessLog, tracing: Tracing, tap: Tap) -> None:
         self.router, self.faults, self.mirroring = router, faults, mirroring
-        self.resilience, self.telemetry = resilience, telemetry
+        self.resilience, self.telemetry, self.access_log = resilience, telemetry, access_log
+        self.tracing, self.tap = tracing, tap
 
-    def route(self, exchange: Exchange, fields: Mapping[str, str], set_header: Callable[[str, str], None],
+    def route(self, exchange: Exchange, fields: Mapping[str, str], headers: list[tuple[bytes, bytes]],
               source: str | None) -> Version | None:
         """At the request headers: the version to send to, or None (where the app sent it).
-        `fields` are the headers with lower-case names; inbound, `source` is the caller."""
+        `fields` are the headers with lower-case names, `headers` the list to forward (the
+        policies add to it); inbound, `source` is the caller."""
         if exchange.direction == INBOUND:
             self.router.inbound(exchange, source)
-            return None
-        return self.router.outbound(exchange, fields, set_header)
+            version = None
+        else:
+            version = self.router.outbound(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())))
+        if self.tracing.settings is not None:
+            self.tracing.start(exchange, fields, headers)
+        if self.tap.active:
+            exchange.headers = fields
+        return version
 
     async def forward(self, exchange: Exchange, replayable: bool | Callable[[], bool], attempt: Attempt,
                       send_direct: Callable[[], Awaitable], send_copy: SendCopy) -> Forwarded | LocalReply | str:
@@ -66,4 +78,9 @@ class Pipeline:
         exchange.ended = time.time()
         exchange.release()
         self.telemetry.record(exchange)
+        self.access_log.record(exchange)
+        if exchange.span is not None:
+            self.tracing.finish(exchange)
+        if self.tap.active:
+            self.tap.publish(exchange)
 

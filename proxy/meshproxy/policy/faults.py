@@ -53,9 +53,11 @@ class HttpFaults:
             return None
         if fault.delay is not None and self.shares.pick(fault.delay, fault.delay.percent):
             exchange.flags.append("DI")
+            exchange.note("fault.delay", delay_ms=round(fault.delay.seconds * 1000, 3))
             if not await _delay(fault.delay.seconds, exchange.deadline):
                 return timed_out()
         if fault.abort is not None and self.shares.pick(fault.abort, fault.abort.percent):
+            exchange.note("fault.abort", status=0 if fault.abort.reset else fault.abort.status)
             if fault.abort.reset:
                 exchange.flags.append("FI")
                 return RESET

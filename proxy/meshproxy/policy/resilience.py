@@ -223,6 +223,8 @@ class Resilience:
             if answer is not None:
                 answer.discard()
                 breaker.release()
+            exchange.note("retry", attempt=retry + 2, previous_version=version.name, previous_status=status,
+                          previous_failure=failure or "")
             pause = backoff(retries.backoff, retry)
             if now() + pause >= deadline:
                 await asyncio.sleep(max(0.0, deadline - now()))

@@ -1,4 +1,4 @@
-"""Telemetry: Istio-named Prometheus metrics, JSON stats and a JSON access log.
+"""Telemetry: Istio-named Prometheus metrics and JSON stats (the access log: policy/access_log.py).
 
 Every proxied request and TCP connection is counted from this sidecar's point of view:
 `reporter="source"` on the client side (outbound), `reporter="destination"` on the
@@ -11,14 +11,10 @@ connections are reused across the app's own connections).
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from meshproxy.config import MeshState
-from meshproxy.exchange import INBOUND, OUTBOUND, Exchange
+from meshproxy.exchange import INBOUND, Exchange
 from meshproxy.outlier import Outliers
 
 HTTP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service",
@@ -32,9 +28,8 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
 
 
 class Telemetry:
-    def __init__(self, state: MeshState, access_log=sys.stdout, outliers: Outliers | None = None) -> None:
+    def __init__(self, state: MeshState, outliers: Outliers | None = None) -> None:
         self.state = state
-        self.access_log = access_log
         self.outliers = outliers
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("istio_requests_total", "Requests proxied.", HTTP_LABELS,
@@ -95,26 +90,6 @@ class Telemetry:
             self._child(self.attempts, (labels[3], route.name)).inc(exchange.attempts)
             if exchange.mirrored is not None:
                 self._child(self.mirrored, (labels[3], exchange.mirrored)).inc()
-        if self.access_log is not None:
-            self._log({
-                "kind": "http",
-                "direction": exchange.direction,
-                "workload": me.workload,
-                "source": labels[1],
-                "destination_workload": labels[2],
-                "destination_service": labels[3],
-                "destination_version": labels[4],
-                "method": exchange.method,
-                "authority": exchange.authority,
-                "path": exchange.path,
-                "protocol": exchange.protocol,
-                "status": exchange.status,
-                "response_flags": response_flags,
-                "route": route.name if route is not None else None,
-                "attempts": exchange.attempts if route is not None else None,
-                "error": exchange.error,
-                "duration_ms": round(duration_ms, 2),
-            })
 
     def connection_opened(self, host: str, port: int) -> None:
         self._child(self.connections, (f"{host}:{port}",)).inc()
@@ -133,17 +108,8 @@ class Telemetry:
     def tcp_bytes(self, labels: tuple[str, ...], from_client: bool, count: int) -> None:
         self._child(self.tcp_received if from_client else self.tcp_sent, labels).inc(count)
 
-    def tcp_closed(self, labels: tuple[str, ...], error: str | None = None, flags: str = "-") -> None:
+    def tcp_closed(self, labels: tuple[str, ...]) -> None:
         self._child(self.tcp_closed_total, labels).inc()
-        if self.access_log is not None:
-            self._log({"kind": "tcp", "direction": INBOUND if labels[0] == "destination" else OUTBOUND,
-                       "workload": self.state.identity.workload, "destination": labels[2],
-                       "response_flags": flags, "error": error})
-
-    def _log(self, entry: dict) -> None:
-        entry["time"] = round(time.time(), 3)
-        self.access_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self.access_log.flush()
 
     # -- views for the admin endpoints ---------------------------------------------------
     def stats(self) -> dict:

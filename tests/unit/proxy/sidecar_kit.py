@@ -138,7 +138,7 @@ def logged_sidecar(state: MeshState) -> tuple[Sidecar, io.StringIO]:
     """A Sidecar on `state` (no config file to read or watch), its access log kept in memory."""
     sidecar = Sidecar(state, watcher=_NoWatcher())
     log = io.StringIO()
-    sidecar.telemetry.access_log = log
+    sidecar.access_log.stream = log
     return sidecar, log
 
 

@@ -76,7 +76,7 @@ class Admin:
         for name in ("HEALTH_PORT", "ADMIN_PORT", "METRICS_PORT"):
             monkeypatch.setattr(admin, name, 0)
         self.sidecar = Sidecar(MeshState(WEB))
-        self.sidecar.telemetry.access_log = None
+        self.sidecar.access_log.stream = None
         self.state, self.telemetry = self.sidecar.state, self.sidecar.telemetry
         self.listening = False
         monkeypatch.setattr(self.sidecar.listener, "listening", lambda: self.listening)

@@ -8,6 +8,7 @@ TCP relay), then through the mitmproxy adapter (flows and TCP flows).
 import asyncio
 import io
 import json
+import time
 
 import pytest
 from mitmproxy import eventsequence, tcp
@@ -17,6 +18,7 @@ from http_backends import Backend
 from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
+from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.routing import Router
 from meshproxy.policy.telemetry import Telemetry
 from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
@@ -26,7 +28,8 @@ from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, R
 SERVICES = {"payment": payment(None, (("v1", "payment-v1"), ("v2", "payment-v2")))}
 LOG_FIELDS = {"kind", "direction", "workload", "source", "destination_workload", "destination_service",
               "destination_version", "method", "authority", "path", "protocol", "status", "error",
-              "duration_ms", "time", "response_flags", "route", "attempts"}
+              "duration_ms", "time", "response_flags", "route", "attempts", "start_time", "source_principal",
+              "connection_security_policy", "request_bytes", "response_bytes", "trace_id", "retries"}
 OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_workload="payment-v1",
                        destination_service="payment", destination_version="v1", response_code="200",
                        request_protocol="http", response_flags="-")
@@ -42,7 +45,8 @@ class Recorder:
         self.state = mesh_state(SERVICES if services is None else services, identity=identity)
         self.router = Router(self.state)
         self.log = io.StringIO()
-        self.telemetry = Telemetry(self.state, access_log=self.log)
+        self.telemetry = Telemetry(self.state)
+        self.access_log = AccessLog(self.state, self.log)
 
     def record(self, exchange, status=200, duration=0.003, attempts=1, error=None, flags=()):
         exchange.status, exchange.error = status, error
@@ -50,6 +54,7 @@ class Recorder:
         exchange.flags += flags
         exchange.ended = exchange.started + duration
         self.telemetry.record(exchange)
+        self.access_log.record(exchange)
         return exchange
 
     def out(self, **kwargs):
@@ -144,8 +149,11 @@ def test_access_log_lines_are_json():
         "destination_workload": "payment-v1", "destination_service": "payment", "destination_version": "v1",
         "method": "GET", "authority": "payment:8080", "path": "/pay", "protocol": "HTTP/1.1",
         "status": 200, "error": None, "duration_ms": 3000.0,
-        "response_flags": "-", "route": "default", "attempts": 1,
+        "response_flags": "-", "route": "default", "attempts": 1, "retries": 0,
+        "start_time": first["start_time"], "source_principal": None, "connection_security_policy": "none",
+        "request_bytes": 0, "response_bytes": 0, "trace_id": None,
     }
+    assert first["start_time"].endswith("Z")
     assert isinstance(first["time"], float)
     assert (second["destination_workload"], second["status"]) == ("payment-v2", 0)
 
@@ -162,7 +170,7 @@ def test_inbound_access_log():
 
 def test_access_log_can_be_off():
     state = MeshState(WEB)
-    telemetry = Telemetry(state, access_log=None)
+    telemetry = Telemetry(state)
     exchange = outbound(Router(state))[0]
     exchange.status = 200
 
@@ -227,7 +235,7 @@ def test_stats_json():
 
 
 def test_stats_when_nothing_happened():
-    assert Telemetry(MeshState(WEB), access_log=None).stats() == {
+    assert Telemetry(MeshState(WEB)).stats() == {
         "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "upstream_connections": [],
         "outliers": {}}
 
@@ -254,7 +262,7 @@ def test_outliers_are_in_the_stats():
     outliers = Outliers(state)
     outliers.services["payment"].record("payment-v1", 503)
 
-    stats = Telemetry(state, access_log=None, outliers=outliers).stats()
+    stats = Telemetry(state, outliers=outliers).stats()
 
     assert [e["version"] for e in stats["outliers"]["payment"]["ejected"]] == ["v1"]
 
@@ -275,16 +283,20 @@ def test_tcp_bytes_and_connections_are_counted(identity, direction, labels):
     telemetry.tcp_bytes(connection, True, 5)
     telemetry.tcp_bytes(connection, False, 7)
     telemetry.tcp_bytes(connection, True, 3)
-    telemetry.tcp_closed(connection, "connection refused", "FI")
+    telemetry.tcp_closed(connection)
+    side.access_log.tcp(direction, "10.0.0.9:5432", time.time() - 0.5, 8, 7, "connection refused", "FI")
 
     assert side.sample("istio_tcp_connections_opened_total", **labels) == 1
     assert side.sample("istio_tcp_received_bytes_total", **labels) == 8
     assert side.sample("istio_tcp_sent_bytes_total", **labels) == 7
     assert side.sample("istio_tcp_connections_closed_total", **labels) == 1
     [entry] = side.log_lines()
-    assert {k: v for k, v in entry.items() if k != "time"} == {
+    assert {k: v for k, v in entry.items() if k not in ("time", "start_time", "duration_ms")} == {
         "kind": "tcp", "direction": direction, "workload": identity.workload,
-        "destination": labels["destination_workload"], "response_flags": "FI", "error": "connection refused"}
+        "source": "unknown" if direction == INBOUND else identity.workload,
+        "destination_workload": labels["destination_workload"], "destination": "10.0.0.9:5432",
+        "received_bytes": 8, "sent_bytes": 7, "response_flags": "FI", "error": "connection refused"}
+    assert 450 <= entry["duration_ms"] < 5000
 
 
 def test_metric_names_follow_istio():

@@ -1,0 +1,90 @@
+"""Access log: one JSON line per request and per relayed TCP connection, on stdout.
+
+What a line holds is fixed here, field by field (time, both identities, the request, its
+answer and timings, bytes, Envoy's response flags, the trace id, the route and version
+chosen, the retries): no header is ever copied into it wholesale, so Authorization,
+Cookie, Set-Cookie and the headers the mesh file redacts never appear. `docker compose
+logs <workload>-sidecar` shows it; each line parses on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from meshproxy.config import MeshState
+from meshproxy.exchange import INBOUND, Exchange
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AccessLog:
+    def __init__(self, state: MeshState, stream=sys.stdout) -> None:
+        self.state = state
+        self.stream = stream
+
+    def record(self, exchange: Exchange) -> None:
+        """The line of one finished request (answered, failed or reset: status 0)."""
+        me = self.state.identity
+        inbound = exchange.direction == INBOUND
+        upstream = exchange.upstream
+        route = exchange.route
+        flags = exchange.flags
+        self._write({
+            "kind": "http",
+            "start_time": _iso(exchange.started),
+            "direction": exchange.direction,
+            "workload": me.workload,
+            "source": exchange.source if inbound else me.workload,  # the calling workload
+            "source_principal": exchange.source_principal or None,
+            "destination_workload": me.workload if inbound else (upstream.host if upstream else exchange.service_name),
+            "destination_service": exchange.service_name or "unknown",
+            "destination_version": exchange.version,
+            "connection_security_policy": exchange.security_policy,
+            "method": exchange.method,
+            "authority": exchange.authority,
+            "path": exchange.path,
+            "protocol": exchange.protocol,
+            "status": exchange.status,
+            "response_flags": ",".join(flags) if flags else "-",
+            "duration_ms": round(exchange.duration_ms, 2),
+            "request_bytes": exchange.request_bytes,
+            "response_bytes": exchange.response_bytes,
+            "trace_id": exchange.trace_id or None,
+            "route": route.name if route is not None else None,
+            "attempts": exchange.attempts if route is not None else None,
+            "retries": max(0, exchange.attempts - 1) if route is not None else None,
+            "error": exchange.error,
+        })
+
+    def tcp(self, direction: str, destination: str, started: float, received: int, sent: int,
+            error: str | None, flags: str = "-") -> None:
+        """The line of one relayed TCP connection, when it closed. `destination` is its
+        original 'ip:port'; `received` counts the caller's bytes, `sent` the answer's."""
+        me = self.state.identity
+        inbound = direction == INBOUND
+        self._write({
+            "kind": "tcp",
+            "start_time": _iso(started),
+            "direction": direction,
+            "workload": me.workload,
+            "source": "unknown" if inbound else me.workload,
+            "destination_workload": me.workload if inbound else destination,
+            "destination": destination,
+            "duration_ms": round((time.time() - started) * 1000, 2),
+            "received_bytes": received,
+            "sent_bytes": sent,
+            "response_flags": flags,
+            "error": error,
+        })
+
+    def _write(self, entry: dict) -> None:
+        if self.stream is None:
+            return
+        entry["time"] = round(time.time(), 3)
+        self.stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self.stream.flush()
