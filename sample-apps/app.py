@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 DEFAULT_BEHAVIOR = {"error_rate": 0.0, "error_status": 503, "delay_ms": 0}
+TRACE_HEADERS = ("traceparent", "tracestate", "b3")  # W3C Trace Context and B3 (x-b3-* are x- headers)
 MAX_DELAY_MS = 300_000  # 5 minutes: long enough to outlast any mesh timeout under test
 
 
@@ -274,11 +275,12 @@ class ServiceHandler(JSONRequestHandler):
             return
 
         # x- headers (x-canary, x-request-id, ...) drive header-based routing
-        # further down the chain, so they travel with every upstream call.
+        # further down the chain, and the trace context joins each hop's span to
+        # the caller's (as Istio asks of apps), so both travel with every upstream call.
         forwarded = {
             name.lower(): value
             for name, value in self.headers.items()
-            if name.lower().startswith("x-")
+            if name.lower().startswith("x-") or name.lower() in TRACE_HEADERS
         }
         results = [
             call_upstream(url, forwarded, settings.upstream_timeout)

@@ -4,7 +4,9 @@
 is dropped when the collector cannot keep up). A daemon thread sends a batch when
 BATCH spans wait or every FLUSH_SECONDS, as one ExportTraceServiceRequest in protobuf
 (opentelemetry-proto's generated messages, imported only when tracing is on), to the
-mesh file's endpoint. A collector that is down or slow loses its batches, counted and
+mesh file's endpoint. `host.docker.internal` (where `meshcli trace` listens, on the host)
+resolves by Docker's DNS where Docker provides it, else to the pod's default gateway,
+which is the host on a Linux engine. A collector that is down or slow loses its batches, counted and
 logged at most once a minute; requests never wait for it.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 import collections
 import http.client
 import logging
+import socket
+import struct
 import threading
 import time
 from urllib.parse import urlsplit
@@ -28,6 +32,31 @@ TIMEOUT_SECONDS = 2.0
 KINDS = {"server": 2, "client": 3}  # OTLP's SpanKind
 STATUS_ERROR = 2  # OTLP's Status.STATUS_CODE_ERROR
 SCOPE = "meshcli-sidecar"
+HOST_ALIAS = "host.docker.internal"
+
+
+def default_gateway(routes: str = "/proc/net/route") -> str | None:
+    """The IPv4 default gateway of this network namespace, or None."""
+    try:
+        with open(routes) as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == "00000000":
+                    return socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def resolve_host(host: str) -> str:
+    """`host`, or for HOST_ALIAS without a DNS entry the default gateway (the Docker host)."""
+    if host != HOST_ALIAS:
+        return host
+    try:
+        socket.getaddrinfo(host, None)
+        return host
+    except OSError:
+        return default_gateway() or host
 
 
 def _value(value, message) -> None:
@@ -126,7 +155,7 @@ class Exporter:
         try:
             body = encode(batch, self.identity)
             kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            conn = kind(self.host, self.port, timeout=TIMEOUT_SECONDS)
+            conn = kind(resolve_host(self.host), self.port, timeout=TIMEOUT_SECONDS)
             try:
                 conn.request("POST", self.path, body, {"Content-Type": "application/x-protobuf"})
                 response = conn.getresponse()
