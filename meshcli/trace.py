@@ -10,6 +10,8 @@ its spans with parent links, which `tree()` lays out root first.
 
 from __future__ import annotations
 
+import base64
+import json
 import queue
 import threading
 import time
@@ -100,6 +102,22 @@ def _attributes(repeated) -> dict:
     return {kv.key: _value(kv.value) for kv in repeated}
 
 
+ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _ids_as_base64(body: bytes) -> dict:
+    """OTLP's JSON writes ids in hex, where protobuf's JSON mapping expects base64."""
+    data = json.loads(body)
+    for resource_spans in data.get("resourceSpans") or ():
+        for scope_spans in resource_spans.get("scopeSpans") or ():
+            for span in scope_spans.get("spans") or ():
+                for item in (span, *(span.get("links") or ())):
+                    for key in ID_FIELDS:
+                        if item.get(key):
+                            item[key] = base64.b64encode(bytes.fromhex(item[key])).decode()
+    return data
+
+
 def decode(body: bytes, content_type: str) -> list[Span]:
     """The spans of one OTLP/HTTP export request; ValueError when it is not one."""
     from google.protobuf import json_format
@@ -109,10 +127,10 @@ def decode(body: bytes, content_type: str) -> list[Span]:
     request = ExportTraceServiceRequest()
     try:
         if content_type.startswith("application/json"):
-            json_format.Parse(body, request, ignore_unknown_fields=True)
+            json_format.ParseDict(_ids_as_base64(body), request, ignore_unknown_fields=True)
         else:
             request.ParseFromString(body)
-    except (DecodeError, json_format.ParseError) as exc:
+    except (DecodeError, json_format.ParseError, ValueError, AttributeError, TypeError) as exc:
         raise ValueError(f"not an OTLP trace export: {exc}") from None
     spans = []
     for resource_spans in request.resource_spans:

@@ -78,6 +78,13 @@ class Exchange:
         self.status = reply.status
         return reply
 
+    def workloads(self, here: str) -> tuple[str, str]:
+        """(calling workload, called workload) of this hop, seen from the sidecar of workload `here`."""
+        if self.direction == INBOUND:
+            return self.source, here
+        upstream = self.upstream
+        return here, upstream.host if upstream is not None else self.service_name
+
     def note(self, name: str, **attributes: Any) -> None:
         """Record an event of this request (a retry, an injected fault) for its span."""
         if self.events is not None:

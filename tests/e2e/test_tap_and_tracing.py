@@ -109,7 +109,7 @@ def test_tap_shows_requests_within_a_second_and_never_a_secret(demo, measured):
 
 def test_one_trace_per_request_spans_every_hop_and_shows_the_retry(demo, measured):
     port = _free_port()
-    receiver = Lines(demo, "trace", "--json", "--port", str(port), "--duration", "20", "--settle", "2")
+    receiver = Lines(demo, "trace", "--json", "--port", str(port), "--count", "2", "--duration", "30", "--settle", "2")
     telemetry_mesh_file(demo, {"endpoint": f"http://host.docker.internal:{port}", "sampling": 100}, retries=True)
     demo.behave("payment-v1", error_rate=1.0, error_status=503)
     # Two requests: round robin sends the first try of one of them to the failing payment-v1.
@@ -150,7 +150,7 @@ def test_one_trace_per_request_spans_every_hop_and_shows_the_retry(demo, measure
             assert [(s["workload"], s["attributes"]["http.response.status_code"]) for s in payments] == [
                 ("payment-v2", 200)]
         assert orders_out["attributes"]["http.response.status_code"] == 200
-    assert retried == 1
+    assert retried >= 1  # round robin: which of the two tried payment-v1 first depends on its position
     measured("trace: spans in a retried request's trace", str(max(len(traces[t]["spans"]) for t in trace_ids)))
     for container in ("frontend-sidecar", "orders-sidecar"):
         entries = [json.loads(line) for line in demo.logs(container, tail=200).splitlines() if line.startswith("{")]

@@ -12,14 +12,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timezone
 
 from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, Exchange
 
 
+_last_second = [-1, ""]  # (epoch second, its date and time of day): formatted once per second
+
+
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds as ISO 8601 UTC with milliseconds."""
+    second = int(epoch)
+    if second != _last_second[0]:
+        _last_second[:] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_last_second[1]}.{int((epoch - second) * 1000):03d}Z"
 
 
 class AccessLog:
@@ -30,8 +36,7 @@ class AccessLog:
     def record(self, exchange: Exchange) -> None:
         """The line of one finished request (answered, failed or reset: status 0)."""
         me = self.state.identity
-        inbound = exchange.direction == INBOUND
-        upstream = exchange.upstream
+        source, destination = exchange.workloads(me.workload)
         route = exchange.route
         flags = exchange.flags
         self._write({
@@ -39,9 +44,9 @@ class AccessLog:
             "start_time": _iso(exchange.started),
             "direction": exchange.direction,
             "workload": me.workload,
-            "source": exchange.source if inbound else me.workload,  # the calling workload
+            "source": source,  # the calling workload
             "source_principal": exchange.source_principal or None,
-            "destination_workload": me.workload if inbound else (upstream.host if upstream else exchange.service_name),
+            "destination_workload": destination,
             "destination_service": exchange.service_name or "unknown",
             "destination_version": exchange.version,
             "connection_security_policy": exchange.security_policy,

@@ -14,7 +14,7 @@ import collections
 import threading
 
 from meshproxy.config import MeshState
-from meshproxy.exchange import INBOUND, Exchange, redact
+from meshproxy.exchange import Exchange, redact
 
 BUFFER = 1000  # records a reader may fall behind by
 
@@ -72,17 +72,16 @@ class Tap:
     def record(self, exchange: Exchange) -> dict:
         """What a tap shows of one request (camelCase, as `meshcli tap --json`)."""
         me = self.state.identity
-        inbound = exchange.direction == INBOUND
-        upstream = exchange.upstream
+        source, destination = exchange.workloads(me.workload)
         headers = exchange.headers
         return {
             "time": exchange.ended or exchange.started,
             "workload": me.workload,
             "direction": exchange.direction,
-            "source": exchange.source if inbound else me.workload,
+            "source": source,
             "sourcePrincipal": exchange.source_principal or None,
             "destination": exchange.service_name or "unknown",
-            "destinationWorkload": me.workload if inbound else (upstream.host if upstream else exchange.service_name),
+            "destinationWorkload": destination,
             "version": exchange.version,
             "method": exchange.method,
             "authority": exchange.authority,

@@ -219,9 +219,7 @@ class Tracing:
         span, exchange.span = exchange.span, None
         if span is None or self.exporter is None:
             return
-        me = self.state.identity
-        inbound = exchange.direction == INBOUND
-        upstream = exchange.upstream
+        source, destination = exchange.workloads(self.state.identity.workload)
         span.end = exchange.ended or time.time()
         span.events = exchange.events or []
         span.error = exchange.status == 0 or exchange.status >= 500
@@ -232,10 +230,9 @@ class Tracing:
             "network.protocol.version": exchange.protocol.removeprefix("HTTP/"),
             "http.response.status_code": exchange.status,
             "meshcli.direction": exchange.direction,
-            "meshcli.source_workload": exchange.source if inbound else me.workload,
+            "meshcli.source_workload": source,
             "meshcli.destination_service": exchange.service_name or "unknown",
-            "meshcli.destination_workload": me.workload if inbound else (upstream.host if upstream
-                                                                         else exchange.service_name),
+            "meshcli.destination_workload": destination,
             "meshcli.destination_version": exchange.version,
             "meshcli.response_flags": ",".join(exchange.flags) or "-",
         }
