@@ -184,3 +184,54 @@ def test_default_gateway(tmp_path):
                      "eth0\t0000A8C0\t00000000\t0001\n")
     assert default_gateway(str(table)) == "192.168.0.1"
     assert default_gateway(str(tmp_path / "none")) is None
+
+
+def finished_span(policy, exporter):
+    exchange, _ = run(policy, {})
+    exchange.status, exchange.ended = 200, exchange.started + 0.001
+    policy.finish(exchange)
+    return exporter.spans.pop()
+
+
+def test_the_exporter_never_blocks_and_a_down_collector_costs_only_its_spans():
+    import socket
+    import time
+
+    from meshproxy.otlp import Exporter
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    policy, [collected] = tracing()
+    exporter = Exporter(TracingSettings(f"http://127.0.0.1:{port}/v1/traces"), WEB)
+    started = time.perf_counter()
+    for _ in range(50):
+        exporter.export(finished_span(policy, collected))
+    assert time.perf_counter() - started < 0.05  # appends only
+    deadline = time.monotonic() + 5
+    while exporter.stats()["failed"] < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exporter.stats() == {"queued": 0, "sent": 0, "failed": 50, "dropped": 0}
+    exporter.close()
+
+
+def test_the_exporter_delivers_to_an_otlp_receiver():
+    import time
+
+    from meshcli.trace import Receiver
+    from meshproxy.otlp import Exporter
+
+    receiver = Receiver("127.0.0.1", 0, settle=0.2)
+    try:
+        policy, [collected] = tracing()
+        exporter = Exporter(TracingSettings(f"http://127.0.0.1:{receiver.port}/v1/traces"), WEB)
+        span = finished_span(policy, collected)
+        exporter.export(span)
+        [trace] = list(receiver.traces(count=1, seconds=5))
+        exporter.close()
+    finally:
+        receiver.close()
+    [received] = trace.spans
+    assert (received.trace_id, received.span_id, received.service, received.kind) == (
+        span.trace_id, span.span_id, WEB.service, "client")
+    assert exporter.stats()["sent"] == 1 and time.time() - received.end < 10
