@@ -16,16 +16,17 @@ RESOURCES once the mesh file has those settings (issue 12).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from meshcli import istio_model as istio
+from meshcli import fault_layer, istio_model as istio, rule_layer
 from meshcli.diagnostics import Diagnostic
 from meshcli.mesh_config import (Fault, Mesh, MeshConfig, RequestMatch, Retries, Route, Service, StringMatch)
 from meshcli.sidecar_config import routes_of
+from meshcli.workspace import Loaded
 from meshcli.yaml_source import atomic_write
 
 
@@ -253,3 +254,14 @@ def _report(service: Service, config: MeshConfig | None, notes: _Notes) -> None:
                     notes.add("MESH0402", f'{where}: query parameter "{parameter}" prefix is exported as a regex: '
                                           "Istio matches query parameters exactly or by regex",
                               *path, "match", j, "query", parameter)
+
+
+def export_loaded(loaded: Loaded, namespace: str | None = None) -> Export:
+    """export() of a loaded project, noting what runs beside mesh.yaml and is not part of it."""
+    result = export(loaded.mesh, loaded.config, namespace)
+    layers = ((fault_layer.active(loaded.workspace), fault_layer.path(loaded.workspace), "faults set with `meshcli fault`"),
+              (rule_layer.active(loaded.workspace), rule_layer.path(loaded.workspace), "rules set by the testing API"))
+    notes = tuple(Diagnostic("MESH0401", f"{len(items)} runtime {what} {'is' if len(items) == 1 else 'are'} not "
+                                         "exported: only mesh.yaml is", path)
+                  for items, path, what in layers if items)
+    return replace(result, diagnostics=result.diagnostics + notes)
