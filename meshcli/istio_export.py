@@ -195,6 +195,8 @@ def _query_match(match: StringMatch) -> dict:
 
 def _retries(retries: Retries) -> dict:
     body: dict[str, Any] = {"attempts": retries.attempts}
+    if not retries.attempts:
+        return body  # no retries: the rest would not be used
     if retries.per_try_timeout_ms is not None:
         body["perTryTimeout"] = istio.duration(retries.per_try_timeout_ms)
     conditions = list(retries.retry_on)
