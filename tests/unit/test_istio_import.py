@@ -1,0 +1,293 @@
+"""`meshcli import istio` (meshcli/istio_import.py): round trips through Istio's resources, every
+Bookinfo networking file, merging into a commented mesh.yaml, and what is reported instead of
+guessed."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from istio_files import BOOKINFO, BOOKINFO_COMPOSE, EVERY_FEATURE_MESH, SHOP_COMPOSE
+from mesh_files import Files, diagnostics_of
+from meshcli import istio_export, istio_import, mesh_config, workspace, yaml_source
+from meshcli.cli.main import main
+
+
+def project(root: Path, compose: str, mesh_text: str | None = None):
+    files = Files(root)
+    path = files.write("compose.yaml", compose)
+    if mesh_text is not None:
+        files.write("mesh.yaml", mesh_text)
+    return workspace.load(workspace.locate(path))
+
+
+def imported_mesh(loaded, imported: istio_import.Imported, text: str = ""):
+    """The resolved mesh of the mesh file the import writes (validated as `meshcli import` does)."""
+    path = loaded.workspace.mesh_path
+    doc = yaml_source.load(path, imported.transform(text, path))
+    return mesh_config.resolve(mesh_config.parse(doc), loaded.project)
+
+
+def policies(mesh):
+    return {name: (s.load_balancer, s.policy) for name, s in mesh.services.items()}
+
+
+def test_import_of_export_is_the_mesh_file_for_every_exportable_feature(tmp_path):
+    original = project(tmp_path / "shop", SHOP_COMPOSE, EVERY_FEATURE_MESH)
+    exported = tmp_path / "istio.yaml"
+    exported.write_text(istio_export.to_yaml(istio_export.export(original.mesh, original.config).resources))
+    fresh = project(tmp_path / "again", SHOP_COMPOSE)
+    imported = istio_import.read([exported], fresh.mesh)
+    assert [d for d in imported.diagnostics if d.level.value == "warning"] == []
+    assert policies(imported_mesh(fresh, imported)) == policies(original.mesh)
+
+
+@pytest.fixture(scope="module")
+def bookinfo(tmp_path_factory):
+    return project(tmp_path_factory.mktemp("bookinfo") / "bookinfo", BOOKINFO_COMPOSE)
+
+
+def semantic(manifests: list[dict], hosts: set[str]) -> dict:
+    """What a Bookinfo rule means: per host, the routes in order (matches, destinations and weights,
+    faults), the subsets and the load balancer."""
+    meaning = {}
+    for m in manifests:
+        spec = m["spec"]
+        if m["kind"] == "VirtualService" and spec["hosts"][0] in hosts:
+            meaning["vs", spec["hosts"][0]] = [(
+                r.get("match"),
+                sorted((d["destination"].get("subset"), d.get("weight", 100)) for d in r["route"]),
+                _fault(r.get("fault")),
+            ) for r in spec["http"]]
+        elif m["kind"] == "DestinationRule" and spec["host"] in hosts:
+            meaning["dr", spec["host"]] = (sorted((s["name"], s["labels"]["version"]) for s in spec["subsets"]),
+                                          spec.get("trafficPolicy", {}).get("loadBalancer"))
+    return meaning
+
+
+def _fault(fault: dict | None):
+    if not fault:
+        return None
+    delay, abort = fault.get("delay"), fault.get("abort")
+    return ((mesh_config.durations.parse_ms(delay["fixedDelay"]), delay["percentage"]["value"]) if delay else None,
+            (abort["httpStatus"], abort["percentage"]["value"]) if abort else None)
+
+
+ROUND_TRIPS = ["destination-rule-reviews.yaml", "virtual-service-all-v1.yaml", "virtual-service-details-v2.yaml",
+               "virtual-service-ratings-db.yaml", "virtual-service-ratings-test-abort.yaml",
+               "virtual-service-ratings-test-delay.yaml", "virtual-service-reviews-50-v3.yaml",
+               "virtual-service-reviews-80-20.yaml", "virtual-service-reviews-90-10.yaml",
+               "virtual-service-reviews-jason-v2-v3.yaml", "virtual-service-reviews-test-v2.yaml",
+               "virtual-service-reviews-v2-v3.yaml", "virtual-service-reviews-v3.yaml"]
+# file -> the warnings it must give (code, line): what the mesh has no equivalent for.
+WARNINGS = {
+    "bookinfo-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
+    "certmanager-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
+    "destination-rule-all.yaml": [("MESH0415", 42), ("MESH0415", 45)],
+    "destination-rule-all-mtls.yaml": [("MESH0416", 8), ("MESH0416", 22), ("MESH0416", 42), ("MESH0415", 51),
+                                       ("MESH0415", 54), ("MESH0416", 65)],
+    "egress-rule-google-apis.yaml": [("MESH0412", 1), ("MESH0414", 23), ("MESH0414", 38)],
+    "fault-injection-details-v1.yaml": [("MESH0413", 18)],  # a route after a catch-all is never used
+    "virtual-service-ratings-mysql.yaml": [("MESH0413", 25)],  # subset v2-mysql: no such version
+    "virtual-service-ratings-mysql-vm.yaml": [("MESH0413", 25)],
+    "bookinfo-kube.yaml": [("MESH0412", line) for line in (32, 46, 53, 83, 97, 104, 134, 148, 155, 195, 235, 278,
+                                                           292, 299)],
+}
+
+
+def test_every_bookinfo_file_is_either_a_round_trip_or_warned_about():
+    assert sorted(ROUND_TRIPS + list(WARNINGS)) == sorted(p.name for p in BOOKINFO.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_bookinfo_rules_round_trip(name, bookinfo):
+    path = BOOKINFO / name
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert [d for d in imported.diagnostics if d.level.value == "warning"] == []
+    assert all(r.imported for r in imported.resources)
+    mesh = imported_mesh(bookinfo, imported)
+    original = list(yaml.safe_load_all(path.read_text()))
+    hosts = {m["spec"].get("host") or m["spec"]["hosts"][0] for m in original if m}
+    exported = [r.manifest for r in istio_export.export(mesh, None).resources]
+    expected = semantic([m for m in original if m], hosts)
+    assert {key: semantic(exported, hosts).get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("name", WARNINGS)
+def test_bookinfo_files_with_what_the_mesh_lacks_give_their_warnings(name, bookinfo):
+    imported = istio_import.read([BOOKINFO / name], bookinfo.mesh)
+    warnings = [(d.code, d.line) for d in imported.diagnostics if d.level.value == "warning"]
+    assert warnings == WARNINGS[name]
+    assert all(d.file == BOOKINFO / name and d.column for d in imported.diagnostics)
+
+
+def test_the_delay_file_imports_as_a_route_that_inherits_its_version(bookinfo):
+    imported = istio_import.read([BOOKINFO / "virtual-service-ratings-test-delay.yaml"], bookinfo.mesh)
+    assert imported.transform("", Path("mesh.yaml")) == textwrap.dedent("""\
+        apiVersion: meshcli/v1
+        services:
+          ratings:
+            to: v1
+            routes:
+              - match:
+                  - headers:
+                      end-user: {exact: jason}
+                fault:
+                  delay: {fixed: 7s, percent: 100}
+        """)
+
+
+COMMENTED = """\
+# our rules
+apiVersion: meshcli/v1
+services:
+  reviews:
+    ports: [9080]  # informational
+    # the old split, replaced by the import
+    split: {v1: 50, v2: 50}
+    timeout: 1s
+    # keep the breaker
+    circuitBreaker: {maxConnections: 10}
+  ratings:
+    timeout: 3s  # untouched
+"""
+
+
+def test_merge_replaces_the_routing_of_imported_services_and_keeps_everything_else(bookinfo):
+    imported = istio_import.read([BOOKINFO / "virtual-service-reviews-jason-v2-v3.yaml"], bookinfo.mesh)
+    assert imported.transform(COMMENTED, Path("mesh.yaml")) == """\
+# our rules
+apiVersion: meshcli/v1
+services:
+  reviews:
+    ports: [9080]  # informational
+    to: v3
+    routes:
+      - match:
+          - headers:
+              end-user: {exact: jason}
+        to: v2
+    # keep the breaker
+    circuitBreaker: {maxConnections: 10}
+  ratings:
+    timeout: 3s  # untouched
+"""
+
+
+def istio_file(root: Path, text: str) -> Path:
+    path = root / "rules.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews, namespace: shop}
+        spec:
+          hosts: [reviews.shop.svc.cluster.local]
+          http:
+          - match:
+            - port: 9080
+            route: [{destination: {host: reviews, subset: v2}}]
+          - rewrite: {uri: /v2}
+            route: [{destination: {host: reviews, subset: v2}}]
+          - match:
+            - headers: {end-user: {exact: ann}}
+            fault: {abort: {grpcStatus: UNAVAILABLE}}
+            route: [{destination: {host: reviews, subset: v1}}]
+          - route: [{destination: {host: ratings}}]
+          - route: [{destination: {host: reviews-v3}}]
+        ---
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: default}
+        spec: {mtls: {mode: STRICT}}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: deny-all}
+        spec: {}
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert [(d.code, d.line, d.message.split(": ", 1)[1]) for d in imported.diagnostics if d.code != "MESH0417"] == [
+        ("MESH0413", 8, "route 1: matching on port is not supported: route not imported"),
+        ("MESH0413", 10, "route 2: rewrite is not supported by the sidecars: route not imported"),
+        ("MESH0413", 14, "route 3: only an httpStatus abort is supported (no gRPC status or HTTP/2 error): "
+                         "route not imported"),
+        ("MESH0413", 16, 'route 4: sends the requests for reviews to another host, "ratings": not supported (a '
+                         "route chooses between a service's versions): route not imported"),
+        ("MESH0416", 19, "PeerAuthentication is not supported yet (mesh.yaml has no mTLS modes or authorization "
+                         "rules): not imported"),
+        ("MESH0416", 24, "AuthorizationPolicy is not supported yet (mesh.yaml has no mTLS modes or authorization "
+                         "rules): not imported"),
+    ]
+    # The one route left: the compose service of version v3 (a kompose-style host) is that version.
+    assert imported.services == {"reviews": {"to": "v3"}}
+
+
+def test_subsets_select_versions_by_version_or_kompose_label(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1beta1
+        kind: DestinationRule
+        metadata: {name: reviews}
+        spec:
+          host: reviews
+          subsets:
+          - {name: new, labels: {io.kompose.service: reviews-v3}}
+          - {name: old, labels: {version: v1}}
+        ---
+        apiVersion: networking.istio.io/v1beta1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - route:
+            - {destination: {host: reviews, subset: new}, weight: 75}
+            - {destination: {host: reviews, subset: old}, weight: 25}
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert imported.services["reviews"]["split"] == {"v1": 25, "v3": 75}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("- just a list\n", "1:1: error MESH0411: not a Kubernetes resource"),
+    ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: [1]\n",
+     "4:1: error MESH0411: VirtualService x: spec must be a mapping"),
+    ("kind: VirtualService\nspec: {hosts: [\n", "error MESH0001: invalid YAML"),
+])
+def test_a_file_that_is_not_istio_resources_is_an_error_with_its_line(tmp_path, bookinfo, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    [problem] = diagnostics_of(istio_import.read, [path], bookinfo.mesh)
+    assert expected in str(problem)
+
+
+def test_cli_refuses_to_replace_a_mesh_file_without_merge_and_never_writes_an_invalid_one(tmp_path, monkeypatch,
+                                                                                           capsys):
+    loaded = project(tmp_path / "bookinfo", BOOKINFO_COMPOSE, COMMENTED)
+    monkeypatch.chdir(loaded.project.directory)
+    mesh = loaded.workspace.mesh_path
+    vs = str(BOOKINFO / "virtual-service-reviews-v3.yaml")
+    assert main(["import", "istio", vs]) == 2
+    assert "mesh.yaml exists" in capsys.readouterr().err and mesh.read_text() == COMMENTED
+    # Two routes of one name: an invalid mesh file (MESH0111), so nothing is written.
+    twice = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - {name: same, match: [{uri: {prefix: /a}}], route: [{destination: {host: reviews, subset: v1}}]}
+          - {name: same, match: [{uri: {prefix: /b}}], route: [{destination: {host: reviews, subset: v2}}]}
+        """)
+    assert main(["import", "istio", str(twice), "--merge"]) == 2
+    assert "MESH0111" in capsys.readouterr().err and mesh.read_text() == COMMENTED
+    assert main(["import", "istio", vs, "--merge"]) == 0
+    assert "to: v3" in mesh.read_text() and "# keep the breaker" in mesh.read_text()
