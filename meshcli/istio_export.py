@@ -24,6 +24,7 @@ import yaml
 
 from meshcli import fault_layer, istio_model as istio, rule_layer
 from meshcli.diagnostics import Diagnostic
+from meshcli.errors import InputError
 from meshcli.mesh_config import (Fault, Mesh, MeshConfig, RequestMatch, Retries, Route, Service, StringMatch)
 from meshcli.sidecar_config import routes_of
 from meshcli.workspace import Loaded
@@ -85,6 +86,11 @@ def to_yaml(resources: tuple[Resource, ...] | list[Resource]) -> str:
 
 def write(result: Export, directory: Path) -> list[Path]:
     """One file per resource in `directory` (created if missing; its parent must exist)."""
+    parent = directory.absolute().parent
+    if directory.exists() and not directory.is_dir() or not parent.is_dir():
+        why = "it is not a directory" if directory.exists() else f"{parent} does not exist"
+        raise InputError(f"cannot write to {directory}: {why}",
+                         hint="give a directory (created when only it is missing), or -o - for stdout")
     directory.mkdir(exist_ok=True)
     paths = []
     for resource in result.resources:

@@ -71,9 +71,14 @@ class Imported:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def transform(self, text: str, path: Path) -> str:
-        """mesh.yaml's new text: each imported service's keys replaced, everything else (comments too) kept."""
+        """mesh.yaml's new text: each imported service's keys replaced, everything else (comments too) kept.
+        A service the file does not list yet and that gets no settings (a DestinationRule with only
+        subsets) is not added."""
+        data = yaml_source.load(path, text).data if text.strip() else None
+        listed = data.get("services") if isinstance(data, dict) else None
         for service, fields in self.services.items():
-            text = mesh_edit.set_service_fields(text, path, service, fields, self.replaced[service])
+            if fields or isinstance(listed, dict) and service in listed:
+                text = mesh_edit.set_service_fields(text, path, service, fields, self.replaced[service])
         return text
 
 

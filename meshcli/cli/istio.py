@@ -87,12 +87,15 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"{located.mesh_file} exists: nothing was changed",
                              hint="pass --merge to merge the imported rules into it (its comments stay)")
         imported = istio_import.read(list(files), workspace.load(located).mesh)
+        if not imported.services or located.mesh_file is None and not any(imported.services.values()):
+            error = MeshError(f"nothing to import from {', '.join(str(f) for f in files)}: nothing was changed",
+                              hint="the warnings say why" if imported.diagnostics else
+                                   "the files give no routing or traffic policy")
+            error.diagnostics = imported.diagnostics
+            raise error
         for d in imported.diagnostics:
             if not as_json:
                 output.diagnostic(d)
-        if not imported.services:
-            raise MeshError(f"nothing to import from {', '.join(str(f) for f in files)}: nothing was changed",
-                            hint="see the warnings above (`--json` lists them)")
         count = sum(r.imported for r in imported.resources)
         mesh_edits.run(project, None, f"imported {count} Istio resource{'s' if count != 1 else ''}",
                        imported.transform, dry_run, as_json, no_wait, timeout, located=located,
