@@ -50,6 +50,7 @@ ISTIO_DEFAULT_RETRY_CODES = (503,)
 
 @dataclass
 class ImportedResource:
+    api_version: str
     kind: str
     name: str
     file: Path
@@ -57,8 +58,8 @@ class ImportedResource:
     imported: bool = True  # False: reported, nothing taken from it
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "file": str(self.file), "line": self.line,
-                "imported": self.imported}
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "file": str(self.file),
+                "line": self.line, "imported": self.imported}
 
 
 @dataclass
@@ -94,6 +95,12 @@ class _Resource:
     def diag(self, code: str, message: str, node: Any = None, key: Any = None) -> Diagnostic:
         return self.doc.diag(code, f"{self.kind} {self.name}: {message}", node if node is not None else self.body, key)
 
+    @property
+    def handler(self) -> Callable[[_Context, _Resource], None] | None:
+        if self.record.api_version.split("/")[0] not in istio.ISTIO_GROUPS:
+            return None
+        return KINDS.get(self.kind)
+
 
 class _Skip(Exception):
     """This route (or resource) is not imported; the diagnostic says why."""
@@ -125,7 +132,7 @@ def read(paths: list[Path], mesh: Mesh) -> Imported:
     ordered = sorted(resources.values(), key=lambda r: r.kind != istio.DESTINATION_RULE)  # subsets first
     context = _Context(mesh, result)
     for resource in ordered:
-        handler = KINDS.get(resource.kind)
+        handler = resource.handler
         if handler is None:
             resource.record.imported = False
             result.diagnostics.append(resource.diag("MESH0412", _unsupported_kind(resource)))
@@ -153,13 +160,9 @@ def _resource(doc: YamlDocument, node: Any, errors: list[Diagnostic]) -> _Resour
     name = metadata.get("name") if isinstance(metadata, dict) else None
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     line, _ = doc.at(node)
-    kind = str(node["kind"])
-    if node["apiVersion"].split("/")[0] not in istio.ISTIO_GROUPS:
-        kind = f'{kind} ({node["apiVersion"]})'
-    record = ImportedResource(kind, str(name or "<unnamed>"), doc.path, line)
-    resource = _Resource(doc, node, kind, record.name, str(namespace) if namespace else None, record)
-    spec = node.get("spec")
-    if not isinstance(spec, dict) and kind in KINDS:
+    record = ImportedResource(str(node["apiVersion"]), str(node["kind"]), str(name or "<unnamed>"), doc.path, line)
+    resource = _Resource(doc, node, record.kind, record.name, str(namespace) if namespace else None, record)
+    if resource.handler is not None and not isinstance(node.get("spec"), dict):
         errors.append(resource.diag("MESH0411", "spec must be a mapping", node, "spec" if "spec" in node else None))
         return None
     return resource
@@ -170,6 +173,8 @@ def _unsupported_kind(resource: _Resource) -> str:
                "ServiceEntry": "egress to hosts outside the compose project is not routed by the sidecars",
                "Sidecar": "every sidecar reaches every service of the project",
                "EnvoyFilter": "the sidecars are not Envoy"}
+    if resource.record.api_version.split("/")[0] not in istio.ISTIO_GROUPS:
+        return f"not an Istio resource ({resource.record.api_version}): not imported"
     reason = reasons.get(resource.kind, "meshcli reads VirtualService and DestinationRule (networking.istio.io)")
     return f"not imported: {reason}"
 

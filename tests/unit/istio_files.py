@@ -17,12 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "istio"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpora/istio")
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "istio"
 BOOKINFO = CORPUS / "bookinfo"
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the Istio corpus is not at {CORPUS}")
 
 BOOKINFO_COMPOSE = """
 name: bookinfo

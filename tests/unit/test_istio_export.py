@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from istio_files import EVERY_FEATURE_MESH, SHOP_COMPOSE, schema_errors
+from istio_files import needs_corpus, EVERY_FEATURE_MESH, SHOP_COMPOSE, schema_errors
 from meshcli import fault_layer, istio_export, workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,7 @@ def demo():
     return workspace.load(workspace.locate(REPO / "compose" / "compose.yaml"))
 
 
+@needs_corpus
 def test_every_resource_of_the_every_feature_mesh_and_the_demo_validates_against_its_crd(every_feature):
     for loaded in (every_feature, demo()):
         result = istio_export.export(loaded.mesh, loaded.config)
@@ -40,6 +41,7 @@ def test_every_resource_of_the_every_feature_mesh_and_the_demo_validates_against
             assert schema_errors(resource.manifest) == [], resource.manifest
 
 
+@needs_corpus
 @pytest.mark.parametrize("break_it, expected", [
     (lambda vs: vs["spec"]["http"][0].update(bogus=1), "Additional properties"),
     (lambda vs: vs["spec"]["http"][0]["route"][0].update(weight="ten"), "is not of type 'integer'"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from istio_files import BOOKINFO, BOOKINFO_COMPOSE, EVERY_FEATURE_MESH, SHOP_COMPOSE
+from istio_files import needs_corpus, BOOKINFO, BOOKINFO_COMPOSE, EVERY_FEATURE_MESH, SHOP_COMPOSE
 from mesh_files import Files, diagnostics_of
 from meshcli import istio_export, istio_import, mesh_config, workspace, yaml_source
 from meshcli.cli.main import main
@@ -98,10 +98,12 @@ WARNINGS = {
 }
 
 
+@needs_corpus
 def test_every_bookinfo_file_is_either_a_round_trip_or_warned_about():
     assert sorted(ROUND_TRIPS + list(WARNINGS)) == sorted(p.name for p in BOOKINFO.glob("*.yaml"))
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", ROUND_TRIPS)
 def test_bookinfo_rules_round_trip(name, bookinfo):
     path = BOOKINFO / name
@@ -116,6 +118,7 @@ def test_bookinfo_rules_round_trip(name, bookinfo):
     assert {key: semantic(exported, hosts).get(key) for key in expected} == expected
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", WARNINGS)
 def test_bookinfo_files_with_what_the_mesh_lacks_give_their_warnings(name, bookinfo):
     imported = istio_import.read([BOOKINFO / name], bookinfo.mesh)
@@ -124,6 +127,7 @@ def test_bookinfo_files_with_what_the_mesh_lacks_give_their_warnings(name, booki
     assert all(d.file == BOOKINFO / name and d.column for d in imported.diagnostics)
 
 
+@needs_corpus
 def test_the_delay_file_imports_as_a_route_that_inherits_its_version(bookinfo):
     imported = istio_import.read([BOOKINFO / "virtual-service-ratings-test-delay.yaml"], bookinfo.mesh)
     assert imported.transform("", Path("mesh.yaml")) == textwrap.dedent("""\
@@ -156,6 +160,7 @@ services:
 """
 
 
+@needs_corpus
 def test_merge_replaces_the_routing_of_imported_services_and_keeps_everything_else(bookinfo):
     imported = istio_import.read([BOOKINFO / "virtual-service-reviews-jason-v2-v3.yaml"], bookinfo.mesh)
     assert imported.transform(COMMENTED, Path("mesh.yaml")) == """\
@@ -268,6 +273,7 @@ def test_a_file_that_is_not_istio_resources_is_an_error_with_its_line(tmp_path, 
     assert expected in str(problem)
 
 
+@needs_corpus
 def test_cli_refuses_to_replace_a_mesh_file_without_merge_and_never_writes_an_invalid_one(tmp_path, monkeypatch,
                                                                                            capsys):
     loaded = project(tmp_path / "bookinfo", BOOKINFO_COMPOSE, COMMENTED)
