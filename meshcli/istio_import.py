@@ -416,7 +416,7 @@ def _routes(context: _Context, resource: _Resource, service: Service, http: Any)
         return {}
     if catch_all is None:
         context.warn(resource, "MESH0417", "no route takes every request: Istio answers the others 404, "
-                                           f"the sidecars send them to {service.name}'s versions", resource.body)
+                                           f"the sidecars send them to the versions of {service.name}", resource.body)
         return {"routes": _strip_no_retries(routes)}
     default = routes[-1]
     earlier = routes[:-1]

@@ -11,9 +11,9 @@ service spanning its versions, which is what Istio routes between. kompose's
 `io.kompose.service` label names one compose service (`reviews-v2`), so a subset that
 selects it is read back on import too.
 
-Security (issue 12: mTLS modes, authorization rules): their resources are listed in
-SECURITY_KINDS; the mapping goes beside the networking one in both modules when the mesh
-file has those fields.
+Security (issue 12: mTLS modes, authorization rules): PeerAuthentication and
+AuthorizationPolicy are named here; their mapping goes beside the networking one in both
+modules (istio_export.RESOURCES, istio_import.KINDS) when the mesh file has those fields.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from decimal import Decimal
 from meshproxy.config import DEFAULT_ROUTE, LoadBalancer, MatchKind, RetryOn
 
 NETWORKING_API = "networking.istio.io/v1"
-SECURITY_API = "security.istio.io/v1"
 VIRTUAL_SERVICE = "VirtualService"
 DESTINATION_RULE = "DestinationRule"
-PEER_AUTHENTICATION = "PeerAuthentication"
+PEER_AUTHENTICATION = "PeerAuthentication"  # security.istio.io/v1
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
-SECURITY_KINDS = (PEER_AUTHENTICATION, AUTHORIZATION_POLICY)
 # Istio's API groups: older versions (v1beta1, v1alpha3) have the same fields for what is mapped.
 ISTIO_GROUPS = ("networking.istio.io", "security.istio.io")
 

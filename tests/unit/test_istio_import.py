@@ -12,7 +12,7 @@ import yaml
 
 from istio_files import needs_corpus, BOOKINFO, BOOKINFO_COMPOSE, EVERY_FEATURE_MESH, SHOP_COMPOSE
 from mesh_files import Files, diagnostics_of
-from meshcli import istio_export, istio_import, mesh_config, workspace, yaml_source
+from meshcli import istio_export, istio_import, istio_model, mesh_config, workspace, yaml_source
 from meshcli.cli.main import main
 
 
@@ -297,3 +297,114 @@ def test_cli_refuses_to_replace_a_mesh_file_without_merge_and_never_writes_an_in
     assert "MESH0111" in capsys.readouterr().err and mesh.read_text() == COMMENTED
     assert main(["import", "istio", vs, "--merge"]) == 0
     assert "to: v3" in mesh.read_text() and "# keep the breaker" in mesh.read_text()
+
+
+def codes(imported) -> list[tuple[str, int]]:
+    return [(d.code, d.line) for d in imported.diagnostics]
+
+
+def test_destination_rule_policy_maps_to_the_service_and_the_rest_is_reported(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: reviews}
+        spec:
+          host: reviews.default.svc
+          trafficPolicy:
+            loadBalancer: {simple: LEAST_CONN, warmupDurationSecs: 10s}
+            connectionPool:
+              tcp: {maxConnections: 20, connectTimeout: 1s}
+              http: {http1MaxPendingRequests: 5, http2MaxRequests: 30, maxRequestsPerConnection: 1}
+            outlierDetection: {consecutive5xxErrors: 2, interval: 5s, baseEjectionTime: 1m30s, minHealthPercent: 50}
+            tls: {mode: ISTIO_MUTUAL}
+          subsets:
+          - name: v1
+            labels: {version: v1}
+            trafficPolicy: {loadBalancer: {simple: RANDOM}}
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert imported.services == {"reviews": {
+        "loadBalancer": "least-request",
+        "circuitBreaker": {"maxConnections": 20, "maxPendingRequests": 5, "maxRequestsPerConnection": 1},
+        "outlierDetection": {"consecutive5xxErrors": 2, "baseEjectionTime": "90s"}}}
+    assert codes(imported) == [("MESH0413", 7), ("MESH0413", 9), ("MESH0417", 10), ("MESH0417", 11),
+                               ("MESH0413", 11), ("MESH0416", 12), ("MESH0413", 16)]
+    assert imported.replaced["reviews"] == ("loadBalancer", "circuitBreaker", "outlierDetection")
+
+
+def test_virtual_service_cases_istio_allows_and_the_sidecars_do_not(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: early}
+        spec:
+          hosts: [details]
+          http: [{route: [{destination: {host: details, subset: v1}}]}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: early}
+        spec:
+          hosts: [details, "*.example.com"]
+          gateways: [mesh, public]
+          exportTo: ["."]
+          tcp: [{route: [{destination: {host: details}}]}]
+          http:
+          - match: [{method: {regex: "GET|HEAD"}, queryParams: {debug: {regex: ".*"}}}]
+            retries: {attempts: 2}
+            route: [{destination: {host: details, subset: v2}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: second}
+        spec:
+          hosts: [details]
+          http: [{route: [{destination: {host: details, subset: v1}}]}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: delegate}
+        spec:
+          http: [{route: [{destination: {host: details}}]}]
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    # The later `early` replaces the first (as kubectl apply would); `second` finds details taken.
+    assert [(r.name, r.imported) for r in imported.resources] == [("early", False), ("early", True),
+                                                                  ("second", False), ("delegate", False)]
+    # 8: replaces the first `early`, and no route takes every request (Istio answers those 404).
+    assert codes(imported) == [("MESH0417", 8), ("MESH0417", 8), ("MESH0414", 12), ("MESH0413", 13),
+                               ("MESH0417", 14), ("MESH0413", 15), ("MESH0417", 18), ("MESH0417", 19),
+                               ("MESH0413", 25), ("MESH0412", 28)]
+    assert imported.services == {"details": {"routes": [{
+        "match": [{"method": ["GET", "HEAD"], "query": {"debug": {"present": True}}}],
+        "to": "v2",
+        "retries": {"attempts": 2, "retryOn": ["connect-failure", "retriable-status-codes"],
+                    "retriableStatusCodes": [503], "retryNonIdempotent": True}}]}}
+
+
+@pytest.mark.parametrize("text, ms", [("7s", 7000), ("0.5s", 500), ("250ms", 250), ("1m30s", 90000), ("1h", 3600000),
+                                      ("1500us", 1.5)])
+def test_go_durations(text, ms):
+    assert istio_model.parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "7", "s", "1.2.3s", "7 s", "7days", 7])
+def test_not_go_durations(text):
+    with pytest.raises(ValueError):
+        istio_model.parse_duration(text)
+
+
+@pytest.mark.parametrize("ms, istio, mesh", [(1500, "1.5s", "1500ms"), (25, "0.025s", "25ms"), (7000, "7s", "7s"),
+                                             (0.5, "0.0005s", "0.5ms"), (86400000, "86400s", "86400s")])
+def test_durations_both_ways(ms, istio, mesh):
+    assert istio_model.duration(ms) == istio and istio_model.parse_duration(istio) == ms
+    assert istio_model.mesh_duration(ms) == mesh and mesh_config.durations.parse_ms(mesh) == ms
+
+
+@pytest.mark.parametrize("host, namespace, service", [
+    ("reviews", None, "reviews"), ("reviews.shop", None, "reviews"), ("reviews.shop.svc", "shop", "reviews"),
+    ("reviews.shop.svc.cluster.local", None, "reviews"), ("reviews.other.svc.cluster.local", "shop",
+                                                          "reviews.other.svc.cluster.local"),
+    ("www.googleapis.com", None, "www.googleapis.com")])
+def test_hosts_name_services(host, namespace, service):
+    assert istio_model.service_of_host(host, namespace) == service
