@@ -265,11 +265,12 @@ def _report(service: Service, config: MeshConfig | None, notes: _Notes) -> None:
 
 
 def export_loaded(loaded: Loaded, namespace: str | None = None) -> Export:
-    """export() of a loaded project, noting what runs beside mesh.yaml and is not part of it."""
+    """export() of a loaded project, with the compose file's diagnostics (a service left out of the
+    mesh is left out here too) and notes on what runs beside mesh.yaml and is not part of it."""
     result = export(loaded.mesh, loaded.config, namespace)
     layers = ((fault_layer.active(loaded.workspace), fault_layer.path(loaded.workspace), "faults set with `meshcli fault`"),
               (rule_layer.active(loaded.workspace), rule_layer.path(loaded.workspace), "rules set by the testing API"))
     notes = tuple(Diagnostic("MESH0401", f"{len(items)} runtime {what} {'is' if len(items) == 1 else 'are'} not "
                                          "exported: only mesh.yaml is", path)
                   for items, path, what in layers if items)
-    return replace(result, diagnostics=result.diagnostics + notes)
+    return replace(result, diagnostics=tuple(loaded.diagnostics) + result.diagnostics + notes)

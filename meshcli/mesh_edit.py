@@ -33,6 +33,7 @@ SERVICE_ORDER = ("versions", "ports", "loadBalancer", "to", "split", "timeout", 
 ROUTE_ORDER = ("name", "match", "to", "split", "timeout", "retries", "mirror", "fault")
 RETRIES_ORDER = ("attempts", "perTryTimeout", "retryOn", "retriableStatusCodes", "backoff", "retryNonIdempotent")
 MATCH_ORDER = ("headers", "path", "method", "query", "source")
+FLOW_FIELDS = ("split", "mirror")  # written on one line, as the reference does: `split: {v1: 90, v2: 10}`
 
 Container = CommentedMap | CommentedSeq
 
@@ -135,7 +136,7 @@ def set_service_fields(text: str, path: Path, service: str, fields: dict[str, An
             if key not in fields:
                 _delete(body, key)
         for key, value in fields.items():
-            _set(body, key, _nested(value), SERVICE_ORDER)
+            _set(body, key, _flow(value) if key in FLOW_FIELDS else _nested(value), SERVICE_ORDER)
     return _edit(text, path, service, None, change)
 
 
