@@ -402,19 +402,18 @@ def _routes(context: _Context, resource: _Resource, service: Service, http: Any)
             context.warn(resource, "MESH0413", f"route {i + 1} is never used: route {catch_all + 1} before it takes "
                                                "every request: not imported", items, i)
             continue
+        if isinstance(item, dict) and not item.get("match"):
+            catch_all = i  # in Istio, also when it is not imported: the routes after it are never used
         try:
-            route = _route(context, resource, service, item, items, i)
+            routes.append(_route(context, resource, service, item, items, i))
         except _Skip:
             continue
-        routes.append(route)
-        if "match" not in route:
-            catch_all = i
     if items and not any(isinstance(item, dict) and "retries" in item for item in items):
         context.warn(resource, "MESH0417", f"Istio's default retries ({istio.ISTIO_DEFAULT_RETRIES}) are not "
                                            "imported: the sidecars retry only what `retries:` says", items)
     if not routes:
         return {}
-    if catch_all is None:
+    if catch_all is None or "match" in routes[-1]:
         context.warn(resource, "MESH0417", "no route takes every request: Istio answers the others 404, "
                                            f"the sidecars send them to the versions of {service.name}", resource.body)
         return {"routes": _strip_no_retries(routes)}
@@ -431,10 +430,10 @@ def _routes(context: _Context, resource: _Resource, service: Service, http: Any)
                 del route[key]
     if _no_retries(fields.get("retries")):
         del fields["retries"]
-        earlier = _strip_no_retries(earlier)
     fields = _short_split(fields)
     if earlier:
-        fields["routes"] = [_short_split(route) for route in earlier]
+        fields["routes"] = _strip_no_retries(earlier) if "retries" not in fields else \
+            [_short_split(route) for route in earlier]
     return fields
 
 

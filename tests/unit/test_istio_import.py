@@ -199,7 +199,8 @@ def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path
           - match:
             - port: 9080
             route: [{destination: {host: reviews, subset: v2}}]
-          - rewrite: {uri: /v2}
+          - match: [{uri: {prefix: /old}}]
+            rewrite: {uri: /v2}
             route: [{destination: {host: reviews, subset: v2}}]
           - match:
             - headers: {end-user: {exact: ann}}
@@ -221,18 +222,20 @@ def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path
     imported = istio_import.read([path], bookinfo.mesh)
     assert [(d.code, d.line, d.message.split(": ", 1)[1]) for d in imported.diagnostics if d.code != "MESH0417"] == [
         ("MESH0413", 8, "route 1: matching on port is not supported: route not imported"),
-        ("MESH0413", 10, "route 2: rewrite is not supported by the sidecars: route not imported"),
-        ("MESH0413", 14, "route 3: only an httpStatus abort is supported (no gRPC status or HTTP/2 error): "
+        ("MESH0413", 11, "route 2: rewrite is not supported by the sidecars: route not imported"),
+        ("MESH0413", 15, "route 3: only an httpStatus abort is supported (no gRPC status or HTTP/2 error): "
                          "route not imported"),
-        ("MESH0413", 16, 'route 4: sends the requests for reviews to another host, "ratings": not supported (a '
+        ("MESH0413", 17, 'route 4: sends the requests for reviews to another host, "ratings": not supported (a '
                          "route chooses between a service's versions): route not imported"),
-        ("MESH0416", 19, "PeerAuthentication is not supported yet (mesh.yaml has no mTLS modes or authorization "
+        ("MESH0413", 18, "route 5 is never used: route 4 before it takes every request: not imported"),
+        ("MESH0416", 20, "PeerAuthentication is not supported yet (mesh.yaml has no mTLS modes or authorization "
                          "rules): not imported"),
-        ("MESH0416", 24, "AuthorizationPolicy is not supported yet (mesh.yaml has no mTLS modes or authorization "
+        ("MESH0416", 25, "AuthorizationPolicy is not supported yet (mesh.yaml has no mTLS modes or authorization "
                          "rules): not imported"),
     ]
-    # The one route left: the compose service of version v3 (a kompose-style host) is that version.
-    assert imported.services == {"reviews": {"to": "v3"}}
+    # Route 4 takes every request in Istio, so route 5 (to the compose service of version v3, a
+    # kompose-style host) is never used either; nothing was imported for reviews.
+    assert imported.services == {}
 
 
 def test_subsets_select_versions_by_version_or_kompose_label(tmp_path, bookinfo):
@@ -408,3 +411,42 @@ def test_durations_both_ways(ms, istio, mesh):
     ("www.googleapis.com", None, "www.googleapis.com")])
 def test_hosts_name_services(host, namespace, service):
     assert istio_model.service_of_host(host, namespace) == service
+
+
+def test_routes_after_a_catch_all_that_is_not_imported_stay_unused(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - match: [{uri: {prefix: /v2}}]
+            route: [{destination: {host: reviews, subset: v2}}]
+            retries: {attempts: 0}
+          - rewrite: {uri: /}
+            route: [{destination: {host: reviews, subset: v1}}]
+          - route: [{destination: {host: reviews, subset: v3}}]
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert [(d.code, d.line) for d in imported.diagnostics if d.level.value == "warning"] == [
+        ("MESH0413", 10), ("MESH0413", 12)]
+    # Only the match route: the requests Istio would rewrite get the service's versions (said, at 1).
+    assert imported.services == {"reviews": {"routes": [{"match": [{"path": {"prefix": "/v2"}}], "to": "v2"}]}}
+
+
+def test_a_destination_naming_the_compose_service_of_a_version_is_that_version(tmp_path, bookinfo):
+    path = istio_file(tmp_path, """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - match: [{headers: {end-user: {exact: jason}}}]
+            route: [{destination: {host: reviews-v2.default.svc.cluster.local}}]
+          - route: [{destination: {host: reviews-v3}}]
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    assert imported.services == {"reviews": {"to": "v3", "routes": [
+        {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "to": "v2"}]}}
