@@ -188,6 +188,15 @@ def istio_file(root: Path, text: str) -> Path:
     return path
 
 
+REVIEWS_ROUTES = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n" \
+                 "  hosts: [reviews]\n  http:\n"
+
+
+def reviews_routes(root: Path, http: str) -> Path:
+    """A file with one VirtualService for reviews: `http` is the YAML of its routes (at lines 7 on)."""
+    return istio_file(root, REVIEWS_ROUTES + textwrap.indent(textwrap.dedent(http).strip("\n"), "  ") + "\n")
+
+
 def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path, bookinfo):
     path = istio_file(tmp_path, """
         apiVersion: networking.istio.io/v1
@@ -286,13 +295,7 @@ def test_cli_refuses_to_replace_a_mesh_file_without_merge_and_never_writes_an_in
     assert main(["import", "istio", vs]) == 2
     assert "mesh.yaml exists" in capsys.readouterr().err and mesh.read_text() == COMMENTED
     # Two routes of one name: an invalid mesh file (MESH0111), so nothing is written.
-    twice = istio_file(tmp_path, """
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: reviews}
-        spec:
-          hosts: [reviews]
-          http:
+    twice = reviews_routes(tmp_path, """
           - {name: same, match: [{uri: {prefix: /a}}], route: [{destination: {host: reviews, subset: v1}}]}
           - {name: same, match: [{uri: {prefix: /b}}], route: [{destination: {host: reviews, subset: v2}}]}
         """)
@@ -361,8 +364,8 @@ def test_virtual_service_cases_istio_allows_and_the_sidecars_do_not(tmp_path, bo
         kind: VirtualService
         metadata: {name: second}
         spec:
-          hosts: [details]
-          http: [{route: [{destination: {host: details, subset: v1}}]}]
+          hosts: [details.default.svc.cluster.local]
+          http: [{match: [{uri: {prefix: /}}], route: [{destination: {host: details, subset: v1}}]}]
         ---
         apiVersion: networking.istio.io/v1
         kind: VirtualService
@@ -414,13 +417,7 @@ def test_hosts_name_services(host, namespace, service):
 
 
 def test_routes_after_a_catch_all_that_is_not_imported_stay_unused(tmp_path, bookinfo):
-    path = istio_file(tmp_path, """
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: reviews}
-        spec:
-          hosts: [reviews]
-          http:
+    path = reviews_routes(tmp_path, """
           - match: [{uri: {prefix: /v2}}]
             route: [{destination: {host: reviews, subset: v2}}]
             retries: {attempts: 0}
@@ -436,13 +433,7 @@ def test_routes_after_a_catch_all_that_is_not_imported_stay_unused(tmp_path, boo
 
 
 def test_a_destination_naming_the_compose_service_of_a_version_is_that_version(tmp_path, bookinfo):
-    path = istio_file(tmp_path, """
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: reviews}
-        spec:
-          hosts: [reviews]
-          http:
+    path = reviews_routes(tmp_path, """
           - match: [{headers: {end-user: {exact: jason}}}]
             route: [{destination: {host: reviews-v2.default.svc.cluster.local}}]
           - route: [{destination: {host: reviews-v3}}]
