@@ -33,6 +33,11 @@ class Pipeline:
         self.resilience, self.telemetry, self.access_log = resilience, telemetry, access_log
         self.tracing, self.tap = tracing, tap
 
+    @property
+    def reads_inbound_headers(self) -> bool:
+        """Whether a request to the app needs its header fields (route() takes {} otherwise)."""
+        return self.tracing.settings is not None or self.tap.active
+
     def route(self, exchange: Exchange, fields: Mapping[str, str], headers: list[tuple[bytes, bytes]],
               source: str | None) -> Version | None:
         """At the request headers: the version to send to, or None (where the app sent it).

@@ -4,17 +4,25 @@ What a line holds is fixed here, field by field (time, both identities, the requ
 answer and timings, bytes, Envoy's response flags, the trace id, the route and version
 chosen, the retries): no header is ever copied into it wholesale, so Authorization,
 Cookie, Set-Cookie and the headers the mesh file redacts never appear. `docker compose
-logs <workload>-sidecar` shows it; each line parses on its own.
+logs <workload>-sidecar` shows it; each line parses on its own. Lines may be batched
+(`flush_interval`, as Envoy flushes its access log every second): a request then does not
+cost a write - and, under Docker, a wake-up of the log shim and of dockerd - per line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
 
 from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, Exchange
+
+# One encoder for every line: json.dumps() with arguments builds a new one per call, which
+# cost more than the rest of a request's bookkeeping.
+LINE_ENCODER = json.JSONEncoder(separators=(",", ":"))
+MAX_PENDING_LINES = 256  # a batch is written at once when it reaches this size
 
 
 _last_second = [-1, ""]  # (epoch second, its date and time of day): formatted once per second
@@ -29,9 +37,13 @@ def _iso(epoch: float) -> str:
 
 
 class AccessLog:
-    def __init__(self, state: MeshState, stream=sys.stdout) -> None:
+    def __init__(self, state: MeshState, stream=sys.stdout, flush_interval: float = 0.0) -> None:
         self.state = state
-        self.stream = stream
+        self.stream = stream  # None: no access log
+        # 0: each line is written at once; more: lines wait at most this many seconds.
+        self.flush_interval = flush_interval
+        self._pending: list[str] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def record(self, exchange: Exchange) -> None:
         """The line of one finished request (answered, failed or reset: status 0)."""
@@ -91,5 +103,21 @@ class AccessLog:
         if self.stream is None:
             return
         entry["time"] = round(time.time(), 3)
-        self.stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self.stream.flush()
+        self._pending.append(LINE_ENCODER.encode(entry))
+        if not self.flush_interval or len(self._pending) >= MAX_PENDING_LINES:
+            self.flush()
+        elif self._flush_timer is None:
+            try:
+                self._flush_timer = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+            except RuntimeError:  # no event loop running (a test calling record() directly)
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the lines not written yet."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._pending and self.stream is not None:
+            lines, self._pending = self._pending, []
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
