@@ -1,7 +1,8 @@
 """What seeing the mesh costs the data plane: requests/s at 16 connections through a full
 mesh hop (the data-plane benchmark's `mesh` scenario: client sidecar -> nginx sidecar)
-with nothing watching, with `meshcli tap web` streaming every request, and with tracing
-on at the default sampling (1 %) exporting to `meshcli trace`'s receiver on this host.
+with nothing watching, with `meshcli tap web` running (its default --max-rps 100, and
+streaming every request), and with tracing on at the default sampling (1 %) exporting to
+`meshcli trace`'s receiver on this host.
 The variants alternate within each round, so load from elsewhere hits them alike.
 
     .venv/bin/python -m benchmarks.observability [--rounds 3] [--duration 4]
@@ -47,7 +48,7 @@ def run(rounds: int, duration: float) -> dict:
     plain = "apiVersion: meshcli/v1\n"
     tracing = plain + ("telemetry:\n  tracing:\n"
                        f"    endpoint: http://host.docker.internal:{receiver.port}\n")  # default sampling
-    figures: dict[str, list[float]] = {"baseline": [], "tap": [], "tracing": []}
+    figures: dict[str, list[float]] = {"baseline": [], "tap": [], "tap_every_request": [], "tracing": []}
     with project(dataplane.compose_text(tools, sidecar, False), meshed=True, prefix="meshbench-obs",
                  files={"mesh.yaml": plain}) as box:
         box.up()
@@ -55,14 +56,15 @@ def run(rounds: int, duration: float) -> dict:
         dataplane.wrk(box, URL, 16, 1.0)  # warm-up: pools filled
         for _ in range(rounds):
             figures["baseline"].append(dataplane.wrk(box, URL, 16, duration)["rps"])
-            tap = subprocess.Popen([*MESHCLI, "tap", "web", "--json", "-p", box.name], cwd=box.directory,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(2.0)  # attached (a docker exec into the sidecar)
-                figures["tap"].append(dataplane.wrk(box, URL, 16, duration)["rps"])
-            finally:
-                tap.terminate()
-                tap.wait(10)
+            for name, max_rps in (("tap", "100"), ("tap_every_request", "1000000")):
+                tap = subprocess.Popen([*MESHCLI, "tap", "web", "--json", "--max-rps", max_rps, "-p", box.name],
+                                       cwd=box.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    time.sleep(2.0)  # attached (a docker exec into the sidecar)
+                    figures[name].append(dataplane.wrk(box, URL, 16, duration)["rps"])
+                finally:
+                    tap.terminate()
+                    tap.wait(10)
             _apply(box, tracing)
             figures["tracing"].append(dataplane.wrk(box, URL, 16, duration)["rps"])
             _apply(box, plain)
@@ -71,7 +73,7 @@ def run(rounds: int, duration: float) -> dict:
     result = {name: {"requests_per_s": round(statistics.median(values)), "runs": [round(v) for v in values]}
               for name, values in figures.items()}
     base = result["baseline"]["requests_per_s"]
-    for name in ("tap", "tracing"):
+    for name in ("tap", "tap_every_request", "tracing"):
         result[name]["vs_baseline_percent"] = round((result[name]["requests_per_s"] / base - 1) * 100, 1)
     result["tracing"]["traces_received"] = traces
     result["meta"] = {"rounds": rounds, "duration_s": duration, "connections": 16, "cores": os.cpu_count()}

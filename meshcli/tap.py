@@ -24,9 +24,13 @@ from meshcli.compose_rewrite import sidecar_name
 from meshcli.errors import InputError, MeshError
 from meshcli.workspace import Loaded
 
-# curl streams the tap; `cat` holds the exec's stdin: when meshcli closes it, curl is ended.
-TAP_COMMAND = ["sh", "-c", f"curl -sN http://127.0.0.1:{ADMIN_PORT}{TAP_PATH} & reader=$!; "
-                           "cat >/dev/null; kill $reader"]
+DEFAULT_MAX_RPS = 100  # requests per second each sidecar sends (linkerd's default)
+
+
+def tap_command(max_rps: int) -> list[str]:
+    """curl streams the tap; `cat` holds the exec's stdin: when meshcli closes it, curl is ended."""
+    return ["sh", "-c", f"curl -sN 'http://127.0.0.1:{ADMIN_PORT}{TAP_PATH}?maxRps={int(max_rps)}' & "
+                        "reader=$!; cat >/dev/null; kill $reader"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,13 @@ def _sidecars(loaded: Loaded, service: str) -> list:
     return sidecars
 
 
-def _read(container, records: queue.Queue, stop: threading.Event) -> None:
+def _read(container, max_rps: int, records: queue.Queue, stop: threading.Event) -> None:
     """Put every record one sidecar streams into `records` until `stop`."""
     from docker.utils.socket import frames_iter
 
     api = container.client.api
     try:
-        exec_id = api.exec_create(container.id, TAP_COMMAND, stdin=True, stdout=True, stderr=False)["Id"]
+        exec_id = api.exec_create(container.id, tap_command(max_rps), stdin=True, stdout=True, stderr=False)["Id"]
         sock = api.exec_start(exec_id, socket=True)
     except Exception as exc:  # the sidecar went away: the others still stream
         records.put(("error", f"{container.name}: {exc}"))
@@ -97,7 +101,10 @@ def _read(container, records: queue.Queue, stop: threading.Event) -> None:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 if line.strip():
-                    records.put(("record", json.loads(line)))
+                    record = json.loads(line)
+                    if "dropped" in record:
+                        record["workload"] = container.labels.get("com.docker.compose.service", container.name)
+                    records.put(("record", record))
             if stop.is_set():
                 break
     except (OSError, ValueError):
@@ -114,17 +121,18 @@ def _close(sock) -> None:
 
 
 def stream(loaded: Loaded, service: str, filters: Filters = Filters(), count: int | None = None,
-           seconds: float | None = None) -> Iterator[dict]:
-    """The requests of `service` as its sidecars finish them, until `count` were yielded,
-    `seconds` passed, or the caller stops iterating. A record of {"dropped": n} says a
-    sidecar lost that many because this reader fell behind; {"error": text}, a sidecar's
-    stream that could not start."""
+           seconds: float | None = None, max_rps: int = DEFAULT_MAX_RPS) -> Iterator[dict]:
+    """The requests of `service` as its sidecars finish them (at most `max_rps` a second from
+    each), until `count` were yielded, `seconds` passed, or the caller stops iterating.
+    A record {"dropped": n, "overRate": m, "workload": w} says how many requests sidecar w
+    did not send so far (this reader fell behind; beyond max_rps); {"error": text}, a
+    sidecar's stream that could not start."""
     sidecars = _sidecars(loaded, service)
     workloads = {w.name: w.service for w in loaded.mesh.workloads.values()}
     records: queue.Queue = queue.Queue()
     stop = threading.Event()
     for container in sidecars:
-        threading.Thread(target=_read, args=(container, records, stop), daemon=True).start()
+        threading.Thread(target=_read, args=(container, max_rps, records, stop), daemon=True).start()
     until = time.monotonic() + seconds if seconds is not None else None
     seen = 0
     try:

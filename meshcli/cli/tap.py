@@ -17,7 +17,8 @@ def print_record(record: dict) -> None:
         output.warning(f"tap: {record['error']}")
         return
     if "dropped" in record:
-        output.warning(f"tap: this terminal fell behind; {record['dropped']} requests not shown")
+        output.warning(f"tap: {record['workload']} did not send {record['overRate']} requests beyond --max-rps "
+                       f"and {record['dropped']} while this terminal was behind (so far)")
         return
     status = record["status"]
     style = "green" if 0 < status < 400 else "yellow" if 400 <= status < 500 else "red"
@@ -48,6 +49,8 @@ def register(app: typer.Typer) -> None:
             count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Stop after this many requests."),
             seconds: Optional[float] = typer.Option(None, "--duration", min=0.1,
                                                     help="Stop after this many seconds."),
+            max_rps: int = typer.Option(100, "--max-rps", min=1,
+                                        help="Requests per second each sidecar sends at most (as linkerd's tap)."),
             project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
         """Stream SERVICE's requests live: source, destination, version, status, latency, until Ctrl-C.
 
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         loaded, _ = status_core.load(project.locate())
         if not as_json:
             output.info(f"tapping {service} (Ctrl-C to stop)")
-        for record in core.stream(loaded, service, filters, count, seconds):
+        for record in core.stream(loaded, service, filters, count, seconds, max_rps):
             if as_json:
                 output.json_line(record)
             else:

@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshproxy.config import ADMIN_PORT, HEALTH_PATH, HEALTH_PORT, METRICS_PORT, TAP_PATH
+from meshproxy.policy.tap import DEFAULT_MAX_RPS
 
-# (status, content type, body); a body that is an iterator streams until it ends or the reader leaves.
-Route = Callable[[], tuple[int, str, bytes | Iterator[bytes]]]
+Route = Callable[[], tuple[int, str, bytes]]  # (status, content type, body)
+# A stream: the request's query -> (status, content type, pieces written until they end or the reader leaves).
+Stream = Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]]
+LINE = json.JSONEncoder(separators=(",", ":"))
 TAP_HEARTBEAT_SECONDS = 1.0  # an idle tap still writes (a newline): a reader that left is noticed
 
 
@@ -31,14 +35,18 @@ def json_route(produce: Callable[[], tuple[int, object]]) -> Route:
     return route
 
 
-def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0",
+          streams: dict[str, Stream] | None = None) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            route = routes.get(self.path.split("?", 1)[0])
-            if route is None:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            else:
+            path, _, query = self.path.partition("?")
+            route, stream = routes.get(path), (streams or {}).get(path)
+            if stream is not None:
+                status, ctype, body = stream(dict(parse_qsl(query)))
+            elif route is not None:
                 status, ctype, body = route()
+            else:
+                status, ctype, body = 404, "text/plain", b"not found\n"
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             if isinstance(body, bytes):
@@ -65,18 +73,18 @@ def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0") -> Threadi
     return server
 
 
-def tap_lines(tap) -> Iterator[bytes]:
+def tap_lines(tap, max_rps: int = DEFAULT_MAX_RPS) -> Iterator[bytes]:
     """The /tap stream of a policy.tap.Tap: a JSON line per request as it finishes, a
-    `{"dropped": n}` line when this reader fell behind, a bare newline when idle."""
-    reader = tap.open()
-    dropped = 0
+    `{"dropped": n, "overRate": m}` line when this reader lost requests (cumulative counts:
+    it fell behind, or they were beyond max_rps), a bare newline when idle."""
+    reader = tap.open(max_rps)
+    lost = (0, 0)
     try:
         while True:
-            lines = [json.dumps(record, separators=(",", ":")) + "\n"
-                     for record in reader.take(TAP_HEARTBEAT_SECONDS)]
-            if reader.dropped != dropped:
-                dropped = reader.dropped
-                lines.append(json.dumps({"dropped": dropped}) + "\n")
+            lines = [LINE.encode(tap.record(exchange)) + "\n" for exchange in reader.take(TAP_HEARTBEAT_SECONDS)]
+            if (reader.dropped, reader.over_rate) != lost:
+                lost = reader.dropped, reader.over_rate
+                lines.append(LINE.encode({"dropped": lost[0], "overRate": lost[1]}) + "\n")
             yield "".join(lines).encode() or b"\n"
     finally:
         tap.close(reader)
@@ -113,12 +121,18 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
     def prometheus() -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
 
-    def tap() -> tuple[int, str, Iterator[bytes]]:
-        return 200, "application/x-ndjson", tap_lines(sidecar.tap)
+    def tap(query: Mapping[str, str]) -> tuple[int, str, Iterator[bytes]]:
+        try:
+            max_rps = int(query.get("maxRps", DEFAULT_MAX_RPS))
+        except ValueError:
+            max_rps = 0
+        if max_rps <= 0:
+            return 400, "text/plain", iter([b"maxRps: expected a whole number above 0\n"])
+        return 200, "application/x-ndjson", tap_lines(sidecar.tap, max_rps)
 
     return [
         serve(HEALTH_PORT, {HEALTH_PATH: json_route(ready)}),
         serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats),
-                           HEALTH_PATH: json_route(ready), TAP_PATH: tap}),
+                           HEALTH_PATH: json_route(ready)}, streams={TAP_PATH: tap}),
         serve(METRICS_PORT, {"/stats/prometheus": prometheus, "/metrics": prometheus}),
     ]

@@ -1,11 +1,12 @@
-"""Tap: a live copy of every finished request for whoever reads /tap (`meshcli tap`).
+"""Tap: a live copy of finished requests for whoever reads /tap (`meshcli tap`).
 
 Free when nobody taps: the pipeline only asks `active`, one attribute. While someone
-does, each finished request becomes one small record (its headers redacted as the
-mesh file says, see config.Telemetry.redacted) appended to every reader's bounded
-buffer; a reader that falls behind loses the oldest records (and is told how many),
-it never slows traffic: the event loop only appends and signals, the admin thread of
-each reader (admin.py) writes to its socket.
+does, each finished request is offered to every reader: taken up to the reader's
+`max_rps` per second (as `linkerd viz tap --max-rps`: a tap samples a busy service, it
+does not mirror it), into a bounded buffer that loses its oldest entries when the reader
+falls behind. The event loop only appends the finished Exchange; the reader's admin
+thread (admin.py) turns it into a record - headers redacted as the mesh file says (see
+config.Telemetry.redacted) - and writes it, so a tap never slows traffic.
 """
 
 from __future__ import annotations
@@ -16,31 +17,44 @@ import threading
 from meshproxy.config import MeshState
 from meshproxy.exchange import Exchange, redact
 
-BUFFER = 1000  # records a reader may fall behind by
+BUFFER = 1000  # requests a reader may fall behind by
+DEFAULT_MAX_RPS = 100  # requests per second a reader is sent (linkerd's default)
 
 
 class Reader:
-    """One /tap connection's buffer."""
+    """One /tap connection: its rate, its buffer, and what it did not get."""
 
-    def __init__(self, size: int = BUFFER) -> None:
-        self.records: collections.deque = collections.deque(maxlen=size)
+    def __init__(self, max_rps: int = DEFAULT_MAX_RPS, size: int = BUFFER) -> None:
+        self.max_rps = max_rps
+        self.exchanges: collections.deque = collections.deque(maxlen=size)
         self.arrived = threading.Event()
-        self.dropped = 0  # records lost because this reader fell behind
+        self.dropped = 0  # lost because this reader fell behind
+        self.over_rate = 0  # not taken: beyond max_rps in their second
+        self._second = 0
+        self._taken = 0
 
-    def push(self, record: dict) -> None:
-        records = self.records
-        if len(records) == records.maxlen:
+    def offer(self, exchange: Exchange, second: int) -> None:
+        """On the event loop: take a request that finished in epoch `second`, within the rate."""
+        if second != self._second:
+            self._second, self._taken = second, 0
+        if self._taken >= self.max_rps:
+            self.over_rate += 1
+            return
+        self._taken += 1
+        exchanges = self.exchanges
+        if not exchanges:
+            self.arrived.set()  # once per batch: the reader drains them all
+        elif len(exchanges) == exchanges.maxlen:
             self.dropped += 1
-        records.append(record)
-        self.arrived.set()
+        exchanges.append(exchange)
 
-    def take(self, wait: float) -> list[dict]:
-        """The records that arrived, after waiting up to `wait` seconds for one."""
+    def take(self, wait: float) -> list[Exchange]:
+        """The requests that arrived, after waiting up to `wait` seconds for one."""
         self.arrived.wait(wait)
-        self.arrived.clear()  # before draining: a record pushed meanwhile sets it again
+        self.arrived.clear()  # before draining: a request offered meanwhile sets it again
         taken = []
-        while self.records:
-            taken.append(self.records.popleft())
+        while self.exchanges:
+            taken.append(self.exchanges.popleft())
         return taken
 
 
@@ -51,8 +65,8 @@ class Tap:
         self.active = False  # what the hot path reads
         self._lock = threading.Lock()
 
-    def open(self, size: int = BUFFER) -> Reader:
-        reader = Reader(size)
+    def open(self, max_rps: int = DEFAULT_MAX_RPS, size: int = BUFFER) -> Reader:
+        reader = Reader(max_rps, size)
         with self._lock:
             self.readers += (reader,)
             self.active = True
@@ -65,12 +79,12 @@ class Tap:
 
     def publish(self, exchange: Exchange) -> None:
         """Called for each finished request while active."""
-        record = self.record(exchange)
+        second = int(exchange.ended or exchange.started)
         for reader in self.readers:
-            reader.push(record)
+            reader.offer(exchange, second)
 
     def record(self, exchange: Exchange) -> dict:
-        """What a tap shows of one request (camelCase, as `meshcli tap --json`)."""
+        """What a tap shows of one request (camelCase, as `meshcli tap --json`); on the reader's thread."""
         me = self.state.identity
         source, destination = exchange.workloads(me.workload)
         headers = exchange.headers

@@ -9,6 +9,7 @@ import threading
 from http_backends import Backend
 from meshproxy import admin
 from meshproxy.config import REDACTED, MeshState, Telemetry, Tracing
+from meshproxy.exchange import Exchange
 from meshproxy.policy.tap import Tap
 from sidecar_kit import PAYMENT, V1_HOST, WEB, RunningSidecar, on_loop, payment_state
 
@@ -36,7 +37,7 @@ async def test_one_request_two_hops_one_trace_and_a_redacted_tap():
             # The client sidecar sends to payment-v1 (V1_HOST) on the port called: the server sidecar's inbound.
             reply = await web.call(payment_side.inbound_port, headers=SECRETS)
             assert reply.status == 200
-            [record] = reader.take(1.0)
+            [record] = [web.tap.record(exchange) for exchange in reader.take(1.0)]
             web.tap.close(reader)
         traces = await asyncio.to_thread(lambda: list(receiver.traces(count=1, seconds=5)))
     finally:
@@ -57,18 +58,31 @@ async def test_one_request_two_hops_one_trace_and_a_redacted_tap():
     assert "secret" not in json.dumps(trace.to_json())
 
 
-def test_the_tap_stream_is_json_lines_with_a_heartbeat_and_drops():
+def finished(path: str = "/pay") -> Exchange:
+    exchange = Exchange("inbound", "GET", "payment:8080", path)
+    exchange.status, exchange.ended = 200, exchange.started + 0.001
+    return exchange
+
+
+def test_the_tap_stream_is_json_lines_with_a_heartbeat_and_losses():
     tap = Tap(MeshState(WEB))
-    lines = admin.tap_lines(tap)
+    lines = admin.tap_lines(tap, max_rps=1200)
     first = []
     reading = threading.Thread(target=lambda: first.append(next(lines)))
     reading.start()
     reading.join(3)
     assert first == [b"\n"] and tap.active  # nothing happened: a heartbeat
     [reader] = tap.readers
-    for i in range(reader.records.maxlen + 5):
-        reader.push({"n": i})
+    for i in range(reader.exchanges.maxlen + 5):
+        reader.offer(finished(f"/{i}"), second=7)
     chunk = next(lines).decode().splitlines()
-    assert json.loads(chunk[0]) == {"n": 5} and json.loads(chunk[-1]) == {"dropped": 5}
+    assert json.loads(chunk[0])["path"] == "/5" and json.loads(chunk[-1]) == {"dropped": 5, "overRate": 0}
     lines.close()
     assert not tap.active and tap.readers == ()
+
+
+def test_a_reader_takes_at_most_max_rps_per_second():
+    reader = Tap(MeshState(WEB)).open(max_rps=3)
+    for second in (10, 10, 10, 10, 10, 11):
+        reader.offer(finished(), second)
+    assert (len(reader.take(0)), reader.over_rate) == (4, 2)
