@@ -16,7 +16,7 @@ as the app sent them.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -119,12 +119,14 @@ def extract(fields: Mapping[str, str]) -> Context | None:
             or parse_b3_single(fields.get(B3)) or parse_b3_multi(fields))
 
 
+# Ids need to be unique, not secret: the random module's generator (as OpenTelemetry's SDKs
+# use), not a system call per id. Never all zeros, which W3C reserves.
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    return "%032x" % (random.getrandbits(128) or 1)
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return "%016x" % (random.getrandbits(64) or 1)
 
 
 def propagation_headers(trace_id: str, span_id: str, sampled: bool, tracestate: str = "", b3: str = "",
