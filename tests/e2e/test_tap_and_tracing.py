@@ -51,9 +51,8 @@ class Lines:
     """A meshcli command's stdout, one JSON line at a time, each with the time it arrived."""
 
     def __init__(self, demo, *args: str) -> None:
-        self.process = subprocess.Popen([*MESHCLI, *args, "-p", demo.project] if args[0] == "tap" else [*MESHCLI, *args],
-                                        cwd=demo.directory / "compose", env=demo.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen([*MESHCLI, *args], cwd=demo.directory / "compose", env=demo.env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[tuple[float, dict]] = []
         self.raw: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -77,8 +76,9 @@ class Lines:
 
 def test_tap_shows_requests_within_a_second_and_never_a_secret(demo, measured):
     telemetry_mesh_file(demo)
-    payment = Lines(demo, "tap", "payment", "--json", "--duration", "15", "--method", "GET", "--source", "orders")
-    frontend = Lines(demo, "tap", "frontend", "--json", "--duration", "15")
+    payment = Lines(demo, "tap", "payment", "--json", "--duration", "15", "--method", "GET", "--source", "orders",
+                    "-p", demo.project)
+    frontend = Lines(demo, "tap", "frontend", "--json", "--duration", "15", "-p", demo.project)
     time.sleep(3)  # both taps attached (each is a `docker exec` into the sidecars)
     sent: dict[str, float] = {}  # the apps pass x- headers on: x-tap tells the requests apart at payment
     for i in range(10):
