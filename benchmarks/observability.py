@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 
 from benchmarks import dataplane, images
 from benchmarks.private_demo import MESHCLI, meshcli, project
@@ -40,6 +41,29 @@ def _apply(box, mesh_text: str) -> None:
     time.sleep(1.0)  # every sidecar reloads (the watch of its config file)
 
 
+@contextmanager
+def _tapping(box, max_rps: str):
+    """`meshcli tap web` running meanwhile."""
+    tap = subprocess.Popen([*MESHCLI, "tap", "web", "--json", "--max-rps", max_rps, "-p", box.name],
+                           cwd=box.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)  # attached (a docker exec into the sidecar)
+        yield
+    finally:
+        tap.terminate()
+        tap.wait(10)
+
+
+@contextmanager
+def _mesh_file(box, meanwhile: str, after: str):
+    """The sidecars running `meanwhile`'s mesh file, then `after`'s."""
+    _apply(box, meanwhile)
+    try:
+        yield
+    finally:
+        _apply(box, after)
+
+
 def run(rounds: int, duration: float) -> dict:
     from meshcli.trace import Receiver
 
@@ -48,26 +72,19 @@ def run(rounds: int, duration: float) -> dict:
     plain = "apiVersion: meshcli/v1\n"
     tracing = plain + ("telemetry:\n  tracing:\n"
                        f"    endpoint: http://host.docker.internal:{receiver.port}\n")  # default sampling
-    figures: dict[str, list[float]] = {"baseline": [], "tap": [], "tap_every_request": [], "tracing": []}
+    variants = {"baseline": lambda box: nullcontext(), "tap": lambda box: _tapping(box, "100"),
+                "tap_every_request": lambda box: _tapping(box, "1000000"),
+                "tracing": lambda box: _mesh_file(box, tracing, plain)}
+    figures: dict[str, list[float]] = {name: [] for name in variants}
     with project(dataplane.compose_text(tools, sidecar, False), meshed=True, prefix="meshbench-obs",
                  files={"mesh.yaml": plain}) as box:
         box.up()
         dataplane.wait_listening(box, "web")
         dataplane.wrk(box, URL, 16, 1.0)  # warm-up: pools filled
-        for _ in range(rounds):
-            figures["baseline"].append(dataplane.wrk(box, URL, 16, duration)["rps"])
-            for name, max_rps in (("tap", "100"), ("tap_every_request", "1000000")):
-                tap = subprocess.Popen([*MESHCLI, "tap", "web", "--json", "--max-rps", max_rps, "-p", box.name],
-                                       cwd=box.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                try:
-                    time.sleep(2.0)  # attached (a docker exec into the sidecar)
+        for number in range(rounds):
+            for name in dataplane.rotated(list(variants), number):  # drift on the machine hits each alike
+                with variants[name](box):
                     figures[name].append(dataplane.wrk(box, URL, 16, duration)["rps"])
-                finally:
-                    tap.terminate()
-                    tap.wait(10)
-            _apply(box, tracing)
-            figures["tracing"].append(dataplane.wrk(box, URL, 16, duration)["rps"])
-            _apply(box, plain)
     traces = sum(1 for _ in receiver.traces(seconds=2.0))
     receiver.close()
     result = {name: {"requests_per_s": round(statistics.median(values)), "runs": [round(v) for v in values]}
