@@ -4,7 +4,8 @@
 file:line:column before raising. `resolve()` checks the model against the compose
 project and yields the `Mesh` every other module consumes: each logical service with
 its versions, the workload (compose service) behind each version, ports and policy
-(`TrafficPolicy`: routes, timeouts, retries, mirror, faults, connection policy).
+(`TrafficPolicy`: routes, timeouts, retries, mirror, faults, connection policy), and the
+mesh-wide `Telemetry` (headers never shown in logs, tap and spans; where spans go).
 `parse_and_resolve()` does both and reports the problems of both at once. Durations
 are kept in milliseconds, as sidecar.json carries them. docs/mesh-file.md is the spec;
 meshcli/schema/mesh-v1.schema.json is the same rules as a JSON Schema for editors.
@@ -13,11 +14,11 @@ meshcli/schema/mesh-v1.schema.json is the same rules as a JSON Schema for editor
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from meshproxy.config import (ALWAYS_REDACTED, DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS,
                               DEFAULT_CONSECUTIVE_5XX, DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT,
