@@ -92,6 +92,9 @@ def run(rounds: int, duration: float) -> dict:
     base = result["baseline"]["requests_per_s"]
     for name in ("tap", "tap_every_request", "tracing"):
         result[name]["vs_baseline_percent"] = round((result[name]["requests_per_s"] / base - 1) * 100, 1)
+        # Each round's run against that round's baseline: what the machine's drift does not move.
+        paired = [value / baseline for value, baseline in zip(figures[name], figures["baseline"])]
+        result[name]["paired_vs_baseline_percent"] = round((statistics.median(paired) - 1) * 100, 1)
     result["tracing"]["traces_received"] = traces
     result["meta"] = {"rounds": rounds, "duration_s": duration, "connections": 16, "cores": os.cpu_count()}
     return result
