@@ -42,6 +42,7 @@ class Exchange:
     flags: list[str] = field(default_factory=list)  # Envoy's response flags: DI, FI, UT, UO, UF, UC, URX
     attempts: int = 0  # upstream tries (0: answered by the sidecar itself)
     mirrored: str | None = None  # the version a copy went to
+    denied: LocalReply | None = None  # authorization's 403, when it refused the caller
     status: int = 0  # the answer's status; 0: none (reset, error)
     error: str | None = None
     started: float = field(default_factory=time.time)
@@ -73,6 +74,17 @@ class Exchange:
         picker, self.picker = self.picker, None
         if picker is not None:
             picker.done(self.upstream)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of an inbound connection, as far as this sidecar can tell:
+    the verified SPIFFE ID of a mesh mTLS caller ("" for plaintext), and the port it called."""
+
+    principal: str
+    security_policy: str  # config.SecurityPolicy
+    port: int
+    address: str = ""  # the caller's IP
 
 
 @dataclass(frozen=True, slots=True)

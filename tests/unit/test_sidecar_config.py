@@ -58,6 +58,7 @@ def test_without_rules_a_service_has_one_default_route_balancing_all_versions(fi
         "ports": [8080],
         "loadBalancer": "round-robin",
         "routes": [{"name": "default", "split": []}],
+        "mtls": "PERMISSIVE",
     }
 
 

@@ -2,7 +2,7 @@
 
 http1.py and http2.py parse and frame; everything a request meets between its headers
 and its answer is here, once: routing (outbound: route and version; inbound: the
-caller's identity), then for mesh services faults, mirroring and resilience, and in the
+caller's identity and authorization), then for mesh services faults, mirroring and resilience, and in the
 end telemetry. Requests leaving the mesh, or reaching the app behind this sidecar, are
 sent once, as they came.
 """
@@ -13,7 +13,8 @@ import time
 from typing import Awaitable, Callable, Mapping
 
 from meshproxy.config import Version
-from meshproxy.exchange import INBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer, connect_failure, reset_before_headers
+from meshproxy.policy.authz import Authorization, denied_reply
 from meshproxy.policy.faults import HttpFaults
 from meshproxy.policy.mirroring import Mirroring, SendCopy
 from meshproxy.policy.resilience import Attempt, Forwarded, Resilience
@@ -24,16 +25,25 @@ from meshproxy.upstream import ConnectFailure, Reset
 
 class Pipeline:
     def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, authz: Authorization | None = None) -> None:
         self.router, self.faults, self.mirroring = router, faults, mirroring
-        self.resilience, self.telemetry = resilience, telemetry
+        self.resilience, self.telemetry, self.authz = resilience, telemetry, authz
 
     def route(self, exchange: Exchange, fields: Mapping[str, str], set_header: Callable[[str, str], None],
-              source: str | None) -> Version | None:
+              source: str | None, peer: Peer | None = None) -> Version | None:
         """At the request headers: the version to send to, or None (where the app sent it).
-        `fields` are the headers with lower-case names; inbound, `source` is the caller."""
+        `fields` are the headers with lower-case names; inbound, `source` is the caller
+        and `peer` what the connection proves about it."""
         if exchange.direction == INBOUND:
             self.router.inbound(exchange, source)
+            if peer is not None:
+                exchange.source_principal, exchange.security_policy = peer.principal, peer.security_policy
+                if self.authz is not None and self.authz.policies:
+                    decision = self.authz.check_request(exchange, fields, peer.port)
+                    if not decision.allowed:
+                        exchange.denied = denied_reply(decision)
+                        exchange.error = decision.reason
+                        self.telemetry.authz_denied(decision)
             return None
         return self.router.outbound(exchange, fields, set_header)
 
@@ -42,6 +52,8 @@ class Pipeline:
         """The answer (Forwarded), a fault's reply (LocalReply), or policy.faults.RESET.
         `replayable` says whether the request body is whole and kept (then it can be
         mirrored and retried); a callable is asked each time, as a streamed body may end."""
+        if exchange.denied is not None:
+            return exchange.denied
         if exchange.service is not None:
             verdict = await self.faults.apply(exchange)
             if verdict is not None:

@@ -27,6 +27,7 @@ ROUTE_LABELS = ("destination_service", "route")
 MIRROR_LABELS = ("destination_service", "destination_version")
 TCP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
 CONNECTION_LABELS = ("destination",)
+AUTHZ_LABELS = ("destination_workload", "policy", "rule")
 # Istio's default buckets for request durations, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000)
 
@@ -58,6 +59,9 @@ class Telemetry:
         self.connections = Counter("meshcli_upstream_connections_opened_total",
                                    "Connections this sidecar opened to upstreams (HTTP pools).",
                                    CONNECTION_LABELS, registry=self.registry)
+        self.authz_denials = Counter("meshcli_authz_denied_total",
+                                     "Requests and connections authorization denied (server side).",
+                                     AUTHZ_LABELS, registry=self.registry)
         # prometheus_client validates labels and takes a lock on every .labels() call;
         # each (metric, label set) is resolved once, see _child().
         self._children: dict[tuple, object] = {}
@@ -108,6 +112,8 @@ class Telemetry:
                 "authority": exchange.authority,
                 "path": exchange.path,
                 "protocol": exchange.protocol,
+                "source_principal": exchange.source_principal,
+                "connection_security_policy": exchange.security_policy,
                 "status": exchange.status,
                 "response_flags": response_flags,
                 "route": route.name if route is not None else None,
@@ -115,6 +121,11 @@ class Telemetry:
                 "error": exchange.error,
                 "duration_ms": round(duration_ms, 2),
             })
+
+    def authz_denied(self, decision) -> None:
+        """Count a denial by authorization (policy.authz.Decision); its request is logged as usual."""
+        self._child(self.authz_denials, (self.state.identity.workload, decision.policy or "-",
+                                         str(decision.rule or "-"))).inc()
 
     def connection_opened(self, host: str, port: int) -> None:
         self._child(self.connections, (f"{host}:{port}",)).inc()
@@ -133,11 +144,15 @@ class Telemetry:
     def tcp_bytes(self, labels: tuple[str, ...], from_client: bool, count: int) -> None:
         self._child(self.tcp_received if from_client else self.tcp_sent, labels).inc(count)
 
-    def tcp_closed(self, labels: tuple[str, ...], error: str | None = None, flags: str = "-") -> None:
+    def tcp_closed(self, labels: tuple[str, ...], error: str | None = None, flags: str = "-",
+                   peer=None) -> None:
+        """`peer` (exchange.Peer), inbound: who the caller proved to be."""
         self._child(self.tcp_closed_total, labels).inc()
         if self.access_log is not None:
             self._log({"kind": "tcp", "direction": INBOUND if labels[0] == "destination" else OUTBOUND,
                        "workload": self.state.identity.workload, "destination": labels[2],
+                       "source_principal": peer.principal if peer is not None else "",
+                       "connection_security_policy": peer.security_policy if peer is not None else "none",
                        "response_flags": flags, "error": error})
 
     def _log(self, entry: dict) -> None:
@@ -149,7 +164,7 @@ class Telemetry:
     def stats(self) -> dict:
         """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
         result: dict = {"requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [],
-                        "upstream_connections": []}
+                        "upstream_connections": [], "authz_denied": []}
         routes: dict[tuple, dict] = {}
         durations: dict[tuple, dict] = {}
         for metric in self.registry.collect():
@@ -175,6 +190,8 @@ class Telemetry:
                         int(sample.value)
                 elif sample.name == "meshcli_mirrored_requests_total":
                     result["mirrored"].append({**sample.labels, "count": int(sample.value)})
+                elif sample.name == "meshcli_authz_denied_total":
+                    result["authz_denied"].append({**sample.labels, "count": int(sample.value)})
                 elif sample.name == "meshcli_upstream_connections_opened_total":
                     result["upstream_connections"].append({**sample.labels, "opened": int(sample.value)})
         result["durations"] = list(durations.values())

@@ -26,7 +26,8 @@ from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, R
 SERVICES = {"payment": payment(None, (("v1", "payment-v1"), ("v2", "payment-v2")))}
 LOG_FIELDS = {"kind", "direction", "workload", "source", "destination_workload", "destination_service",
               "destination_version", "method", "authority", "path", "protocol", "status", "error",
-              "duration_ms", "time", "response_flags", "route", "attempts"}
+              "duration_ms", "time", "response_flags", "route", "attempts", "source_principal",
+              "connection_security_policy"}
 OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_workload="payment-v1",
                        destination_service="payment", destination_version="v1", response_code="200",
                        request_protocol="http", response_flags="-")
@@ -145,6 +146,7 @@ def test_access_log_lines_are_json():
         "method": "GET", "authority": "payment:8080", "path": "/pay", "protocol": "HTTP/1.1",
         "status": 200, "error": None, "duration_ms": 3000.0,
         "response_flags": "-", "route": "default", "attempts": 1,
+        "source_principal": "", "connection_security_policy": "none",
     }
     assert isinstance(first["time"], float)
     assert (second["destination_workload"], second["status"]) == ("payment-v2", 0)
@@ -216,7 +218,8 @@ def test_stats_json():
 
     stats = json.loads(json.dumps(web.telemetry.stats()))
 
-    assert sorted(stats) == ["durations", "mirrored", "outliers", "requests", "routes", "tcp", "upstream_connections"]
+    assert sorted(stats) == ["authz_denied", "durations", "mirrored", "outliers", "requests", "routes", "tcp",
+                            "upstream_connections"]
     assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
         ("payment-v1", 2), ("payment-v2", 1)]
     assert stats["requests"][0]["reporter"] == "source"
@@ -229,6 +232,7 @@ def test_stats_json():
 def test_stats_when_nothing_happened():
     assert Telemetry(MeshState(WEB), access_log=None).stats() == {
         "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "upstream_connections": [],
+        "authz_denied": [],
         "outliers": {}}
 
 
@@ -284,7 +288,8 @@ def test_tcp_bytes_and_connections_are_counted(identity, direction, labels):
     [entry] = side.log_lines()
     assert {k: v for k, v in entry.items() if k != "time"} == {
         "kind": "tcp", "direction": direction, "workload": identity.workload,
-        "destination": labels["destination_workload"], "response_flags": "FI", "error": "connection refused"}
+        "destination": labels["destination_workload"], "response_flags": "FI", "error": "connection refused",
+        "source_principal": "", "connection_security_policy": "none"}
 
 
 def test_metric_names_follow_istio():
@@ -294,7 +299,7 @@ def test_metric_names_follow_istio():
                      "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
                      # meshcli's own, beside Istio's
                      "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests",
-                     "meshcli_upstream_connections_opened"}
+                     "meshcli_upstream_connections_opened", "meshcli_authz_denied"}
 
 
 # -- on the wire, through the fast path ------------------------------------------------------
