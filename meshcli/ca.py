@@ -37,13 +37,13 @@ from meshproxy import config as wire
 
 from meshcli.errors import InputError, MeshError
 from meshcli.mesh_config import Mesh
+from meshcli import workspace as ws
 from meshcli.workspace import Workspace
 
 CA_DIR = "ca"
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"
 PREVIOUS_CERT = "previous.pem"  # the old root while a rotation is under way
-IDENTITIES_DIR = "identities"
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 BACKDATE = datetime.timedelta(minutes=5)  # clocks of containers and host may differ a little
 RENEW_AT = 0.5  # of a leaf's lifetime
@@ -57,7 +57,7 @@ def ca_dir(workspace: Workspace) -> Path:
 
 def identity_dir(workspace: Workspace, workload: str) -> Path:
     """What is mounted into `workload`'s sidecar (at meshproxy.config.IDENTITY_DIR)."""
-    return workspace.state_dir / IDENTITIES_DIR / workload
+    return workspace.identities_dir / workload
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -127,6 +127,7 @@ def _new_root(project: str) -> Authority:
 
 
 def _save(workspace: Workspace, authority: Authority) -> None:
+    ws.ignore_state_dir(workspace)  # keys must never end up in the user's repository
     directory = ca_dir(workspace)
     _private_dir(directory)
     _write_private(directory / CA_KEY, authority.key.private_bytes(

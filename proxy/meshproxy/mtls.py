@@ -67,9 +67,13 @@ def principal_of(peercert: dict | None) -> str:
 
 def _fingerprints(pem: str) -> list[str]:
     """SHA-256 of each certificate's DER in a PEM text (meshcli/ca.py's fingerprint())."""
-    marker = "-----END CERTIFICATE-----"
-    blocks = [block + marker for block in pem.split(marker) if "-----BEGIN CERTIFICATE-----" in block]
-    return [hashlib.sha256(ssl.PEM_cert_to_DER_cert(block.strip())).hexdigest() for block in blocks]
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    found, at = [], pem.find(begin)
+    while at >= 0:
+        stop = pem.index(end, at) + len(end)
+        found.append(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem[at:stop])).hexdigest())
+        at = pem.find(begin, stop)
+    return found
 
 
 def _context(purpose: ssl.Purpose, identity: Path, roots: str, alpn: list[str]) -> ssl.SSLContext:
@@ -132,6 +136,7 @@ class MeshTls:
         self.directory = directory or Path(os.environ.get(ENV_IDENTITY_DIR, IDENTITY_DIR))
         self.credentials: Credentials | None = None
         self.error: str | None = None
+        self._failed_stamp: tuple | None = None
         self.gateways = network_gateways()
         self._modes: dict[str, tuple[str, str]] = {}  # host -> (service, mode), callers' side
         self._by_ip: dict[str, str] = {}  # IP -> workload host, for raw TCP
@@ -150,12 +155,13 @@ class MeshTls:
             if self.credentials is None:
                 self.error = f"no identity: {exc}"
             return False
-        if self.credentials is not None and stamp == self.credentials.stamp:
+        if stamp in (self._failed_stamp, self.credentials.stamp if self.credentials else None):
             return False
         try:
             credentials = Credentials.load(self.directory, stamp)
         except (OSError, ValueError, ssl.SSLError) as exc:  # half-written by hand, or a key of another cert
             self.error = f"cannot load {self.directory}: {exc}"
+            self._failed_stamp = stamp  # logged once per change of the files
             logger.error("%s; keeping the previous identity", self.error)
             return False
         first = self.credentials is None
