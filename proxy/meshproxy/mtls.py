@@ -127,6 +127,61 @@ def network_gateways(route_table: str = "/proc/net/route") -> frozenset[str]:
     return frozenset(found)
 
 
+FRAME = struct.Struct("!I")
+
+
+class FramedReader:
+    """Raw TCP inside mesh mTLS is framed (4-byte length, then the bytes): a TLS stream cannot
+    half-close, and protocols whose client ends its request with a FIN need it passed on.
+    A frame of length 0 is that FIN."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.left = 0  # bytes of the current frame not read yet
+        self.ended = False
+
+    async def read(self, size: int = -1) -> bytes:
+        try:
+            while not self.left:
+                if self.ended:
+                    return b""
+                self.left, = FRAME.unpack(await self.reader.readexactly(FRAME.size))
+                self.ended = not self.left
+            data = await self.reader.read(min(self.left, size if size > 0 else self.left))
+        except asyncio.IncompleteReadError:
+            return b""
+        self.left -= len(data)
+        return data
+
+    def at_eof(self) -> bool:
+        return self.ended or self.reader.at_eof()
+
+
+class FramedWriter:
+    """The writing side of FramedReader's framing; the rest is the TLS stream's own."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.transport = writer.transport
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(FRAME.pack(len(data)) + data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.writer.write(FRAME.pack(0))
+
+    def __getattr__(self, name: str):  # drain, close, is_closing, get_extra_info, wait_closed
+        return getattr(self.writer, name)
+
+
+def framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[FramedReader, FramedWriter]:
+    return FramedReader(reader), FramedWriter(writer)
+
+
 class MeshTls:
     """The identity, the client side's choice of mTLS, and the server side's admission rules."""
 
@@ -229,19 +284,19 @@ class MeshTls:
         return open_for
 
     def open_tcp(self, destination: tuple[str, int]) -> Awaitable[Streams] | None:
-        """For a raw TCP connection to an IP: mTLS when that IP is a mesh workload's."""
+        """For a raw TCP connection to an IP: mTLS when that IP is a mesh workload's (framed)."""
         host = self._by_ip.get(destination[0])
         if host is None or self.credentials is None:
             return None
-        return self._connect(host, destination[1], ALPN_TCP)
+        return self._connect(host, destination[1], ALPN_TCP, framed)
 
-    async def _connect(self, host: str, port: int, alpn: str) -> Streams:
+    async def _connect(self, host: str, port: int, alpn: str, wrap=None) -> Streams:
         credentials = self.credentials
         reader, writer = await asyncio.open_connection(host, MTLS_PORT, ssl=credentials.clients[alpn],
                                                        server_hostname=host, limit=READ_SIZE,
                                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         writer.write(PORT_PREAMBLE.pack(port))
-        return reader, writer
+        return wrap(reader, writer) if wrap is not None else (reader, writer)
 
     # -- the server side ------------------------------------------------------------------
     def plaintext_peer(self, writer: asyncio.StreamWriter, destination: tuple[str, int]) -> Peer | None:
@@ -340,6 +395,8 @@ class MtlsServer:
             local = writer.get_extra_info("sockname")[0]
             address = (writer.get_extra_info("peername") or ("",))[0]
             peer = Peer(principal, SecurityPolicy.MUTUAL_TLS.value, port, address)
+            if kind == "tcp":
+                reader, writer = framed(reader, writer)
             await self.serve(INBOUND, (local, port), reader, writer, peer, kind)
         except Exception:  # survived, as every connection's trouble
             logger.exception("mTLS connection failed")
