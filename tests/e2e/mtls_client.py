@@ -26,11 +26,12 @@ def main(identity_dir: str, host: str, port: int, path: str) -> None:
         with context.wrap_socket(raw, server_hostname=host) as tls:
             tls.sendall(struct.pack("!H", port) + f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                                                   "Connection: close\r\n\r\n".encode())
+            version = tls.version()
             answer = b""
             while chunk := tls.recv(65536):
                 answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    print(json.dumps({"status": int(head.split(b" ")[1]), "tls": tls.version(), "body": body.decode(errors="replace")}))
+    print(json.dumps({"status": int(head.split(b" ")[1]), "tls": version, "body": body.decode(errors="replace")}))
 
 
 if __name__ == "__main__":

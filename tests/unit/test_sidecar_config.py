@@ -287,6 +287,22 @@ ROUND_TRIP_MESHES = {
           frontend:
             tcpFault: {kind: blackhole, percent: 0}
     """),
+    "zero trust": mesh_text("""
+        mtls: {mode: STRICT, trustDomain: example.org, certificateLifetime: 1h}
+        services:
+          payment:
+            mtls: PERMISSIVE
+            authorization:
+              - name: no-debug
+                action: DENY
+                rules: [{path: [{prefix: /debug}, {suffix: .php}], headers: {x-debug: {present: true}}}]
+              - name: callers
+                action: ALLOW
+                rules:
+                  - {source: [frontend, "spiffe://other.org/ns/x/sa/y"], method: [GET, POST], port: 8080}
+                  - {source: no-identity, path: {exact: /healthz}}
+              - {name: everyone, action: ALLOW}
+    """),
     "outlier counts off": mesh_text("""
         services:
           payment:
