@@ -52,7 +52,7 @@ ALPN_H2 = "h2"
 ALPN_TCP = "meshcli-tcp"
 KIND_OF_ALPN = {ALPN_HTTP1: "http1", ALPN_H2: "h2c", ALPN_TCP: "tcp"}  # as listener.serve() names them
 RELOAD_SECONDS = 1.0
-RESOLVE_SECONDS = 10.0  # refreshes the IP -> workload map raw TCP needs
+RESOLVE_SECONDS = 10.0  # refreshes the IP -> workload map raw TCP needs (containers may get new IPs)
 HANDSHAKE_TIMEOUT = 5.0
 PORT_PREAMBLE = struct.Struct("!H")
 
@@ -229,24 +229,21 @@ class MeshTls:
 
     async def start(self) -> None:
         self.reload()
-        await self._resolve()
         self._tasks = [asyncio.create_task(self._every(RELOAD_SECONDS, self.reload)),
-                       asyncio.create_task(self._every(RESOLVE_SECONDS, self._resolve))]
+                       asyncio.create_task(self._keep_resolving())]
 
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
 
     @staticmethod
-    async def _every(seconds: float, work) -> None:
+    async def _every(seconds: float, work: Callable[[], object]) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
-                result = work()
-                if asyncio.iscoroutine(result):
-                    await result
+                work()
             except Exception:  # never let one bad round end the loop
-                logger.exception("mTLS upkeep failed")
+                logger.exception("reloading the identity failed")
 
     def _on_config(self, config: SidecarConfig) -> None:
         modes = {}
@@ -257,8 +254,20 @@ class MeshTls:
         own = config.services.get(self.state.identity.service)
         self._own_mode = own.mtls if own is not None else MtlsMode.PERMISSIVE.value
 
-    async def _resolve(self) -> None:
-        """IP -> workload host of every other mesh workload, for raw TCP (which carries an IP only)."""
+    async def _keep_resolving(self) -> None:
+        """In the background (a lookup may be slow): every second until every workload resolved
+        (pods start at about the same time), then every RESOLVE_SECONDS."""
+        while True:
+            try:
+                complete = await self._resolve()
+            except Exception:  # never let one bad round end the loop
+                logger.exception("resolving the mesh's workloads failed")
+                complete = False
+            await asyncio.sleep(RESOLVE_SECONDS if complete else RELOAD_SECONDS)
+
+    async def _resolve(self) -> bool:
+        """IP -> workload host of every other mesh workload, for raw TCP (which carries an IP
+        only); whether every one resolved."""
         me = self.state.identity.workload
         hosts = sorted({v.host for s in self.state.config.services.values() for v in s.versions
                         if s.mtls != MtlsMode.DISABLE and v.host != me})
@@ -271,6 +280,7 @@ class MeshTls:
                 for *_, sockaddr in result:
                     by_ip.setdefault(sockaddr[0], host)
         self._by_ip = by_ip
+        return not any(isinstance(result, BaseException) for result in results)
 
     # -- the client side ------------------------------------------------------------------
     def opener(self, alpn: str) -> Callable[[str, int], Awaitable[Streams] | None]:

@@ -206,6 +206,30 @@ def test_the_wire_between_pods_carries_tls_1_3_and_no_plaintext(strict):
     assert report["plaintext"] == [], report
 
 
+def test_policies_hot_reload_and_an_invalid_one_is_never_applied(strict):
+    """Hand edits of mesh.yaml, applied by the watcher `meshcli up` started."""
+    good = strict.mesh_file.read_text()
+    try:
+        strict.mesh_file.write_text(good.replace("path: {prefix: /debug}", "path: {prefix: /dbg}"))
+        deadline = time.monotonic() + 20
+        while call_as(strict, "orders", "GET", "/dbg/1")["status"] != 403 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert call_as(strict, "orders", "GET", "/dbg/1")["status"] == 403
+        assert call_as(strict, "orders", "GET", "/debug/1")["status"] == 200
+        strict.mesh_file.write_text(good.replace("path: {prefix: /debug}", "path: {prefix: /dbg}")
+                                    .replace("- source: orders", "- source: ordrs"))
+        deadline = time.monotonic() + 20
+        while not strict.status().get("rejected") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("ordrs" in error for error in strict.status()["rejected"]["errors"])
+        assert call_as(strict, "orders", "GET", "/pay")["status"] == 200  # the last good policies stay
+        assert call_as(strict, "orders", "GET", "/dbg/1")["status"] == 403
+    finally:
+        strict.mesh_file.write_text(good)
+        strict.cli("apply", "-p", strict.project)
+        strict.wait_synced()
+
+
 def keep_calling(url: str, stop: threading.Event, results: list[int]) -> None:
     while not stop.is_set():
         results.append(get(url))
@@ -260,3 +284,4 @@ def test_certificates_renew_and_the_ca_rotates_under_load_without_a_failed_reque
     assert restarts(strict) == before_restarts
     certs = json.loads(strict.cli("certs", "-p", strict.project, "--json").stdout)["workloads"]
     assert all(row["serving"] for row in certs), certs
+
