@@ -108,7 +108,8 @@ class Authority:
         return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in self.roots)
 
 
-def _new_root(project: str) -> Authority:
+def new_root(project: str) -> Authority:
+    """A fresh root CA (ECDSA P-256, 10 years): its key signs certificates only."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshcli"),
                       x509.NameAttribute(NameOID.COMMON_NAME,
@@ -166,7 +167,7 @@ def init(workspace: Workspace, force: bool = False) -> tuple[Authority, bool]:
     existing = load(workspace)
     if existing is not None and not force:
         return existing, False
-    authority = _new_root(workspace.project.name)
+    authority = new_root(workspace.project.name)
     _save(workspace, authority)
     return authority, True
 
@@ -360,7 +361,7 @@ def rotate(workspace: Workspace, mesh: Mesh, wait_for: WaitFor, progress: Progre
     (2) every leaf is reissued under the new root, (3) the old root is dropped. `wait_for`
     blocks until every running sidecar's report passes a check (or raises)."""
     old = require(workspace)
-    fresh = _new_root(workspace.project.name)
+    fresh = new_root(workspace.project.name)
     both = Authority(fresh.key, fresh.cert, old.cert)
     _save(workspace, both)
     new_fp, old_fp = fingerprint(fresh.cert), fingerprint(old.cert)

@@ -131,7 +131,7 @@ def test_strict_refuses_plaintext_from_outside_the_mesh_but_serves_the_mesh_and_
 def test_a_certificate_of_another_ca_is_refused_and_a_mesh_identity_other_than_orders_is_denied(strict, tmp_path):
     identities = strict.directory / "compose" / ".mesh" / strict.project / "identities"
     # orders' identity, but signed by another CA: payment's sidecar must refuse the handshake.
-    foreign = ca._new_root("elsewhere")
+    foreign = ca.new_root("elsewhere")
     key, cert = ca.issue(foreign, f"spiffe://cluster.local/ns/{strict.project}/sa/orders", ["orders"],
                          datetime.timedelta(hours=1))
     (tmp_path / "identity.pem").write_bytes(ca.identity_pem(key, cert))

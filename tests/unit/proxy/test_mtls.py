@@ -29,7 +29,7 @@ CONFIG = SidecarConfig("v1", {name: Service(name, (Version("v1", host),)) for na
 
 @pytest.fixture(scope="module")
 def authority():
-    return ca._new_root(PROJECT)
+    return ca.new_root(PROJECT)
 
 
 def write_identity(directory: Path, authority, service: str, names: list[str], roots=None, trust_domain="cluster.local",
@@ -112,7 +112,7 @@ def test_the_server_refuses_callers_it_must_not_trust(tmp_path, authority, case)
     elif case == "not yet valid":
         write_identity(client_dir, authority, "orders", ["orders"], not_before=NOW + DAY)
     elif case == "another CA":  # it trusts the mesh's roots (so it would accept the server), but is not the mesh's
-        write_identity(client_dir, ca._new_root("other"), "orders", ["orders"], roots=authority)
+        write_identity(client_dir, ca.new_root("other"), "orders", ["orders"], roots=authority)
     else:
         write_identity(client_dir, authority, "orders", ["orders"], trust_domain="evil.example")
     answer, peers = exchange(tmp_path, authority, client_dir)
