@@ -30,6 +30,7 @@ from meshproxy.policy.routing import Router
 from meshproxy.policy.telemetry import Telemetry
 
 logger = logging.getLogger("meshproxy")
+ACCESS_LOG_FLUSH_SECONDS = 0.1  # how late an access-log line may be written (batched writes)
 
 
 class Sidecar:
@@ -80,6 +81,7 @@ class Sidecar:
         self.mitmproxy.stop()
         self.pool.close()
         self.h2_pool.close()
+        self.telemetry.flush()
 
     def ready(self) -> bool:
         # With an identity, ready once it serves mTLS too: callers' sidecars originate it at once.
@@ -88,6 +90,7 @@ class Sidecar:
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
+        self.telemetry.flush_interval = ACCESS_LOG_FLUSH_SECONDS
         await self.start()
         servers = admin.start(self)
         stopping = asyncio.Event()
