@@ -113,9 +113,10 @@ def get(url: str, timeout: float = 10) -> int:
 
 
 def test_strict_refuses_plaintext_from_outside_the_mesh_but_serves_the_mesh_and_published_ports(strict):
-    probe = ("import socket\ns = socket.create_connection(('payment-v1', 8080), timeout=5)\n"
-             "s.sendall(b'GET / HTTP/1.1\\r\\nHost: payment\\r\\n\\r\\n')\n"
-             "try:\n    print(repr(s.recv(100)))\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
+    # Reset as soon as the sidecar sees it: in connect() already, or at the first read.
+    probe = ("import socket\ntry:\n    s = socket.create_connection(('payment-v1', 8080), timeout=5)\n"
+             "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: payment\\r\\n\\r\\n')\n"
+             "    print(repr(s.recv(100)))\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
     refused = outside(strict, "python3", "-c", probe)
     assert refused.returncode == 0, refused.stderr
     assert refused.stdout.strip() in ("ConnectionResetError", "b''"), refused.stdout  # no HTTP answer
