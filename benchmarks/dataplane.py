@@ -38,9 +38,13 @@ SCENARIOS = [
     Scenario("direct", "client -> nginx, no proxy", "plain", "web", ()),
     Scenario("mitmdump", "client -> stock mitmdump --mode reverse -> nginx", "plain", "mitmdump:8080",
              ("mitmdump",), raw_tcp=False),
-    Scenario("mesh", "client pod -> client sidecar -> nginx sidecar -> nginx pod", "mesh", "web",
+    Scenario("mesh", "client pod -> client sidecar -> nginx sidecar -> nginx pod (plaintext between sidecars)",
+             "mesh", "web", ("client-sidecar", "web-sidecar")),
+    Scenario("mesh-mtls", "the same hop with mesh mTLS (STRICT) between the sidecars", "mesh-mtls", "web",
              ("client-sidecar", "web-sidecar")),
 ]
+MTLS_HOP = "mesh-mtls"
+PLAIN_HOP = "mesh"  # what the mTLS hop is compared with
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,14 @@ class ProjectSpec:
     files: tuple[tuple[str, str], ...] = ()  # (name, text) beside compose.yaml, e.g. a mesh.yaml
 
 
+def mesh_file(mode: str) -> tuple[tuple[str, str], ...]:
+    return (("mesh.yaml", f"apiVersion: meshcli/v1\nmtls:\n  mode: {mode}\n"),)
+
+
 PROJECTS = {
     "plain": ProjectSpec(meshed=False, mitmdump=True),
-    "mesh": ProjectSpec(meshed=True),
+    "mesh": ProjectSpec(meshed=True, files=mesh_file("DISABLE")),
+    "mesh-mtls": ProjectSpec(meshed=True, files=mesh_file("STRICT")),
 }
 
 

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from benchmarks import dataplane as dataplane_scenarios
+
 RESULTS = Path(__file__).resolve().parent / "results.md"
 ANCHOR = "mitmdump"
 BASE = "direct"
@@ -99,6 +101,13 @@ def derive(dataplane: dict) -> dict:
                 "rps": ratio(get(figures, "load", "rps"), get(anchor, "load", "rps")),
                 "cpu_s_per_1k": ratio(get(figures, "load", "cpu_s_per_1k"), get(anchor, "load", "cpu_s_per_1k")),
                 "rss_load_mb": ratio(get(figures, "load", "rss_load_mb"), get(anchor, "load", "rss_load_mb")),
+            }
+        if name == dataplane_scenarios.MTLS_HOP and dataplane_scenarios.PLAIN_HOP in dataplane:
+            plain = dataplane[dataplane_scenarios.PLAIN_HOP]
+            entry["vs_plain_hop"] = {
+                "rps": ratio(get(figures, "load", "rps"), get(plain, "load", "rps")),
+                "added_p50_keepalive_ms": subtract(get(figures, "keepalive", "p50_ms"), get(plain, "keepalive", "p50_ms")),
+                "added_p50_close_ms": subtract(get(figures, "close", "p50_ms"), get(plain, "close", "p50_ms")),
             }
         if get(figures, "tcp") is not None:
             entry["tcp_vs_direct"] = ratio(get(figures, "tcp", "rps"), get(dataplane, BASE, "tcp", "rps"))
@@ -239,6 +248,14 @@ def dataplane_table(dp: dict, derived: dict) -> Table:
                        ("rps", "requests/s at 16"), ("cpu_s_per_1k", "CPU per request"),
                        ("rss_load_mb", "RSS under load")):
         row(label, lambda n, f, key=key: "1" if n == ANCHOR else times(get(derived, n, "vs_mitmdump", key)))
+    if dataplane_scenarios.MTLS_HOP in dp:
+        section("mTLS hop vs plaintext hop")
+        row("requests/s at 16", lambda n, f: times(get(derived, n, "vs_plain_hop", "rps"))
+            if n == dataplane_scenarios.MTLS_HOP else "")
+        row("added p50 ms, kept-alive / conn/request", lambda n, f:
+            f"{signed(get(derived, n, 'vs_plain_hop', 'added_p50_keepalive_ms'))} / "
+            f"{signed(get(derived, n, 'vs_plain_hop', 'added_p50_close_ms'))}"
+            if n == dataplane_scenarios.MTLS_HOP else "")
     section("raw TCP (redis PING, 1 connection)")
     row("round trips/s", lambda n, f: cell(f, "tcp", "rps", digits=0))
     row("round trip p50 / p95 ms (p95 bounds p90)",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION, ENV_WORKLOAD,
-                              SIDECAR_UID)
+from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_IDENTITY_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION,
+                              ENV_WORKLOAD, IDENTITY_DIR, SIDECAR_UID)
 
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
@@ -39,6 +39,8 @@ class RenderOptions:
     sidecar_image: str
     config_dir: Path  # compiled sidecar config, mounted read-only into every sidecar
     docker_socket: str = "/var/run/docker.sock"  # for the controller only
+    # One directory per workload (meshcli/ca.py), each mounted read-only into that workload's sidecar alone.
+    identities_dir: Path | None = None
 
 
 def pod_name(workload: str) -> str:
@@ -197,6 +199,9 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
         "stop_grace_period": "3s",
         "labels": _labels("sidecar", workload, mesh.project),
     }
+    if options.identities_dir is not None:
+        service["environment"][ENV_IDENTITY_DIR] = IDENTITY_DIR
+        service["volumes"].append(f"{(options.identities_dir / name).absolute()}:{IDENTITY_DIR}:ro")
     return _inherit_from_app(service, app, SIDECAR_SUFFIX)
 
 

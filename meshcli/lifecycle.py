@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from meshcli import compose_model, control_plane, docker_engine, images, status, watcher, workspace as ws
+from meshcli import ca, compose_model, control_plane, docker_engine, images, status, watcher, workspace as ws
 from meshcli.errors import InvalidFileError
 from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
@@ -89,6 +89,9 @@ def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build:
     image = images.build_sidecar_image(progress)
     rendered = ws.write_rendered(loaded, image)
     control_plane.apply(workspace)  # the sidecars' config, runtime faults included, before they start
+    progress("issuing workload certificates")
+    with ws.state_lock(workspace):
+        ca.ensure(workspace, loaded.mesh)  # makes the project's CA on the first `up`
     progress(f"starting {len(loaded.mesh.workloads)} meshed workloads with docker compose")
     args = _profiles(workspace.project.active_profiles) + ["up", "-d", "--remove-orphans"]
     if wait:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from meshproxy.config import (ALWAYS_REDACTED, DEFAULT_BACKOFF_MS, DEFAULT_BASE_EJECTION_TIME_MS,
-                              DEFAULT_CONSECUTIVE_5XX, DEFAULT_LOAD_BALANCER, DEFAULT_MAX_EJECTION_PERCENT,
-                              DEFAULT_PERCENT, DEFAULT_RETRY_ON, DEFAULT_ROUTE, DEFAULT_SAMPLING_PERCENT,
-                              LOAD_BALANCERS, OTLP_TRACES_PATH, PATH_MATCH_KINDS, RETRY_ON, STRING_MATCH_KINDS,
-                              TcpFaultKind)
+from meshproxy.config import (ALWAYS_REDACTED, AUTHZ_ACTIONS, AUTHZ_MATCH_KINDS, DEFAULT_BACKOFF_MS,
+                              DEFAULT_BASE_EJECTION_TIME_MS, DEFAULT_CONSECUTIVE_5XX, DEFAULT_LOAD_BALANCER,
+                              DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MTLS_MODE, DEFAULT_PERCENT, DEFAULT_RETRY_ON,
+                              DEFAULT_ROUTE, DEFAULT_SAMPLING_PERCENT, DEFAULT_TRUST_DOMAIN, LOAD_BALANCERS,
+                              MTLS_MODES, NO_IDENTITY, OTLP_TRACES_PATH, PATH_MATCH_KINDS, RETRY_ON,
+                              STRING_MATCH_KINDS, TcpFaultKind)
 
 from meshcli import durations, yaml_source
 from meshcli.compose_model import ComposeProject, Workload
@@ -45,6 +46,9 @@ SCHEMA_RESOURCE = "schema/mesh-v1.schema.json"
 MAX_COUNT = 2**31 - 1  # connection limits, error counts, bytes: Istio's int32 fields
 MAX_ATTEMPTS = 10  # retries after the first try
 MAX_WORKLOADS = 1000  # meshed compose services (three containers each) in one project
+DEFAULT_CERT_LIFETIME_MS = 24 * 3600 * 1000  # workload certificates, as Istio's
+MIN_CERT_LIFETIME_MS = 10_000  # renewal runs at half the lifetime: shorter would be all renewing
+TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")  # SPIFFE: lower-case letters, digits, dots, dashes
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -149,6 +153,36 @@ class TcpFault:
 
 
 @dataclass(frozen=True)
+class AuthzRule:
+    """Every condition given must hold (AND); each list is an OR. Sources are as written:
+    service names, SPIFFE IDs, or NO_IDENTITY."""
+
+    sources: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    paths: tuple[StringMatch, ...] = ()  # exact | prefix | suffix | present
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # (lower-case name, match), sorted by name
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    """ALLOW or DENY the calls any of its rules match (Istio's AuthorizationPolicy)."""
+
+    name: str
+    action: str  # ALLOW | DENY
+    rules: tuple[AuthzRule, ...] = (AuthzRule(),)  # none given: every call
+
+
+@dataclass(frozen=True)
+class Security:
+    """The mesh-wide `mtls` block: the default mode, the trust domain and the certificates' lifetime."""
+
+    mode: str = DEFAULT_MTLS_MODE
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    certificate_lifetime_ms: float = DEFAULT_CERT_LIFETIME_MS
+
+
+@dataclass(frozen=True)
 class TrafficPolicy:
     """What callers' sidecars do with a service's traffic."""
 
@@ -157,6 +191,8 @@ class TrafficPolicy:
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tcp_fault: TcpFault | None = None
+    mtls: str | None = None  # for calls to the service; None: the mesh-wide mode
+    authorization: tuple[AuthzPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +225,7 @@ class MeshConfig:
     doc: yaml_source.YamlDocument | None  # kept for positions in later diagnostics
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     telemetry: Telemetry = Telemetry()
+    security: Security = Security()
 
     @property
     def source(self) -> Path | None:
@@ -220,6 +257,10 @@ class Mesh:
     services: dict[str, Service]
     workloads: dict[str, Workload]  # compose service -> identity (service, version)
     telemetry: Telemetry = Telemetry()
+    security: Security = Security()
+
+    def mtls_mode(self, service: Service) -> str:
+        return service.policy.mtls or self.security.mode
 
 
 def json_schema() -> str:
@@ -330,13 +371,16 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-TOP_LEVEL_FIELDS = ("apiVersion", "services", "telemetry")
+TOP_LEVEL_FIELDS = ("apiVersion", "mtls", "services", "telemetry")
 TELEMETRY_FIELDS = ("redactHeaders", "tracing")
 TRACING_FIELDS = ("endpoint", "sampling")
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP token (RFC 9110)
+MTLS_FIELDS = ("mode", "trustDomain", "certificateLifetime")
+AUTHZ_POLICY_FIELDS = ("name", "action", "rules")
+AUTHZ_RULE_FIELDS = ("source", "method", "path", "headers", "port")
 ROUTE_POLICY_FIELDS = ("to", "split", "timeout", "retries", "mirror", "fault")
 SERVICE_FIELDS = ("versions", "ports", "loadBalancer", *ROUTE_POLICY_FIELDS, "routes", "circuitBreaker",
-                  "outlierDetection", "tcpFault")
+                  "outlierDetection", "tcpFault", "mtls", "authorization")
 ROUTE_FIELDS = ("name", "match", *ROUTE_POLICY_FIELDS)
 MATCH_FIELDS = ("headers", "path", "method", "query", "source")
 RETRIES_FIELDS = ("attempts", "perTryTimeout", "retryOn", "retriableStatusCodes", "backoff", "retryNonIdempotent")
@@ -377,7 +421,8 @@ def _parse(doc: yaml_source.YamlDocument) -> tuple[MeshConfig, list[Diagnostic]]
     if check.mapping(raw_services, "services", tuple(raw_services) if isinstance(raw_services, dict) else (), data, "services"):
         for name, body in raw_services.items():
             services[str(name)] = _parse_service(check, raw_services, str(name), body)
-    return MeshConfig(doc, services, _parse_telemetry(check, data)), check.diagnostics
+    return MeshConfig(doc, services, telemetry=_parse_telemetry(check, data),
+                      security=_parse_security(check, data)), check.diagnostics
 
 
 def _parse_telemetry(check: _Collector, data: dict) -> Telemetry:
@@ -417,6 +462,108 @@ def _parse_tracing(check: _Collector, node: dict) -> Tracing | None:
     return None
 
 
+def _parse_security(check: _Collector, data: dict) -> Security:
+    """`mtls: {mode, trustDomain, certificateLifetime}` at the top level."""
+    if "mtls" not in data:
+        return Security()
+    raw = data["mtls"]
+    if not check.mapping(raw, "mtls", MTLS_FIELDS, data, "mtls"):
+        return Security()
+    mode = check.choice(raw, "mode", "mtls.mode", MTLS_MODES)
+    trust_domain = check.string(raw, "trustDomain", "mtls.trustDomain")
+    if trust_domain is not None and not TRUST_DOMAIN.fullmatch(trust_domain):
+        check.add("MESH0102", f'mtls.trustDomain "{trust_domain}" must be lower-case letters, digits, dots and '
+                              "dashes (a SPIFFE trust domain), e.g. cluster.local", raw, "trustDomain")
+        trust_domain = None
+    lifetime = check.duration(raw, "certificateLifetime", "mtls.certificateLifetime")
+    if lifetime is not None and lifetime < MIN_CERT_LIFETIME_MS:
+        check.add("MESH0106", f"mtls.certificateLifetime is {lifetime:g} ms; it must be at least "
+                              f"{MIN_CERT_LIFETIME_MS // 1000} s", raw, "certificateLifetime")
+        lifetime = None
+    return Security(mode or DEFAULT_MTLS_MODE, trust_domain or DEFAULT_TRUST_DOMAIN,
+                    lifetime if lifetime is not None else DEFAULT_CERT_LIFETIME_MS)
+
+
+def _parse_authorization(check: _Collector, body: dict, where: str) -> tuple[AuthzPolicy, ...]:
+    """`authorization: [{name, action: ALLOW|DENY, rules: [{source, method, path, headers, port}]}]`."""
+    if "authorization" not in body:
+        return ()
+    items = body["authorization"]
+    if not isinstance(items, list):
+        check.add("MESH0102", f"{where}: authorization must be a list of policies, got {_kind(items)}",
+                  body, "authorization")
+        return ()
+    policies: list[AuthzPolicy] = []
+    named: dict[str, int] = {}
+    for i, item in enumerate(items):
+        given = item.get("name") if isinstance(item, dict) else None
+        policy_where = f'{where} authorization policy "{given}"' if isinstance(given, str) and given \
+            else f"{where} authorization policy {i + 1}"
+        if not check.mapping(item, policy_where, AUTHZ_POLICY_FIELDS, items, i):
+            continue
+        check.required(item, ("name", "action"), policy_where, items, i)
+        name = check.string(item, "name", f"{policy_where}: name")
+        action = check.choice(item, "action", f"{policy_where}: action", AUTHZ_ACTIONS)
+        if name is not None and name in named:
+            check.add("MESH0111", f'{where}: authorization policy name "{name}" is already used by policy '
+                                  f"{named[name] + 1}; a denial names its policy", item, "name")
+        if name is not None:
+            named.setdefault(name, i)
+        rules = _parse_authz_rules(check, item, policy_where)
+        if name is not None and action is not None and rules is not None:
+            policies.append(AuthzPolicy(name, action, rules))
+    return tuple(policies)
+
+
+def _parse_authz_rules(check: _Collector, policy: dict, where: str) -> tuple[AuthzRule, ...] | None:
+    if "rules" not in policy:
+        return (AuthzRule(),)
+    raw = policy["rules"]
+    if not isinstance(raw, list) or not raw:
+        check.add("MESH0102", f"{where}: rules must be a non-empty list (any rule may match); leave it out to "
+                              "match every call", policy, "rules")
+        return None
+    rules = []
+    for j, entry in enumerate(raw):
+        rule_where = f"{where} rule {j + 1}"
+        if not check.mapping(entry, rule_where, AUTHZ_RULE_FIELDS, raw, j):
+            continue
+        sources = _parse_strings(check, entry, "source", f"{rule_where}: source")
+        # One condition ({prefix: /api}) or a list of them (any may match).
+        raw_path = entry.get("path")
+        parent, keys = (raw_path, range(len(raw_path))) if isinstance(raw_path, list) else (entry, ["path"])
+        paths = tuple(m for m in (_parse_string_match(check, parent, k, f"{rule_where} path", AUTHZ_MATCH_KINDS)
+                                  for k in (keys if "path" in entry else ())) if m is not None)
+        ports = entry.get("port", [])
+        port_list = [ports] if isinstance(ports, int) and not isinstance(ports, bool) else ports
+        if not isinstance(port_list, list) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in port_list):
+            check.add("MESH0102", f"{rule_where}: port must be a port number (1-65535) or a list of them",
+                      entry, "port")
+            port_list = []
+        rules.append(AuthzRule(
+            sources=sources,
+            methods=_parse_methods(check, entry, f"{rule_where}: method"),
+            paths=paths,
+            headers=_parse_named_matches(check, entry, "headers", f"{rule_where} header", lower=True,
+                                         kinds=AUTHZ_MATCH_KINDS),
+            ports=tuple(int(p) for p in port_list),
+        ))
+    return tuple(rules)
+
+
+def _parse_strings(check: _Collector, node: dict, key: str, what: str) -> tuple[str, ...]:
+    """One non-empty string or a list of them."""
+    if key not in node:
+        return ()
+    raw = node[key]
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+        check.add("MESH0102", f"{what} must be a name or a list of names, got {_kind(raw)}", node, key)
+        return ()
+    return tuple(str(i) for i in items)
+
+
 def _parse_service(check: _Collector, parent: Any, name: str, body: Any) -> ServiceConfig:
     if body is None:
         return ServiceConfig(name)
@@ -450,6 +597,8 @@ def _parse_service(check: _Collector, parent: Any, name: str, body: Any) -> Serv
         circuit_breaker=_parse_circuit_breaker(check, body, where),
         outlier_detection=_parse_outlier_detection(check, body, where),
         tcp_fault=_parse_tcp_fault(check, body, where),
+        mtls=check.choice(body, "mtls", f"{where}: mtls", MTLS_MODES),
+        authorization=_parse_authorization(check, body, where),
     )
     return ServiceConfig(name, versions, load_balancer or DEFAULT_LOAD_BALANCER, tuple(int(p) for p in ports), policy)
 
@@ -564,8 +713,8 @@ def _parse_methods(check: _Collector, entry: dict, what: str) -> tuple[str, ...]
     return tuple(methods)
 
 
-def _parse_named_matches(check: _Collector, entry: dict, key: str, what: str,
-                         lower: bool) -> tuple[tuple[str, StringMatch], ...]:
+def _parse_named_matches(check: _Collector, entry: dict, key: str, what: str, lower: bool,
+                         kinds: tuple[str, ...] = STRING_MATCH_KINDS) -> tuple[tuple[str, StringMatch], ...]:
     if key not in entry:
         return ()
     raw = entry[key]
@@ -575,7 +724,7 @@ def _parse_named_matches(check: _Collector, entry: dict, key: str, what: str,
         return ()
     found = {}
     for name, _ in raw.items():
-        match = _parse_string_match(check, raw, name, f'{what} "{name}"', STRING_MATCH_KINDS)
+        match = _parse_string_match(check, raw, name, f'{what} "{name}"', kinds)
         if match is not None:
             found[str(name).lower() if lower else str(name)] = match
     return tuple(sorted(found.items(), key=lambda item: item[0]))
@@ -854,7 +1003,8 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
     for service in services.values():
         for code, message, path in _policy_problems(service, services, doc):
             problem(code, message, *path)
-    return Mesh(project.name, services, workloads, config.telemetry if config else Telemetry()), problems
+    return Mesh(project.name, services, workloads, telemetry=config.telemetry if config else Telemetry(),
+                security=config.security if config else Security()), problems
 
 
 def _policy_problems(service: Service, services: dict[str, Service], doc: yaml_source.YamlDocument | None):
@@ -879,6 +1029,14 @@ def _policy_problems(service: Service, services: dict[str, Service], doc: yaml_s
             if match.source is not None and match.source not in services:
                 yield ("MESH0206", f'{where}: unknown source "{match.source}": no service of the mesh has that name'
                                    f"{did_you_mean(match.source, services)}", path + ("match", j, "source"))
+    for i, policy in enumerate(service.policy.authorization):
+        for j, rule in enumerate(policy.rules):
+            for source in rule.sources:
+                if source != NO_IDENTITY and not source.startswith("spiffe://") and source not in services:
+                    yield ("MESH0206", f'service "{service.name}" authorization policy "{policy.name}": unknown '
+                                       f'source "{source}"{did_you_mean(source, services)}; a source is a service '
+                                       f'of the mesh, a SPIFFE ID (spiffe://...) or "{NO_IDENTITY}"',
+                           base + ("authorization", i, "rules", j, "source"))
 
 
 def _exists(doc: yaml_source.YamlDocument | None, path: tuple[Any, ...]) -> bool:

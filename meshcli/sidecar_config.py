@@ -35,9 +35,9 @@ class Compiled:
 def compile_mesh(mesh: Mesh, runtime_faults: Sequence[wire.RuntimeFault] = (),
                  generation: int = 0) -> wire.SidecarConfig:
     """The sidecar config of `mesh` plus the runtime faults, its version set."""
-    config = wire.SidecarConfig(version="", services={name: _service(s) for name, s in mesh.services.items()},
+    config = wire.SidecarConfig(version="", services={name: _service(s, mesh) for name, s in mesh.services.items()},
                                 generation=generation, faults=tuple(runtime_faults), project=mesh.project,
-                                telemetry=_telemetry(mesh.telemetry))
+                                telemetry=_telemetry(mesh.telemetry), trust_domain=mesh.security.trust_domain)
     return replace(config, version=content_version(config))
 
 
@@ -52,7 +52,7 @@ def _telemetry(telemetry: mesh_config.Telemetry) -> wire.Telemetry:
                           wire.Tracing(tracing.endpoint, tracing.sampling) if tracing else None)
 
 
-def _service(service: Service) -> wire.Service:
+def _service(service: Service, mesh: Mesh) -> wire.Service:
     policy = service.policy
     return wire.Service(
         name=service.name,
@@ -63,7 +63,24 @@ def _service(service: Service) -> wire.Service:
         circuit_breaker=_circuit_breaker(policy.circuit_breaker) if policy.circuit_breaker else None,
         outlier_detection=_outlier_detection(policy.outlier_detection) if policy.outlier_detection else None,
         tcp_fault=tcp_fault(policy.tcp_fault) if policy.tcp_fault else None,
+        mtls=mesh.mtls_mode(service),
+        authorization=tuple(_authz_policy(p, mesh) for p in policy.authorization),
     )
+
+
+def principal(source: str, mesh: Mesh) -> str:
+    """An authorization source as the sidecar compares it: a service name becomes its SPIFFE ID."""
+    if source == wire.NO_IDENTITY or source.startswith("spiffe://"):
+        return source
+    return wire.spiffe_id(mesh.security.trust_domain, mesh.project, source)
+
+
+def _authz_policy(policy: mesh_config.AuthzPolicy, mesh: Mesh) -> wire.AuthzPolicy:
+    return wire.AuthzPolicy(policy.name, policy.action, tuple(
+        wire.AuthzRule(principals=tuple(principal(s, mesh) for s in rule.sources), methods=rule.methods,
+                       paths=tuple(_string_match(m) for m in rule.paths),
+                       headers=tuple((name, _string_match(m)) for name, m in rule.headers), ports=rule.ports)
+        for rule in policy.rules))
 
 
 def routes_of(service: Service) -> tuple[Route, ...]:

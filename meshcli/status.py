@@ -33,6 +33,9 @@ class WorkloadStatus:
     config_generation: int | None = None
     sync: str = "UNKNOWN"  # SYNCED / STALE / UNKNOWN
     urls: list[str] = field(default_factory=list)
+    mtls: str = ""  # the mTLS mode of calls to its service
+    tls: dict | None = None  # the sidecar's TLS report (mode, certificate fingerprint, roots), None: not answering
+    certificate_expires: str | None = None  # the workload certificate's notAfter, ISO 8601
 
     @property
     def healthy(self) -> bool:
@@ -44,7 +47,8 @@ class WorkloadStatus:
         return {"workload": self.workload, "service": self.service, "version": self.version, "app": self.app,
                 "sidecar": self.sidecar, "sidecarHealth": self.sidecar_health,
                 "sidecarRestarts": self.sidecar_restarts, "configVersion": self.config_version,
-                "configGeneration": self.config_generation, "sync": self.sync, "urls": self.urls}
+                "configGeneration": self.config_generation, "sync": self.sync, "urls": self.urls,
+                "mtls": self.mtls, "certificateExpires": self.certificate_expires}
 
 
 def _containers(project: str) -> dict[str, object]:
@@ -100,6 +104,13 @@ def _urls(pod) -> list[str]:
     return urls
 
 
+def _certificate_expiry(workspace: Workspace, workload: str) -> str | None:
+    from meshcli import ca  # imports cryptography: only when there is something to show
+
+    leaf = ca.read_leaf(workspace, workload)
+    return leaf.not_after.isoformat() if leaf is not None else None
+
+
 def collect(loaded: Loaded) -> list[WorkloadStatus]:
     containers = _containers(loaded.project.name)
     expected = sidecar_config.current_version(loaded.workspace.config_dir)
@@ -115,12 +126,15 @@ def collect(loaded: Loaded) -> list[WorkloadStatus]:
             sidecar_health="unknown",
             sidecar_restarts=sidecar.attrs.get("RestartCount", 0) if sidecar else 0,
             urls=_urls(pod) if pod else [],
+            mtls=loaded.mesh.mtls_mode(loaded.mesh.services[workload.service]),
+            certificate_expires=_certificate_expiry(loaded.workspace, workload.name),
         )
         if sidecar is not None and sidecar.status == "running":
             dump = admin_get(sidecar, "/config_dump")
             # The sidecar's own word (listening, config loaded): no Docker health check polls it.
             status.sidecar_health = "unhealthy" if dump is None else "healthy" if dump.get("ready") else "starting"
             if dump is not None:
+                status.tls = dump.get("tls")
                 status.config_version = dump.get("config_version")
                 status.config_generation = dump.get("generation")
                 status.sync = "SYNCED" if status.config_version == expected else "STALE"

@@ -1,7 +1,9 @@
 """Hot reload: a process that applies mesh.yaml (and `.mesh/faults.json`) whenever they change.
 
 `meshcli up` starts it in the background (`start()`), `meshcli down` stops it (`stop()`),
-`meshcli watch` runs it in the foreground. It watches the mesh file's directory, not the
+`meshcli watch` runs it in the foreground. It also keeps the workloads' certificates
+fresh (meshcli/ca.py): each is renewed once half its lifetime has passed, and written
+where its sidecar picks it up without a restart. It watches the mesh file's directory, not the
 file, because editors save by writing a new file and renaming it over the old one.
 Changes are debounced (one save fires several events) and each burst runs
 `control_plane.apply()` once. Every outcome is one JSON line:
@@ -34,7 +36,7 @@ from typing import Callable, TextIO
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from meshcli import control_plane, fault_layer, workspace as ws
+from meshcli import ca, control_plane, fault_layer, workspace as ws
 from meshcli.errors import InvalidFileError, MeshError
 from meshcli.workspace import Workspace
 
@@ -44,6 +46,7 @@ LOG_FILE = "watcher.log"
 DEBOUNCE_SECONDS = 0.05
 CHANGE_EVENTS = {"created", "modified", "moved", "closed", "deleted"}
 STOP_GRACE_SECONDS = 3.0
+RENEW_CHECK_SECONDS = 60.0  # at the latest, look at the certificates again (a new workload, a clock jump)
 
 
 def pid_path(workspace: Workspace) -> Path:
@@ -126,6 +129,23 @@ class Watcher:
                        "generation": compiled.generation})
 
 
+    def renew(self) -> float:
+        """Issue the certificates that are due; return the seconds until the next one is."""
+        mesh_file = self.mesh_file if self.workspace.mesh_file or self.mesh_file.is_file() else None
+        workspace = replace(self.workspace, mesh_file=mesh_file)
+        try:
+            mesh = ws.load(workspace).mesh
+        except InvalidFileError:  # the last good config stays: renew with the compose file's workloads
+            mesh = ws.load(replace(workspace, mesh_file=None)).mesh
+        with ws.state_lock(workspace):
+            issued = ca.ensure(workspace, mesh)
+        if issued:
+            self.emit({"event": "certificates", "issued": [
+                {"workload": item.workload, "reason": item.reason, "serial": item.leaf.serial,
+                 "notAfter": item.leaf.not_after.isoformat()} for item in issued]})
+        return ca.next_renewal(workspace, mesh)
+
+
 def _json_lines(stream: TextIO) -> Callable[[dict], None]:
     def write(record: dict) -> None:
         stream.write(json.dumps(record) + "\n")
@@ -155,8 +175,15 @@ def run(workspace: Workspace, on_event: Callable[[dict], None] | None = None) ->
         watcher = Watcher(workspace, emit)
         watcher.start()
         emit({"event": "started", "pid": os.getpid(), "watching": sorted(str(p) for p in watcher.watched)})
+        renew_at = 0.0
         try:
-            while not done.wait(1.0):
+            while not done.wait(min(1.0, max(0.05, renew_at - time.monotonic()))):
+                if time.monotonic() >= renew_at:
+                    try:
+                        renew_at = time.monotonic() + min(RENEW_CHECK_SECONDS, watcher.renew())
+                    except Exception as exc:  # logged, tried again: a watcher must not die of it
+                        emit({"event": "error", "error": f"certificates: {exc.__class__.__name__}: {exc}"})
+                        renew_at = time.monotonic() + RENEW_CHECK_SECONDS
                 if not workspace.project.directory.exists():
                     emit({"event": "project-gone", "directory": str(workspace.project.directory)})
                     break

@@ -13,8 +13,8 @@ from typing import Optional
 import typer
 
 from meshcli import __version__
-from meshcli.cli import (apply, demo, fault, init, istio, lifecycle, render, route, schema, split, status, tap,
-                         trace, validate, watch)
+from meshcli.cli import (apply, authz, ca, certs, demo, fault, init, istio, lifecycle, render, route, schema, split,
+                         status, tap, trace, validate, watch)
 from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
@@ -44,8 +44,8 @@ def _root(
     pass
 
 
-for module in (demo, init, render, validate, schema, lifecycle, status, fault, split, route, apply, watch, istio, tap,
-               trace):
+for module in (demo, init, render, validate, schema, lifecycle, status, fault, split, route, apply, watch, istio, ca,
+               certs, authz, tap, trace):
     module.register(app)
 
 

@@ -24,16 +24,22 @@ def print_table(statuses) -> None:
     from rich.text import Text
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("SERVICE", "VERSION", "WORKLOAD", "APP", "SIDECAR", "RESTARTS", "CONFIG", "URLS"):
+    for column in ("SERVICE", "VERSION", "WORKLOAD", "APP", "SIDECAR", "RESTARTS", "CONFIG", "MTLS", "CERT EXPIRES",
+                   "URLS"):
         table.add_column(column)
     for s in statuses:
         sidecar = s.sidecar if s.sidecar != "running" else s.sidecar_health
         config = " ".join(part for part in (s.sync, f"gen {s.config_generation}" if s.config_generation else "",
                                             s.config_version or "") if part)
         table.add_row(Text(s.service), Text(s.version), Text(s.workload), _cell(s.app), _cell(sidecar),
-                      str(s.sidecar_restarts), Text(config, style=STATE_STYLE.get(s.sync, "")),
-                      Text(" ".join(s.urls)))
+                      str(s.sidecar_restarts), Text(config, style=STATE_STYLE.get(s.sync, "")), Text(s.mtls or "-"),
+                      Text(_expiry(s.certificate_expires)), Text(" ".join(s.urls)))
     output.out.print(table)
+
+
+def _expiry(iso: str | None) -> str:
+    """'2026-12-02T10:51:45+00:00' -> '2026-12-02 10:51Z'."""
+    return f"{iso[:10]} {iso[11:16]}Z" if iso else "-"
 
 
 def healthy(statuses) -> bool:

@@ -109,6 +109,7 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
             "last_error": state.last_error,
             # the last rejected config and why, when MeshState keeps it
             "rejection": getattr(state, "rejection", None),
+            "tls": sidecar.tls.status(),
             "config": config.raw,
         }
 

@@ -14,6 +14,7 @@ optional keys absent or null:
     {"schema": 2, "project": "shop",
      "version": "3f2a9c0d1b7e",    # sha256[:12] of content(): all but version and generation
      "generation": 4,              # the previous file's generation + 1 when the version changes
+     "trustDomain": "cluster.local",   # of the workloads' SPIFFE IDs
      "services": {"payment": {
         "versions": [{"name": "v1", "host": "payment-v1"}], "ports": [8080], "loadBalancer": "round-robin",
         "routes": [                # in order; always ends with a route without "match" (the default)
@@ -33,7 +34,13 @@ optional keys absent or null:
         "outlierDetection": {"consecutive5xxErrors": 5, "consecutiveGatewayErrors": null,  # null: off
                              "baseEjectionTimeMs": 30000, "maxEjectionPercent": 10},
         "tcpFault": {"kind": "latency", "latencyMs": 100, "jitterMs": 20, "rateBytesPerSecond": 0,
-                     "bytes": 0, "percent": 100.0}}},
+                     "bytes": 0, "percent": 100.0},
+        "mtls": "STRICT",          # STRICT | PERMISSIVE | DISABLE, the mesh-wide default applied
+        "authorization": [         # DENY policies first, then ALLOW ones (none: allow all)
+          {"name": "orders-only", "action": "ALLOW",
+           "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/orders"],   # or "no-identity"
+                      "methods": ["GET"], "paths": [{"kind": "suffix", "value": "/pay"}],
+                      "headers": [{"name": "x-user", "kind": "present"}], "ports": [8080]}]}]}},
      "faults": [                   # runtime faults of `meshcli fault`, on top of the mesh file
         {"id": "f-1a2b", "service": "payment", "source": null, "http": {...a route's fault...},
          "tcp": {...a tcpFault...}, "until": 1764000000.5,   # epoch seconds; null: until cleared
@@ -83,6 +90,18 @@ TAP_PATH = "/tap"  # on ADMIN_PORT: a live stream of requests, one JSON line eac
 # Never in an access log, a tap or a span, whatever the mesh file says (it can only add names).
 ALWAYS_REDACTED = ("authorization", "proxy-authorization", "cookie", "set-cookie")
 REDACTED = "[redacted]"  # what stands in for the value of a redacted header
+# Workload identity (mTLS): sidecars talk TLS 1.3 to each other on MTLS_PORT (inside the
+# pod's never-intercepted 15000-15099 range, as Istio's HBONE port); each sidecar finds its
+# own key and certificate chain in IDENTITY_FILE and the roots it trusts in TRUST_FILE, in
+# IDENTITY_DIR, a directory mounted into that sidecar alone. Both files are replaced
+# atomically by meshcli and re-read by the sidecar without a restart.
+MTLS_PORT = 15008
+IDENTITY_DIR = "/etc/meshcli-identity"
+IDENTITY_FILE = "identity.pem"  # the private key, then the leaf certificate
+TRUST_FILE = "roots.pem"  # the mesh CA's root(s): two while a rotation is under way
+ENV_IDENTITY_DIR = "MESH_IDENTITY_DIR"
+DEFAULT_TRUST_DOMAIN = "cluster.local"  # as Istio's
+NO_IDENTITY = "no-identity"  # an authorization source: a caller without a mesh certificate
 
 
 # --- vocabulary and defaults --------------------------------------------------------------
@@ -94,11 +113,12 @@ class LoadBalancer(StrEnum):  # the policies balancer.py implements
     LEAST_REQUEST = "least-request"
 
 
-class MatchKind(StrEnum):  # headers and query parameters; a path takes all but PRESENT
+class MatchKind(StrEnum):  # headers and query parameters; a route's path takes all but PRESENT and SUFFIX
     EXACT = "exact"
     PREFIX = "prefix"
     REGEX = "regex"
     PRESENT = "present"
+    SUFFIX = "suffix"  # authorization paths and headers only (Istio's `*.html`)
 
 
 class RetryOn(StrEnum):  # Envoy's retry conditions
@@ -118,6 +138,22 @@ class TcpFaultKind(StrEnum):  # Toxiproxy's toxics
     SLICER = "slicer"
 
 
+class MtlsMode(StrEnum):  # Istio's PeerAuthentication modes, for calls to a service
+    STRICT = "STRICT"  # only mesh mTLS (plaintext only from the network's gateway: published ports)
+    PERMISSIVE = "PERMISSIVE"  # mesh mTLS and plaintext
+    DISABLE = "DISABLE"  # plaintext: callers' sidecars do not originate mTLS
+
+
+class AuthzAction(StrEnum):  # authorization policies: DENY is evaluated first
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class SecurityPolicy(StrEnum):  # Istio's connection_security_policy
+    MUTUAL_TLS = "mutual_tls"
+    NONE = "none"
+
+
 class Direction(StrEnum):  # of a flow through a sidecar: its app calling out, or a call to its app
     INBOUND = "inbound"
     OUTBOUND = "outbound"
@@ -128,12 +164,16 @@ def _values(kinds: Iterable[StrEnum]) -> tuple[str, ...]:
 
 
 LOAD_BALANCERS = _values(LoadBalancer)
-STRING_MATCH_KINDS = _values(MatchKind)
-PATH_MATCH_KINDS = _values(kind for kind in MatchKind if kind is not MatchKind.PRESENT)
+STRING_MATCH_KINDS = _values(kind for kind in MatchKind if kind is not MatchKind.SUFFIX)
+PATH_MATCH_KINDS = _values(kind for kind in MatchKind if kind not in (MatchKind.PRESENT, MatchKind.SUFFIX))
+AUTHZ_MATCH_KINDS = _values(kind for kind in MatchKind if kind is not MatchKind.REGEX)  # Istio's: no regex
+MTLS_MODES = _values(MtlsMode)
+AUTHZ_ACTIONS = _values(AuthzAction)
 RETRY_ON = _values(RetryOn)
 TCP_FAULT_KINDS = _values(TcpFaultKind)
 
 DEFAULT_LOAD_BALANCER = LoadBalancer.ROUND_ROBIN.value
+DEFAULT_MTLS_MODE = MtlsMode.PERMISSIVE.value
 DEFAULT_ROUTE = "default"  # the name of the route that takes every other request
 DEFAULT_RETRY_ON = _values((RetryOn.FIVE_XX, RetryOn.CONNECT_FAILURE, RetryOn.RESET))
 DEFAULT_BACKOFF_MS = 25  # base interval between tries; exponential with jitter
@@ -202,6 +242,8 @@ class StringMatch:
             return actual == self.value
         if self.kind == MatchKind.PREFIX:
             return actual.startswith(self.value)
+        if self.kind == MatchKind.SUFFIX:
+            return actual.endswith(self.value)
         return self.pattern is not None and self.pattern.fullmatch(actual) is not None
 
 
@@ -312,6 +354,30 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True)
+class AuthzRule:
+    """One rule of an authorization policy: every condition given must hold (AND); each list
+    is an OR. An empty rule matches every request."""
+
+    principals: tuple[str, ...] = ()  # SPIFFE IDs; NO_IDENTITY for a caller without one; empty: anyone
+    methods: tuple[str, ...] = ()  # upper case
+    paths: tuple[StringMatch, ...] = ()  # of the path without the query
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # names lower case
+    ports: tuple[int, ...] = ()  # the port the caller connected to
+
+    @property
+    def http_only(self) -> bool:
+        """Whether it needs an HTTP request to match (a raw TCP connection has no method or path)."""
+        return bool(self.methods or self.paths or self.headers)
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    name: str
+    action: str  # AuthzAction
+    rules: tuple[AuthzRule, ...] = (AuthzRule(),)  # any may match (OR)
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     versions: tuple[Version, ...]
@@ -321,6 +387,8 @@ class Service:
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tcp_fault: TcpFault | None = None  # from the mesh file
+    mtls: str = DEFAULT_MTLS_MODE  # MtlsMode, for calls to this service (the mesh-wide default applied)
+    authorization: tuple[AuthzPolicy, ...] = ()  # enforced by this service's own sidecars
 
     def version(self, name: str) -> Version | None:
         return next((v for v in self.versions if v.name == name), None)
@@ -382,6 +450,7 @@ class SidecarConfig:
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # as parsed, for /config_dump
     project: str = ""
     telemetry: Telemetry = Telemetry()
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
 
     def __post_init__(self) -> None:
         if self.services and not self.by_host:
@@ -402,6 +471,19 @@ class SidecarConfig:
 
 
 EMPTY = SidecarConfig(version="")
+
+
+def spiffe_id(trust_domain: str, project: str, service: str) -> str:
+    """A service's workload identity: spiffe://<trust domain>/ns/<project>/sa/<service>."""
+    return f"spiffe://{trust_domain}/ns/{project}/sa/{service}"
+
+
+def service_of_spiffe_id(principal: str, trust_domain: str, project: str) -> str | None:
+    """The service a SPIFFE ID of this mesh names, or None (another mesh, or not one)."""
+    prefix = f"spiffe://{trust_domain}/ns/{project}/sa/"
+    if not principal.startswith(prefix):
+        return None
+    return principal[len(prefix):] or None
 
 
 # --- JSON: each type's reader beside its writer -------------------------------------------
@@ -625,6 +707,35 @@ def _outlier_detection_json(detection: OutlierDetection) -> dict:
             "maxEjectionPercent": detection.max_ejection_percent}
 
 
+def _authz_rule(r: _Reader) -> AuthzRule:
+    return AuthzRule(
+        principals=tuple(r.get("principals", list, [])),
+        methods=tuple(m.upper() for m in r.get("methods", list, [])),
+        paths=tuple(_string_match(p, AUTHZ_MATCH_KINDS) for p in r.items("paths")),
+        headers=_named_matches(r.items("headers"), lower=True),
+        ports=tuple(r.get("ports", list, [])),
+    )
+
+
+def _authz_rule_json(rule: AuthzRule) -> dict:
+    return _without_none({
+        "principals": list(rule.principals) or None,
+        "methods": list(rule.methods) or None,
+        "paths": [_string_match_json(p) for p in rule.paths] or None,
+        "headers": _named_matches_json(rule.headers),
+        "ports": list(rule.ports) or None,
+    })
+
+
+def _authz_policy(r: _Reader) -> AuthzPolicy:
+    return AuthzPolicy(r.get("name", str, required=True), r.choice("action", AUTHZ_ACTIONS, "authorization action"),
+                       tuple(_authz_rule(rule) for rule in r.items("rules", required=True)))
+
+
+def _authz_policy_json(policy: AuthzPolicy) -> dict:
+    return {"name": policy.name, "action": policy.action, "rules": [_authz_rule_json(rule) for rule in policy.rules]}
+
+
 def _service(name: str, r: _Reader) -> Service:
     versions = tuple(Version(v.get("name", str, required=True), v.get("host", str, required=True))
                      for v in r.items("versions", required=True))
@@ -637,7 +748,8 @@ def _service(name: str, r: _Reader) -> Service:
         routes += (Route(DEFAULT_ROUTE),)
     return Service(name, versions, tuple(r.get("ports", list, [])), load_balancer, routes,
                    _circuit_breaker(r.child("circuitBreaker")), _outlier_detection(r.child("outlierDetection")),
-                   _tcp_fault(r.child("tcpFault")))
+                   _tcp_fault(r.child("tcpFault")), r.choice("mtls", MTLS_MODES, "mTLS mode", DEFAULT_MTLS_MODE),
+                   tuple(_authz_policy(policy) for policy in r.items("authorization")))
 
 
 def _service_json(service: Service) -> dict:
@@ -650,6 +762,8 @@ def _service_json(service: Service) -> dict:
         "outlierDetection": (_outlier_detection_json(service.outlier_detection)
                              if service.outlier_detection else None),
         "tcpFault": _tcp_fault_json(service.tcp_fault) if service.tcp_fault else None,
+        "mtls": service.mtls,
+        "authorization": [_authz_policy_json(policy) for policy in service.authorization] or None,
     })
 
 
@@ -694,6 +808,7 @@ def _telemetry_json(telemetry: Telemetry) -> dict | None:
 def _config_json(config: SidecarConfig) -> dict:
     return _without_none({
         "schema": SCHEMA, "project": config.project, "version": config.version, "generation": config.generation,
+        "trustDomain": config.trust_domain,
         "services": {name: _service_json(service) for name, service in config.services.items()},
         "faults": [fault_json(fault) for fault in config.faults],
         "telemetry": _telemetry_json(config.telemetry)})
@@ -728,7 +843,8 @@ def parse(text: str) -> SidecarConfig:
                     for name, service in r.get("services", dict, required=True).items()}
         return SidecarConfig(str(data["version"]), services, dict(services), r.get("generation", int, 0),
                              tuple(_runtime_fault(fault) for fault in r.items("faults")), data,
-                             r.get("project", str, ""), _telemetry(r.child("telemetry")))
+                             r.get("project", str, ""), _telemetry(r.child("telemetry")),
+                             r.get("trustDomain", str, DEFAULT_TRUST_DOMAIN))
 
     return _malformed(body, "sidecar config")
 

@@ -42,6 +42,7 @@ class Exchange:
     flags: list[str] = field(default_factory=list)  # Envoy's response flags: DI, FI, UT, UO, UF, UC, URX
     attempts: int = 0  # upstream tries (0: answered by the sidecar itself)
     mirrored: str | None = None  # the version a copy went to
+    denied: LocalReply | None = None  # authorization's 403, when it refused the caller
     status: int = 0  # the answer's status; 0: none (reset, error)
     grpc_status: str = ""  # gRPC's grpc-status of the answer, when the path saw one
     request_bytes: int = 0  # body sizes (Istio's istio_request_bytes / istio_response_bytes)
@@ -100,6 +101,17 @@ def redact(headers: Mapping[str, str], redacted: Collection[str]) -> dict[str, s
     """Headers (lower-case names) as logs, tap and spans may show them: the values of the
     `redacted` names (config.Telemetry.redacted) replaced by REDACTED."""
     return {name: REDACTED if name in redacted else value for name, value in headers.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of an inbound connection, as far as this sidecar can tell:
+    the verified SPIFFE ID of a mesh mTLS caller ("" for plaintext), and the port it called."""
+
+    principal: str
+    security_policy: str  # config.SecurityPolicy
+    port: int
+    address: str = ""  # the caller's IP
 
 
 @dataclass(frozen=True, slots=True)

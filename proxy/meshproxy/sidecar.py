@@ -2,7 +2,8 @@
 
 Reading Sidecar.__init__ tells the whole data plane: one instance of each policy (so a
 circuit breaker or an outlier count is the same whichever path a request took), the
-HTTP/1.1 pool, the fast path's listeners, and mitmproxy for what is handed over to it
+HTTP/1.1 pool, the fast path's listeners, mesh mTLS (its identity, the mTLS server, and
+the pools' and listener's hooks into it), and mitmproxy for what is handed over to it
 (its adapters, meshproxy/addons/, are made from the same policies on first use).
 """
 
@@ -12,16 +13,17 @@ import asyncio
 import logging
 import signal
 
-from meshproxy import admin, otlp, upstream, upstream_h2
+from meshproxy import admin, mtls, otlp, upstream, upstream_h2
 from meshproxy.config import MeshState
 from meshproxy.config_watcher import ConfigWatcher
 from meshproxy.fastpath.handover import Mitmproxy
 from meshproxy.fastpath.http1 import HttpProxy
 from meshproxy.fastpath.http2 import H2Proxy
-from meshproxy.fastpath.listener import Listener
+from meshproxy.fastpath.listener import CallerProtocol, Listener
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.outlier import Outliers
 from meshproxy.policy.access_log import AccessLog
+from meshproxy.policy.authz import Authorization
 from meshproxy.policy.faults import HttpFaults, TcpFaults
 from meshproxy.policy.mirroring import Mirroring
 from meshproxy.policy.resilience import Resilience
@@ -48,14 +50,19 @@ class Sidecar:
         self.access_log = AccessLog(state)
         self.tracing = Tracing(state, lambda settings: otlp.Exporter(settings, state.identity))
         self.tap = Tap(state)
-        self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened)
+        self.authz = Authorization(state)
+        self.tls = mtls.MeshTls(state, self.authz, self.telemetry, self.access_log)
+        self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened, secure=self.tls.opener(mtls.ALPN_HTTP1))
         self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry,
-                                 self.access_log, self.tracing, self.tap)
-        self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened)
+                                 self.access_log, self.tracing, self.tap, self.authz)
+        self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened,
+                                        secure=self.tls.opener(mtls.ALPN_H2))
         self.http = HttpProxy(self.pipeline, self.pool)
         self.h2 = H2Proxy(self.pipeline, self.h2_pool)
         self.mitmproxy = Mitmproxy(self._mitmproxy_addons)
         self.listener = Listener(self.http, self.h2, self.tcp_faults, self.telemetry, self.access_log, self.mitmproxy)
+        self.listener.gate = self.tls
+        self.mtls_server = mtls.MtlsServer(self.tls, self.listener.serve, CallerProtocol)
 
     def _mitmproxy_addons(self) -> list:
         from meshproxy.addons import addons  # imports mitmproxy
@@ -64,12 +71,16 @@ class Sidecar:
 
     async def start(self, **listen) -> None:
         self.watcher.read()
+        await self.tls.start()
         await self.listener.start(**listen)
+        await self.mtls_server.start()
         self.watcher.start()
         self.tcp_faults.start()
 
     def stop(self) -> None:
         self.listener.stop()
+        self.mtls_server.stop()
+        self.tls.stop()
         self.watcher.stop()
         self.tcp_faults.stop()
         self.mirroring.stop()
@@ -80,7 +91,9 @@ class Sidecar:
         self.access_log.flush()
 
     def ready(self) -> bool:
-        return self.listener.listening() and self.state.loaded
+        # With an identity, ready once it serves mTLS too: callers' sidecars originate it at once.
+        return (self.listener.listening() and self.state.loaded
+                and (self.tls.credentials is None or self.mtls_server.listening()))
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""

@@ -21,7 +21,7 @@ import collections
 import re
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import httptools
 
@@ -119,6 +119,9 @@ def encode_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
 
 
 BodySource = AsyncIterator[bytes]
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# (host, port) -> the connecting coroutine when that destination gets mesh mTLS (meshproxy/mtls.py), else None.
+Secure = Callable[[str, int], Awaitable[Streams] | None]
 
 
 class Connection:
@@ -314,10 +317,11 @@ class Pool:
     """Keep-alive connections per (host, port). Many requests may share a host at once:
     each takes an idle connection or opens one, and gives it back when done."""
 
-    def __init__(self, on_connect: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, on_connect: Callable[[str, int], None] | None = None, secure: Secure | None = None) -> None:
         self._idle: dict[tuple[str, int], collections.deque[Connection]] = collections.defaultdict(collections.deque)
         self.opened = 0  # connections opened so far, for stats and tests
         self.on_connect = on_connect
+        self.secure = secure  # asked once per new connection, never per request
 
     async def open(self, host: str, port: int, method: str | bytes, target: str | bytes,
                    headers: list[tuple[bytes, bytes]], body: bytes | None = b"", source: BodySource | None = None,
@@ -365,7 +369,8 @@ class Pool:
         host, port = key
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE)
+                opening = self.secure(host, port) if self.secure is not None else None
+                reader, writer = await (opening or asyncio.open_connection(host, port, limit=READ_SIZE))
         except TimeoutError:
             raise ConnectFailure(f"no connection to {host}:{port} within {CONNECT_TIMEOUT} s") from None
         except OSError as exc:  # refused, unreachable, DNS failure (socket.gaierror)

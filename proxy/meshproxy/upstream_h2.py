@@ -30,7 +30,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from meshproxy.upstream import HOP_BY_HOP, NOT_FORWARDED, READ_SIZE, BodySource, ConnectFailure, Reset, Response
+from meshproxy.upstream import (HOP_BY_HOP, NOT_FORWARDED, READ_SIZE, BodySource, ConnectFailure, Reset, Response,
+                                Secure)
 
 CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
                                    # as mitmproxy's own HTTP/2 layer: the app's headers go as they came
@@ -324,11 +325,12 @@ class Pool:
     """One connection per (host, port) for as many concurrent streams as it takes, more
     when it is full; concurrent requests to a host that has none wait for the same connect."""
 
-    def __init__(self, on_connect=None) -> None:
+    def __init__(self, on_connect=None, secure: Secure | None = None) -> None:
         self._connections: dict[tuple[str, int], list[Connection]] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task] = {}
         self.opened = 0  # connections opened so far, for stats and tests
         self.on_connect = on_connect
+        self.secure = secure  # mesh mTLS to destinations that have a sidecar (see upstream.Secure)
 
     async def open(self, host: str, port: int, method: str | bytes, target: str | bytes, headers: list,
                    body: bytes | None = b"", source: BodySource | None = None,
@@ -370,7 +372,8 @@ class Pool:
         try:
             # Shared by every request waiting for it, so bounded by its own time, not theirs.
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(host, port)
+                opening = self.secure(host, port) if self.secure is not None else None
+                reader, writer = await (opening or asyncio.open_connection(host, port))
                 self.opened += 1
                 if self.on_connect is not None:
                     self.on_connect(host, port)

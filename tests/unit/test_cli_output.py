@@ -49,9 +49,10 @@ def demo(tmp_path, monkeypatch) -> Path:
 
 STATUSES = [
     WorkloadStatus("frontend", "frontend", "v1", app="running", sidecar="running", sidecar_health="healthy",
-                   config_version="c0ffee", config_generation=2, sync="SYNCED", urls=["http://localhost:8080/"]),
+                   config_version="c0ffee", config_generation=2, sync="SYNCED", urls=["http://localhost:8080/"],
+                   mtls="PERMISSIVE", certificate_expires="2026-12-02T10:51:45+00:00"),
     WorkloadStatus("payment-v2", "payment", "v2", app="running", sidecar="restarting", sidecar_health="unknown",
-                   sidecar_restarts=3, sync="UNKNOWN"),
+                   sidecar_restarts=3, sync="UNKNOWN", mtls="STRICT"),
 ]
 
 
@@ -228,7 +229,8 @@ def test_watch_json_prints_one_object_per_event(demo, capsys):
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def events() -> list[str]:
-        return [json.loads(line)["event"] for line in log.read_text().splitlines()] if log.is_file() else []
+        found = [json.loads(line)["event"] for line in log.read_text().splitlines()] if log.is_file() else []
+        return [event for event in found if event != "certificates"]
 
     def until(count: int) -> None:
         deadline = time.monotonic() + 20
@@ -253,8 +255,14 @@ def test_watch_json_prints_one_object_per_event(demo, capsys):
             signal.signal(sig, handler)
     editor.join(5)
     assert code == 0
-    lines = out.splitlines()
-    assert [json.loads(line)["event"] for line in lines] == ["started", "applied", "rejected", "stopped"]
+    records = [json.loads(line) for line in out.splitlines()]
+    # The workloads' first certificates (serials and times vary: not in the golden file).
+    [certificates] = [r for r in records if r["event"] == "certificates"]
+    assert [(i["workload"], i["reason"]) for i in certificates["issued"]] == [
+        (w, "new") for w in ("frontend", "greeter", "greeter-client", "orders", "payment-v1", "payment-v2")]
+    out = "".join(line + "\n" for line, r in zip(out.splitlines(), records) if r["event"] != "certificates")
+    assert [r["event"] for r in records if r["event"] != "certificates"] == ["started", "applied", "rejected",
+                                                                              "stopped"]
     pid = str(os.getpid())
     check_golden("watch.jsonl", out.replace(f'"pid": {pid}', '"pid": 1'))
 

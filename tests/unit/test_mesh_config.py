@@ -434,6 +434,18 @@ RULE_PROBLEMS = [
     ("tcpFault: {kind: bandwidth}", ("MESH0103", 4, 5), 'tcpFault of kind bandwidth: missing "rate"'),
     ("tcpFault: {kind: slicer, latency: 5ms}", ("MESH0103", 4, 5), 'tcpFault of kind slicer: missing "bytes"'),
     ("tcpFault: {kind: bandwidth, rate: 64 KB}", ("MESH0105", 4, 33), 'tcpFault.rate: "64 KB" is not a byte rate'),
+    # mTLS and authorization
+    ("mtls: STRIC", ("MESH0102", 4, 5), 'mtls "STRIC" is not one of: STRICT, PERMISSIVE, DISABLE (did you mean "STRICT"?)'),
+    ("authorization:\n  - {name: a, action: ALOW}", ("MESH0102", 5, 19), 'action "ALOW" is not one of: ALLOW, DENY'),
+    ("authorization:\n  - {name: a, action: DENY, rules: [{path: {regex: x}}]}",
+     ("MESH0101", 5, 49), 'unknown match kind "regex" in service "payment" authorization policy "a" rule 1 path; '
+                          "expected one of: exact, prefix, present, suffix"),
+    ("authorization:\n  - {action: DENY}", ("MESH0103", 5, 9), 'authorization policy 1: missing "name"'),
+    ("authorization:\n  - {name: a, action: DENY, rules: [{port: 0}]}",
+     ("MESH0102", 5, 42), "rule 1: port must be a port number (1-65535) or a list of them"),
+    ("authorization:\n  - {name: a, action: DENY, rules: [{sourc: x}]}",
+     ("MESH0101", 5, 42), 'unknown field "sourc" in service "payment" authorization policy "a" rule 1 (did you mean '
+                          '"source"?)'),
     ("tcpFault: {kind: latency, latency: 1s, speed: 2}",
      ("MESH0101", 4, 44), 'unknown field "speed" in service "payment" tcpFault; expected one of: kind, latency'),
 ]

@@ -58,6 +58,7 @@ def test_without_rules_a_service_has_one_default_route_balancing_all_versions(fi
         "ports": [8080],
         "loadBalancer": "round-robin",
         "routes": [{"name": "default", "split": []}],
+        "mtls": "PERMISSIVE",
     }
 
 
@@ -285,6 +286,22 @@ ROUND_TRIP_MESHES = {
             tcpFault: {kind: bandwidth, rate: 1MiB/s}
           frontend:
             tcpFault: {kind: blackhole, percent: 0}
+    """),
+    "zero trust": mesh_text("""
+        mtls: {mode: STRICT, trustDomain: example.org, certificateLifetime: 1h}
+        services:
+          payment:
+            mtls: PERMISSIVE
+            authorization:
+              - name: no-debug
+                action: DENY
+                rules: [{path: [{prefix: /debug}, {suffix: .php}], headers: {x-debug: {present: true}}}]
+              - name: callers
+                action: ALLOW
+                rules:
+                  - {source: [frontend, "spiffe://other.org/ns/x/sa/y"], method: [GET, POST], port: 8080}
+                  - {source: no-identity, path: {exact: /healthz}}
+              - {name: everyone, action: ALLOW}
     """),
     "outlier counts off": mesh_text("""
         services:

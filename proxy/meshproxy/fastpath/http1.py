@@ -25,7 +25,7 @@ import httptools
 
 from meshproxy import upstream
 from meshproxy.config import Version
-from meshproxy.exchange import INBOUND, Exchange, LocalReply
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer
 from meshproxy.fastpath import tcp
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
@@ -228,8 +228,9 @@ class HttpProxy:
         self.pipeline, self.pool = pipeline, pool
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
-                    direction: str, destination: tuple[str, int]) -> None:
-        """Every request of one connection, in order, until either side closes it."""
+                    direction: str, destination: tuple[str, int], peer: Peer | None = None) -> None:
+        """Every request of one connection, in order, until either side closes it (inbound,
+        `peer` says who the caller proved to be)."""
         downstream = Downstream(reader, writer, first)
         try:
             while True:
@@ -238,7 +239,7 @@ class HttpProxy:
                     break
                 if not isinstance(head, RequestHead):
                     raise BadRequest("a request body without a request")
-                if not await self._one(downstream, head, direction, destination):
+                if not await self._one(downstream, head, direction, destination, peer):
                     break
         except BadRequest as exc:
             logger.debug("bad request from the %s side: %s", direction, exc)
@@ -252,7 +253,7 @@ class HttpProxy:
                 await lingering_close(reader, writer)
 
     async def _one(self, downstream: Downstream, head: RequestHead, direction: str,
-                   destination: tuple[str, int]) -> bool:
+                   destination: tuple[str, int], peer: Peer | None) -> bool:
         """Proxy one request; True if the connection goes on."""
         authority = head.host or ("%s:%d" % destination).encode()
         exchange = Exchange(direction, head.method.decode(), authority.decode("latin-1"),
@@ -267,7 +268,7 @@ class HttpProxy:
         if head.upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", head.upgrade_to or b"")]
         try:
-            version = self.pipeline.route(exchange, fields, headers, source)
+            version = self.pipeline.route(exchange, fields, headers, source, peer)
             host = version.host if version is not None else destination[0]
             return await self._forward(downstream, head, exchange, headers, host, destination[1])
         except CallerLeft:

@@ -26,7 +26,7 @@ import h2.exceptions
 
 from meshproxy import upstream_h2
 from meshproxy.config import Version
-from meshproxy.exchange import INBOUND, Exchange, LocalReply
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
 from meshproxy.policy.routing import SOURCE_HEADER
@@ -222,12 +222,12 @@ class H2Proxy:
         self.pipeline, self.pool = pipeline, pool
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
-                    direction: str, destination: tuple[str, int]) -> None:
+                    direction: str, destination: tuple[str, int], peer: Peer | None = None) -> None:
         caller = CallerConnection(reader, writer)
 
         async def handle(conn: CallerConnection, stream: CallerStream) -> None:
             try:
-                await self._one(conn, stream, direction, destination)
+                await self._one(conn, stream, direction, destination, peer)
             except (Reset, OSError):
                 conn.reset_stream(stream)
             except Exception:
@@ -237,7 +237,7 @@ class H2Proxy:
         await caller.serve(first, handle)
 
     async def _one(self, caller: CallerConnection, stream: CallerStream, direction: str,
-                   destination: tuple[str, int]) -> None:
+                   destination: tuple[str, int], peer: Peer | None) -> None:
         authority = stream.pseudo(b":authority") or stream.pseudo(b"host") or b"%s:%d" % (
             destination[0].encode(), destination[1])
         exchange = Exchange(direction, stream.pseudo(b":method").decode(), authority.decode("latin-1"),
@@ -258,7 +258,7 @@ class H2Proxy:
         exchange.grpc = fields.get("content-type", "").startswith("application/grpc")
         headers = upstream_h2.forwarded_headers(kept, authority)
         try:
-            version = self.pipeline.route(exchange, fields, headers, source)
+            version = self.pipeline.route(exchange, fields, headers, source, peer)
             host = version.host if version is not None else destination[0]
             await self._forward(caller, stream, exchange, headers, host, destination[1])
         finally:

@@ -7,6 +7,10 @@ fault is relayed raw with its toxic whatever it speaks; else HTTP/1.1 goes to
 http1.HttpProxy, HTTP/2 with prior knowledge to http2.H2Proxy, TLS the app started itself
 is handed to mitmproxy (handover.py), and anything else is relayed raw. A client that sends nothing for DETECT_TIMEOUT (a protocol where the
 server speaks first) is relayed raw too.
+
+With mesh mTLS (meshproxy/mtls.py, the `gate`), a plaintext connection to the app is first
+admitted or refused by the service's mode, and the mTLS server hands its decrypted
+connections to serve() with the caller's proven identity and the protocol ALPN named.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from typing import Callable
 
 from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT
-from meshproxy.exchange import INBOUND, OUTBOUND
+from meshproxy.exchange import INBOUND, OUTBOUND, Peer
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
 from meshproxy.fastpath.http1 import HttpProxy
@@ -89,6 +93,7 @@ class Listener:
         self.access_log = access_log
         self.destination_of = destination_of  # tests set their own: there is no iptables on loopback
         self.servers: list[asyncio.base_events.Server] = []
+        self.gate = None  # mtls.MeshTls: admits plaintext callers, authorizes connections, opens mTLS upstream
 
     async def start(self, host: str = "0.0.0.0", outbound_port: int = OUTBOUND_PORT,
                     inbound_port: int = INBOUND_PORT) -> None:
@@ -115,30 +120,40 @@ class Listener:
             writer.close()
             return
         try:
-            await self._serve(direction, destination, reader, writer)
+            await self.serve(direction, destination, reader, writer)
         except Exception:  # survived: one connection's trouble must never reach the listener
             logger.exception("%s connection to %s:%s failed", direction, *destination)
         finally:
             writer.close()
 
-    async def _serve(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def serve(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter, peer: Peer | None = None, kind: str | None = None) -> None:
+        """One connection; `peer` and `kind` are known for one the mTLS server decrypted."""
         if direction == OUTBOUND and (decision := self.tcp_faults.for_connection(destination[0])) is not None:
             await self._relay(direction, destination, reader, writer, b"", Toxic(decision[1]))
             return
-        data, kind = await first_bytes(reader)
+        if direction == INBOUND and peer is None and self.gate is not None:
+            peer = self.gate.plaintext_peer(writer, destination)
+            if peer is None:  # STRICT: refused
+                tcp.reset(writer)
+                return
+        data = b""
+        if kind is None:
+            data, kind = await first_bytes(reader)
         if kind == "http1":
-            await self.http.serve(reader, writer, data, direction, destination)
+            await self.http.serve(reader, writer, data, direction, destination, peer)
         elif kind == "h2c":
-            await self.h2.serve(reader, writer, data, direction, destination)
+            await self.h2.serve(reader, writer, data, direction, destination, peer)
+        elif peer is not None and not self.gate.allows_connection(peer, destination):
+            tcp.reset(writer)
         elif kind in HANDED_OVER:
             server = await self.mitmproxy.connect(direction, destination)
             await tcp.relay((reader, writer), server, client_first=data)
         elif kind == "tcp":
-            await self._relay(direction, destination, reader, writer, data, None)
+            await self._relay(direction, destination, reader, writer, data, None, peer)
 
     async def _relay(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None) -> None:
+                     writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None, peer: Peer | None = None) -> None:
         labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination)
         self.telemetry.tcp_opened(labels)
         started = time.time()
@@ -156,7 +171,8 @@ class Listener:
             if at_start == "close":
                 return
             try:
-                server = await asyncio.open_connection(*destination, limit=READ_SIZE)
+                opening = self.gate.open_tcp(destination) if direction == OUTBOUND and self.gate is not None else None
+                server = await (opening or asyncio.open_connection(*destination, limit=READ_SIZE))
             except OSError as exc:
                 error = f"cannot connect: {exc}"
                 tcp.reset(writer)
@@ -165,4 +181,4 @@ class Listener:
         finally:
             self.telemetry.tcp_closed(labels)
             self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error,
-                                toxic.flag if toxic is not None else "-")
+                                toxic.flag if toxic is not None else "-", peer)

@@ -2,10 +2,10 @@
 
 http1.py and http2.py parse and frame; everything a request meets between its headers
 and its answer is here, once: routing (outbound: route and version; inbound: the
-caller's identity) and tracing (the trace headers), then for mesh services faults,
-mirroring and resilience, and in the end telemetry, the access log, the span and the tap.
-Requests leaving the mesh, or reaching the app behind this sidecar, are sent once, as
-they came. Tracing off and nobody tapping cost one attribute test each.
+caller's identity and authorization) and tracing (the trace headers), then for mesh
+services faults, mirroring and resilience, and in the end telemetry, the access log, the
+span and the tap. Requests leaving the mesh, or reaching the app behind this sidecar, are
+sent once, as they came. Tracing off and nobody tapping cost one attribute test each.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import time
 from typing import Awaitable, Callable, Mapping
 
 from meshproxy.config import Version
-from meshproxy.exchange import INBOUND, Exchange, LocalReply, connect_failure, reset_before_headers
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer, connect_failure, reset_before_headers
 from meshproxy.policy.access_log import AccessLog
+from meshproxy.policy.authz import Authorization, denied_reply
 from meshproxy.policy.faults import HttpFaults
 from meshproxy.policy.mirroring import Mirroring, SendCopy
 from meshproxy.policy.resilience import Attempt, Forwarded, Resilience
@@ -28,24 +29,36 @@ from meshproxy.upstream import ConnectFailure, Reset
 
 class Pipeline:
     def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
-                 telemetry: Telemetry, access_log: AccessLog, tracing: Tracing, tap: Tap) -> None:
+                 telemetry: Telemetry, access_log: AccessLog, tracing: Tracing, tap: Tap,
+                 authz: Authorization | None = None) -> None:
         self.router, self.faults, self.mirroring = router, faults, mirroring
         self.resilience, self.telemetry, self.access_log = resilience, telemetry, access_log
-        self.tracing, self.tap = tracing, tap
+        self.tracing, self.tap, self.authz = tracing, tap, authz
 
     @property
     def reads_inbound_headers(self) -> bool:
-        """Whether a request to the app needs its header fields (route() takes {} otherwise)."""
-        return self.tracing.settings is not None or self.tap.active
+        """Whether a request to the app needs its header fields (route() takes {} otherwise):
+        for tracing, a tap, or authorization policies (they may match headers)."""
+        return (self.tracing.settings is not None or self.tap.active
+                or (self.authz is not None and bool(self.authz.policies)))
 
     def route(self, exchange: Exchange, fields: Mapping[str, str], headers: list[tuple[bytes, bytes]],
-              source: str | None) -> Version | None:
+              source: str | None, peer: Peer | None = None) -> Version | None:
         """At the request headers: the version to send to, or None (where the app sent it).
         `fields` are the headers with lower-case names, `headers` the list to forward (the
-        policies add to it); inbound, `source` is the caller."""
+        policies add to it); inbound, `source` is the caller and `peer` what the connection
+        proves about it."""
         if exchange.direction == INBOUND:
             self.router.inbound(exchange, source)
             version = None
+            if peer is not None:
+                exchange.source_principal, exchange.security_policy = peer.principal, peer.security_policy
+                if self.authz is not None and self.authz.policies:
+                    decision = self.authz.check_request(exchange, fields, peer.port)
+                    if not decision.allowed:
+                        exchange.denied = denied_reply(decision)
+                        exchange.error = decision.reason
+                        self.telemetry.authz_denied(decision)
         else:
             version = self.router.outbound(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())))
         if self.tracing.settings is not None:
@@ -59,6 +72,8 @@ class Pipeline:
         """The answer (Forwarded), a fault's reply (LocalReply), or policy.faults.RESET.
         `replayable` says whether the request body is whole and kept (then it can be
         mirrored and retried); a callable is asked each time, as a streamed body may end."""
+        if exchange.denied is not None:
+            return exchange.denied
         if exchange.service is not None:
             verdict = await self.faults.apply(exchange)
             if verdict is not None:

@@ -17,7 +17,7 @@ import sys
 import time
 
 from meshproxy.config import MeshState
-from meshproxy.exchange import INBOUND, Exchange
+from meshproxy.exchange import INBOUND, Exchange, Peer
 
 # One encoder for every line: json.dumps() with arguments builds a new one per call, which
 # cost more than the rest of a request's bookkeeping.
@@ -79,9 +79,10 @@ class AccessLog:
         })
 
     def tcp(self, direction: str, destination: str, started: float, received: int, sent: int,
-            error: str | None, flags: str = "-") -> None:
+            error: str | None, flags: str = "-", peer: Peer | None = None) -> None:
         """The line of one relayed TCP connection, when it closed. `destination` is its
-        original 'ip:port'; `received` counts the caller's bytes, `sent` the answer's."""
+        original 'ip:port'; `received` counts the caller's bytes, `sent` the answer's;
+        `peer`, inbound, who the caller proved to be."""
         me = self.state.identity
         inbound = direction == INBOUND
         self._write({
@@ -90,8 +91,10 @@ class AccessLog:
             "direction": direction,
             "workload": me.workload,
             "source": "unknown" if inbound else me.workload,
+            "source_principal": peer.principal or None if peer is not None else None,
             "destination_workload": me.workload if inbound else destination,
             "destination": destination,
+            "connection_security_policy": peer.security_policy if peer is not None else "none",
             "duration_ms": round((time.time() - started) * 1000, 2),
             "received_bytes": received,
             "sent_bytes": sent,

@@ -23,6 +23,7 @@ ROUTE_LABELS = ("destination_service", "route")
 MIRROR_LABELS = ("destination_service", "destination_version")
 TCP_LABELS = ("reporter", "source_workload", "destination_workload", "destination_service")
 CONNECTION_LABELS = ("destination",)
+AUTHZ_LABELS = ("destination_workload", "policy", "rule")
 # Istio's default buckets for request durations, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000)
 
@@ -53,6 +54,9 @@ class Telemetry:
         self.connections = Counter("meshcli_upstream_connections_opened_total",
                                    "Connections this sidecar opened to upstreams (HTTP pools).",
                                    CONNECTION_LABELS, registry=self.registry)
+        self.authz_denials = Counter("meshcli_authz_denied_total",
+                                     "Requests and connections authorization denied (server side).",
+                                     AUTHZ_LABELS, registry=self.registry)
         # prometheus_client validates labels and takes a lock on every .labels() call;
         # each (metric, label set) is resolved once, see _child().
         self._children: dict[tuple, object] = {}
@@ -91,6 +95,11 @@ class Telemetry:
             if exchange.mirrored is not None:
                 self._child(self.mirrored, (labels[3], exchange.mirrored)).inc()
 
+    def authz_denied(self, decision) -> None:
+        """Count a denial by authorization (policy.authz.Decision); its request is logged as usual."""
+        self._child(self.authz_denials, (self.state.identity.workload, decision.policy or "-",
+                                         str(decision.rule or "-"))).inc()
+
     def connection_opened(self, host: str, port: int) -> None:
         self._child(self.connections, (f"{host}:{port}",)).inc()
 
@@ -115,7 +124,7 @@ class Telemetry:
     def stats(self) -> dict:
         """Counters as JSON: what `meshcli status`, tests and later `meshcli stat` read."""
         result: dict = {"requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [],
-                        "upstream_connections": []}
+                        "upstream_connections": [], "authz_denied": []}
         routes: dict[tuple, dict] = {}
         durations: dict[tuple, dict] = {}
         for metric in self.registry.collect():
@@ -141,6 +150,8 @@ class Telemetry:
                         int(sample.value)
                 elif sample.name == "meshcli_mirrored_requests_total":
                     result["mirrored"].append({**sample.labels, "count": int(sample.value)})
+                elif sample.name == "meshcli_authz_denied_total":
+                    result["authz_denied"].append({**sample.labels, "count": int(sample.value)})
                 elif sample.name == "meshcli_upstream_connections_opened_total":
                     result["upstream_connections"].append({**sample.labels, "opened": int(sample.value)})
         result["durations"] = list(durations.values())

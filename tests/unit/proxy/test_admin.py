@@ -137,6 +137,8 @@ def test_config_dump(sidecar):
         "generation": 0,
         "last_error": "sidecar.json: not JSON",
         "rejection": None,
+        "tls": {"mode": "PERMISSIVE", "fingerprint": None, "roots": [], "principal":
+                "spiffe://cluster.local/ns/shop/sa/web", "error": sidecar.sidecar.tls.error},  # no identity files here
         "config": json.loads(json.dumps(CONFIG.raw)),
     }
 

@@ -249,7 +249,8 @@ def test_stats_json():
 
     stats = json.loads(json.dumps(web.telemetry.stats()))
 
-    assert sorted(stats) == ["durations", "mirrored", "outliers", "requests", "routes", "tcp", "upstream_connections"]
+    assert sorted(stats) == ["authz_denied", "durations", "mirrored", "outliers", "requests", "routes", "tcp",
+                            "upstream_connections"]
     assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
         ("payment-v1", 2), ("payment-v2", 1)]
     assert stats["requests"][0]["reporter"] == "source"
@@ -262,6 +263,7 @@ def test_stats_json():
 def test_stats_when_nothing_happened():
     assert Telemetry(MeshState(WEB)).stats() == {
         "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "upstream_connections": [],
+        "authz_denied": [],
         "outliers": {}}
 
 
@@ -320,7 +322,8 @@ def test_tcp_bytes_and_connections_are_counted(identity, direction, labels):
         "kind": "tcp", "direction": direction, "workload": identity.workload,
         "source": "unknown" if direction == INBOUND else identity.workload,
         "destination_workload": labels["destination_workload"], "destination": "10.0.0.9:5432",
-        "received_bytes": 8, "sent_bytes": 7, "response_flags": "FI", "error": "connection refused"}
+        "received_bytes": 8, "sent_bytes": 7, "response_flags": "FI", "error": "connection refused",
+        "source_principal": None, "connection_security_policy": "none"}
     assert 450 <= entry["duration_ms"] < 5000
 
 
@@ -331,7 +334,7 @@ def test_metric_names_follow_istio():
                      "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
                      # meshcli's own, beside Istio's
                      "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests",
-                     "meshcli_upstream_connections_opened"}
+                     "meshcli_upstream_connections_opened", "meshcli_authz_denied"}
 
 
 # -- on the wire, through the fast path ------------------------------------------------------
