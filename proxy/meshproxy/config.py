@@ -75,6 +75,13 @@ ENV_WORKLOAD = "MESH_WORKLOAD"
 ENV_SERVICE = "MESH_SERVICE"
 ENV_VERSION = "MESH_VERSION"
 ENV_CONFIG_DIR = "MESH_CONFIG_DIR"
+TRUST_DOMAIN = "cluster.local"  # of the workloads' SPIFFE IDs, Istio's default
+
+
+def spiffe_id(namespace: str, service: str) -> str:
+    """A workload's identity as Istio spells it (the compose project is the namespace, the
+    service its service account): spiffe://cluster.local/ns/<project>/sa/<service>."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service}"
 
 
 # --- vocabulary and defaults --------------------------------------------------------------

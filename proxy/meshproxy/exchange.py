@@ -43,6 +43,9 @@ class Exchange:
     attempts: int = 0  # upstream tries (0: answered by the sidecar itself)
     mirrored: str | None = None  # the version a copy went to
     status: int = 0  # the answer's status; 0: none (reset, error)
+    grpc_status: str = ""  # gRPC's grpc-status of the answer, when the path saw one
+    request_bytes: int = 0  # body sizes (Istio's istio_request_bytes / istio_response_bytes)
+    response_bytes: int = 0
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
@@ -67,6 +70,7 @@ class Exchange:
         if reply.flag:
             self.flags.append(reply.flag)
         self.status = reply.status
+        self.response_bytes = len(reply.body)
         return reply
 
     def release(self) -> None:
@@ -83,6 +87,11 @@ class LocalReply:
     body: bytes
     flag: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def grpc_status(headers) -> str:
+    """The grpc-status among an answer's headers or trailers ((bytes, bytes) pairs); "" without one."""
+    return next((value.decode("latin-1") for name, value in headers if name == b"grpc-status"), "")
 
 
 CIRCUIT_HEADER = "x-meshcli-circuit"

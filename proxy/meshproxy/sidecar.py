@@ -59,11 +59,13 @@ class Sidecar:
         await self.listener.start(**listen)
         self.watcher.start()
         self.tcp_faults.start()
+        self.telemetry.start()
 
     def stop(self) -> None:
         self.listener.stop()
         self.watcher.stop()
         self.tcp_faults.stop()
+        self.telemetry.stop()
         self.mirroring.stop()
         self.mitmproxy.stop()
         self.pool.close()

@@ -7,8 +7,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from meshproxy import admin, config
 from meshproxy.config import MeshState
+from meshproxy.policy.telemetry import ISTIO_LABELS
 from meshproxy.sidecar import Sidecar
 from sidecar_kit import WEB, outbound
 
@@ -165,10 +168,12 @@ def test_stats_json(sidecar):
     assert stats["config_version"] == "abc123"
     assert stats["handed_over"] == 0
     assert stats["tcp"] == [] and stats["upstream_connections"] == []
-    assert stats["requests"] == [{
+    [row] = stats["requests"]
+    assert row.items() >= {
         "reporter": "source", "source_workload": "web-v1", "destination_workload": "payment-v1",
         "destination_service": "payment", "destination_version": "v1", "response_code": "200",
-        "request_protocol": "http", "response_flags": "-", "count": 1}]
+        "request_protocol": "http", "response_flags": "-", "count": 1}.items()
+    assert [p["path"] for p in stats["paths"]] == []  # per path: inbound requests only
 
 
 def test_prometheus(sidecar):
@@ -177,13 +182,19 @@ def test_prometheus(sidecar):
     assert ctype.startswith("text/plain")
     assert b"istio_requests_total{" not in body  # nothing recorded yet
 
-    sidecar.record_request()
+    for _ in range(3):
+        sidecar.record_request()
     text = get(sidecar.metrics, "/stats/prometheus")[2].decode()
 
-    assert ('istio_requests_total{destination_service="payment",destination_version="v1",'
-            'destination_workload="payment-v1",reporter="source",request_protocol="http",'
-            'response_code="200",response_flags="-",source_workload="web-v1"} 1.0') in text
-    assert "istio_request_duration_milliseconds_bucket{" in text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [requests] = families["istio_requests"].samples
+    assert requests.value == 3 and set(requests.labels) == set(ISTIO_LABELS)
+    for name in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
+        assert families[name].type == "histogram"
+        buckets = [(float(s.labels["le"]), s.value) for s in families[name].samples if s.name.endswith("_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == (float("inf"), 3)  # bounds and counts both rise
+        [count] = [s.value for s in families[name].samples if s.name.endswith("_count")]
+        assert count == 3
     assert get(sidecar.metrics, "/metrics")[2].decode() == text
 
 
