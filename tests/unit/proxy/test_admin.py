@@ -52,7 +52,7 @@ def servers():
 
 
 def test_serve_routes_and_404(servers):
-    server = admin.serve(0, {"/hello": lambda: (201, "text/plain", b"hi\n")}, host="127.0.0.1")
+    server = admin.serve(0, {"/hello": lambda _query: (201, "text/plain", b"hi\n")}, host="127.0.0.1")
     servers.append(server)
 
     assert get(server, "/hello") == (201, "text/plain", b"hi\n")
@@ -206,3 +206,30 @@ def test_unknown_paths_are_404(sidecar):
 
     assert {(which, path): get(getattr(sidecar, which), path)[0] for which, path in unknown} == {
         key: 404 for key in unknown}
+
+
+def test_stats_with_a_window_carry_the_counters_of_then(sidecar):
+    sidecar.state.apply(CONFIG)
+    sidecar.record_request()
+
+    stats = json.loads(get(sidecar.admin, "/stats?window=60")[2])
+
+    # The sidecar is younger than the window: "then" is its first snapshot, taken at start.
+    assert stats["earlier"]["requests"] == [] and stats["earlier"]["age_s"] >= 0
+    assert [row["count"] for row in stats["requests"]] == [1]
+    assert "earlier" not in json.loads(get(sidecar.admin, "/stats")[2])
+    assert get(sidecar.admin, "/stats?window=soon")[0] == 400
+
+
+def test_history_answers_with_the_newest_snapshot_old_enough():
+    now = [100.0]
+    counter = iter(range(100))
+    history = admin.History(lambda: {"n": next(counter)}, every=5, keep=20, clock=lambda: now[0])
+    for _ in range(10):  # one every 5 s, from t=100 to t=145; 20 s of them kept (and two more)
+        history.take()
+        now[0] += 5
+    # now t=150: snapshots kept from t=120 (n=4) to t=145 (n=9)
+    assert history.at(12) == (15.0, {"n": 7})
+    assert history.at(0) == (5.0, {"n": 9})
+    assert history.at(600) == (30.0, {"n": 4})  # older than what is kept: the oldest
+    assert admin.History(dict).at(5) is None
