@@ -55,7 +55,7 @@ STATUSES = [
 ]
 
 
-def fake_up(located, progress, wait_timeout=180, build=False, wait=True):
+def fake_up(located, progress, wait_timeout=180, build=False, wait=True, prometheus_port=None):
     return lifecycle.UpResult(workspace.load(located), located.rendered_file, "meshcli-sidecar:test", STATUSES[:1])
 
 
