@@ -299,7 +299,8 @@ def _edge_label(edge: Edge) -> str:
     rate = edge.to_json()["perSecond"]
     what = f"{rate:g} conn/s" if edge.protocol == "tcp" else f"{rate:g} req/s"
     errors = f", {edge.error_rate:.1%} errors" if edge.error_rate else ""
-    return f"{edge.protocol} {what}{errors}, {'mTLS' if edge.mtls == 'mutual_tls' else edge.mtls}"
+    security = {"mutual_tls": "mTLS", "none": "plaintext"}.get(edge.mtls, "mTLS and plaintext")
+    return f"{edge.protocol} {what}{errors}, {security}"
 
 
 def graph_dot(g: Graph) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, demo as demo_copy, fault_layer, lifecycle, status, watcher, workspace
+from meshcli import control_plane, demo as demo_copy, fault_layer, lifecycle, status, views, watcher, workspace
 from meshcli.cli import demo as demo_command, fault as fault_command, lifecycle as lifecycle_command
 from meshcli.cli.main import main
 from meshcli.errors import DockerError
@@ -37,7 +37,8 @@ def demo(tmp_path, monkeypatch) -> Path:
     compose_dir = demo_copy.copy(tmp_path / "demo").compose_dir
     monkeypatch.chdir(compose_dir)
     frozen = types.SimpleNamespace(time=lambda: NOW, monotonic=lambda: NOW, sleep=time.sleep)
-    for module in (control_plane, fault_layer, lifecycle, watcher, demo_command, fault_command, lifecycle_command):
+    for module in (control_plane, fault_layer, lifecycle, watcher, views, demo_command, fault_command,
+                   lifecycle_command):
         monkeypatch.setattr(module, "time", frozen)
     monkeypatch.setattr(fault_layer, "new_id", lambda taken, prefix="f-": prefix + "0001")
     monkeypatch.setattr(status, "project_running", lambda project: False)
@@ -103,6 +104,36 @@ def no_engine(demo: Path, monkeypatch) -> None:
     monkeypatch.setattr(lifecycle, "up", up)
 
 
+def _hop(reporter: str, source: str, destination: str, count: int, code: str = "200") -> dict:
+    return {"reporter": reporter, "source_workload": source, "destination_workload": destination,
+            "request_protocol": "http", "response_code": code, "connection_security_policy": "none", "count": count}
+
+
+def with_traffic(demo: Path, monkeypatch) -> None:
+    """Sidecar counters as /stats?window= gives them: frontend -> orders -> payment-v1, and greeter's TCP."""
+    buckets = [[1.0, 0], [5.0, 6], [10.0, 10], [float("inf"), 10]]
+    readings = {
+        "frontend": views.Reading("frontend", {
+            "requests": [_hop("destination", "unknown", "frontend", 30), _hop("source", "frontend", "orders", 30)],
+            "durations": [{"reporter": "destination", "buckets": buckets, "count": 10, "sum_ms": 40.0}],
+            "paths": [{"source": "unknown", "method": "GET", "path": "/", "count": 30, "errors": 0,
+                       "sum_ms": 120.0, "max_ms": 9.5}]},
+            {"requests": [_hop("destination", "unknown", "frontend", 20), _hop("source", "frontend", "orders", 20)]},
+            60.0),
+        "orders": views.Reading("orders", {
+            "requests": [_hop("destination", "frontend", "orders", 30), _hop("source", "orders", "payment-v1", 29),
+                         _hop("source", "orders", "payment-v1", 1, "503")]}, {"requests": []}, 60.0),
+        "greeter-client": views.Reading("greeter-client", {"tcp": [
+            {"reporter": "source", "source_workload": "greeter-client", "destination_workload": "greeter",
+             "connection_security_policy": "none", "metric": "istio_tcp_connections_opened_total", "value": 6},
+            {"reporter": "source", "source_workload": "greeter-client", "destination_workload": "greeter",
+             "connection_security_policy": "none", "metric": "istio_tcp_sent_bytes_total", "value": 120}]},
+            {"tcp": []}, 60.0),
+    }
+    monkeypatch.setattr(views, "read", lambda loaded, window_s=None, workloads=None: [
+        r for name, r in sorted(readings.items()) if workloads is None or name in workloads])
+
+
 def ctrl_c(demo: Path, monkeypatch) -> None:
     def collect(loaded):
         raise KeyboardInterrupt
@@ -159,12 +190,22 @@ JSON_CASES = {
     "apply": (nothing, ["apply", "--json"], 0),
     "apply-error": (with_bad_mesh, ["apply", "--json"], 2),
     "watch-error": (nothing, ["watch", "-f", "missing.yaml", "--json"], 2),
+    "stat": (with_traffic, ["stat", "--json"], 0),
+    "stat-error": (nothing, ["stat", "--window", "1h", "--json"], 2),
+    "graph": (with_traffic, ["graph", "--json"], 0),
+    "graph-error": (nothing, ["graph", "--format", "png", "--json"], 2),
+    "top": (with_traffic, ["top", "frontend", "--interval", "0.5", "--json"], 0),
+    "top-error": (nothing, ["top", "--interval", "0.1", "--json"], 2),
 }
 
 HUMAN_CASES = {
     "status": (with_fault, ["status"], 1),
     "route-show": (with_fault, ["route", "show", "payment"], 0),
     "fault-list": (with_fault, ["fault", "list"], 0),
+    "stat": (with_traffic, ["stat"], 0),
+    "graph": (with_traffic, ["graph"], 0),
+    "graph-dot": (with_traffic, ["graph", "--format", "dot"], 0),
+    "graph-mermaid": (with_traffic, ["graph", "--format", "mermaid"], 0),
 }
 
 
@@ -235,7 +276,7 @@ COMMANDS = [
     ["route", "circuit-breaker", "payment", "--max-connections", "1"],
     ["route", "outlier-detection", "payment", "--consecutive-5xx", "1"], ["route", "mirror", "payment", "v2"],
     ["route", "match", "payment", "r", "--to", "v2"], ["route", "delete", "payment", "r"],
-    ["route", "show", "payment"], ["apply"], ["watch"],
+    ["route", "show", "payment"], ["apply"], ["watch"], ["stat"], ["graph"], ["top"],
 ]
 
 
