@@ -15,8 +15,11 @@ breaker overflows and outlier ejections have counters of their own. Inbound requ
 also counted per path (bounded, for `meshcli top`).
 
 The hot path: a request's label values are looked up in one dict keyed by the few
-exchange fields they derive from; the label children of all four HTTP metrics are
-resolved once per key (prometheus_client validates and locks on every .labels()).
+exchange fields they derive from, giving the series of its label set; the four HTTP
+metrics of a series are plain counters (HttpSeries: one writer, the event loop, no lock,
+a bisect per histogram) that a collector turns into Prometheus samples at scrape time.
+prometheus_client's own children (locks, a loop over the buckets per observation) cost
+twice as much per request; they serve the rarer counters.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from bisect import bisect_left
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from meshproxy.config import MeshState, SidecarConfig, spiffe_id
 from meshproxy.exchange import INBOUND, OUTBOUND, Exchange
@@ -63,6 +68,64 @@ FAULT_FLAGS = {"DI": "delay", "FI": "abort"}
 OVERFLOW_FLAG = "UO"
 
 
+class HttpSeries:
+    """One label set's requests, durations and sizes. Buckets are per bucket (not cumulative),
+    the last one +Inf; the count is their sum, so a scrape never sees them disagree."""
+
+    __slots__ = ("labels", "durations", "duration_sum", "request_sizes", "request_bytes", "response_sizes",
+                 "response_bytes")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self.request_sizes = [0] * (len(SIZE_BUCKETS) + 1)
+        self.response_sizes = [0] * (len(SIZE_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.request_bytes = self.response_bytes = 0
+
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.durations[bisect_left(DURATION_BUCKETS, duration_ms)] += 1  # Prometheus' le: value <= bound
+        self.duration_sum += duration_ms
+        self.request_sizes[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        self.request_bytes += request_bytes
+        self.response_sizes[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
+        self.response_bytes += response_bytes
+
+
+def _cumulative(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
+    total, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts):
+        total += count
+        buckets.append((floatToGoString(bound), total))
+    return buckets
+
+
+class _HttpCollector:
+    """istio_requests_total and the three histograms, from the HttpSeries at scrape time."""
+
+    def __init__(self, series: dict[tuple, HttpSeries]) -> None:
+        self.series = series
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        requests = CounterMetricFamily("istio_requests", "Requests proxied.", labels=ISTIO_LABELS)
+        durations = HistogramMetricFamily("istio_request_duration_milliseconds", "Request durations.",
+                                          labels=ISTIO_LABELS)
+        request_sizes = HistogramMetricFamily("istio_request_bytes", "Request body sizes.", labels=ISTIO_LABELS)
+        response_sizes = HistogramMetricFamily("istio_response_bytes", "Response body sizes.", labels=ISTIO_LABELS)
+        for series in list(self.series.values()):  # the event loop may add one meanwhile
+            buckets = _cumulative(DURATION_BUCKETS, series.durations)
+            requests.add_metric(series.labels, buckets[-1][1])
+            durations.add_metric(series.labels, buckets, series.duration_sum)
+            request_sizes.add_metric(series.labels, _cumulative(SIZE_BUCKETS, series.request_sizes),
+                                     series.request_bytes)
+            response_sizes.add_metric(series.labels, _cumulative(SIZE_BUCKETS, series.response_sizes),
+                                      series.response_bytes)
+        yield from (requests, durations, request_sizes, response_sizes)
+
+
 class Telemetry:
     def __init__(self, state: MeshState, access_log=sys.stdout, outliers: Outliers | None = None,
                  addresses: ServiceAddresses | None = None) -> None:
@@ -73,13 +136,8 @@ class Telemetry:
         self.addresses = addresses or ServiceAddresses(state, workload_hosts)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("istio_requests_total", "Requests proxied.", ISTIO_LABELS, registry=r)
-        self.durations = Histogram("istio_request_duration_milliseconds", "Request durations.",
-                                   ISTIO_LABELS, buckets=DURATION_BUCKETS, registry=r)
-        self.request_sizes = Histogram("istio_request_bytes", "Request body sizes.", ISTIO_LABELS,
-                                       buckets=SIZE_BUCKETS, registry=r)
-        self.response_sizes = Histogram("istio_response_bytes", "Response body sizes.", ISTIO_LABELS,
-                                        buckets=SIZE_BUCKETS, registry=r)
+        self.series: dict[tuple[str, ...], HttpSeries] = {}  # label values -> its series
+        r.register(_HttpCollector(self.series))
         self.tcp_opened_total = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
                                         TCP_LABELS, registry=r)
         self.tcp_closed_total = Counter("istio_tcp_connections_closed_total", "TCP connections closed.",
@@ -105,8 +163,8 @@ class Telemetry:
                                    CONNECTION_LABELS, registry=r)
         r.register(_EjectionCollector(self))
         self._children: dict[tuple, object] = {}
-        # exchange fields -> (label values, the four HTTP children); emptied on a new config.
-        self._http: dict[tuple, tuple] = {}
+        # exchange fields -> their label set's series; emptied on a new config (peers may change).
+        self._http: dict[tuple, HttpSeries] = {}
         self._workloads: dict[str, tuple[str, str]] = {}  # workload (host) -> (service, version)
         self.paths: dict[tuple[str, str, str], list] = {}  # (source, method, path) -> [count, errors, sum ms, max ms]
         state.subscribe(self._configure)
@@ -177,18 +235,16 @@ class Telemetry:
         key = (exchange.direction, exchange.source, exchange.service_name, upstream.host if upstream else None,
                exchange.version, exchange.status, exchange.grpc, exchange.grpc_status,
                tuple(flags) if flags else None, exchange.security_policy, exchange.source_principal)
-        entry = self._http.get(key)
-        if entry is None:
+        series = self._http.get(key)
+        if series is None:
             labels = self.http_labels(exchange)
-            entry = self._http[key] = (labels, self._child(self.requests, labels), self._child(self.durations, labels),
-                                       self._child(self.request_sizes, labels),
-                                       self._child(self.response_sizes, labels))
-        labels, requests, durations, request_sizes, response_sizes = entry
+            series = self.series.get(labels)
+            if series is None:
+                series = self.series[labels] = HttpSeries(labels)
+            self._http[key] = series
+        labels = series.labels
         duration_ms = exchange.duration_ms
-        requests.inc()
-        durations.observe(duration_ms)
-        request_sizes.observe(exchange.request_bytes)
-        response_sizes.observe(exchange.response_bytes)
+        series.observe(duration_ms, exchange.request_bytes, exchange.response_bytes)
         route = exchange.route
         service = labels[12]
         if route is not None:

@@ -356,13 +356,15 @@ def test_an_unknown_caller_has_unknown_source_labels():
 def test_request_and_response_sizes_are_histograms():
     web = Recorder()
     exchange = outbound(web.router)[0]
-    exchange.request_bytes, exchange.response_bytes = 50, 5000
+    exchange.request_bytes, exchange.response_bytes = 100, 5000
 
     web.record(exchange)
 
-    assert web.sample("istio_request_bytes_sum", reporter="source") == 50
+    assert web.sample("istio_request_bytes_sum", reporter="source") == 100
     assert web.sample("istio_request_bytes_bucket", reporter="source", le="10.0") == 0
-    assert web.sample("istio_request_bytes_bucket", reporter="source", le="100.0") == 1
+    assert web.sample("istio_request_bytes_bucket", reporter="source", le="100.0") == 1  # le: at most the bound
+    assert web.sample("istio_request_bytes_bucket", reporter="source", le="+Inf") == 1
+    assert web.sample("istio_request_bytes_count", reporter="source") == 1
     assert web.sample("istio_response_bytes_sum", reporter="source") == 5000
     assert web.sample("istio_response_bytes_bucket", reporter="source", le="1000.0") == 0
 
