@@ -241,6 +241,10 @@ def test_graph_shows_exactly_the_demos_edges(demo, traffic):
         assert edge["errorRate"] in (0.0, None), edge
     dot = demo.cli("graph", "-p", demo.project, "--format", "dot", "--window", "10s").stdout
     assert '"frontend" -> "orders"' in dot and '"greeter-client" -> "greeter"' in dot
+    # The greeter's own sidecar names its caller too (from the address a raw connection comes from).
+    callers = {s.labels["source_workload"] for family in text_string_to_metric_families(metrics(demo, "greeter"))
+               for s in family.samples if s.name == "istio_tcp_connections_opened_total"}
+    assert callers == {"greeter-client"}, callers
 
 
 def test_top_lists_the_busiest_paths(demo, traffic):

@@ -293,3 +293,22 @@ def test_every_command_fails_with_one_json_error_object_where_there_is_no_compos
     assert report["ok"] is False and set(report) == {"ok", "error", "diagnostics"}
     assert set(report["error"]) == {"code", "message", "file", "line", "column", "hint"}
     assert report["error"]["code"] == "usage" and report["error"]["message"]
+
+
+def test_top_refreshes_its_table_until_ctrl_c(demo, capsys, monkeypatch):
+    with_traffic(demo, monkeypatch)
+    naps = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if seconds != 1:  # someone else's wait (the project loader's)
+            return real_sleep(seconds)
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    code, out, _ = run(capsys, demo.parent.parent, ["top", "--interval", "1"])
+
+    assert code == 130 and naps == [1.0, 1.0, 1.0]
+    assert "busiest paths" in out and "frontend" in out

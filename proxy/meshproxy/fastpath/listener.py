@@ -135,7 +135,8 @@ class Listener:
 
     async def _relay(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None) -> None:
-        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination)
+        peer = writer.get_extra_info("peername")
+        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination, peer_ip=peer[0] if peer else None)
         self.telemetry.tcp_opened(labels)
         error = None
         try:

@@ -308,19 +308,26 @@ class Telemetry:
         self._child(self.connections, (f"{host}:{port}",)).inc()
 
     # -- TCP ----------------------------------------------------------------------------
-    def tcp_labels(self, direction: str, destination: str, security_policy: str = "none") -> tuple[str, ...]:
+    def tcp_labels(self, direction: str, destination: str, security_policy: str = "none",
+                   peer_ip: str | None = None) -> tuple[str, ...]:
         """The label set of a relayed connection (TCP_LABELS' order); `destination` is its
-        original 'ip:port'. Inbound the caller is unknown: a raw connection says nothing of it."""
+        original 'ip:port'. Inbound, the caller is the workload at `peer_ip` (the address the
+        connection came from), when that is one of the project's."""
         me = self.state.identity
         ns = self.namespace
         secured = security_policy == "mutual_tls"
         if direction == INBOUND:
-            return ("destination", UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN,
-                    me.workload, ns, self._principal(me.service, secured), me.service, me.version or UNKNOWN,
-                    me.service, me.service, ns, me.service, security_policy)
+            source = self._workload_at(peer_ip) if peer_ip else None
+            if source is None:
+                source_side: tuple = (UNKNOWN,) * 6
+            else:
+                app, version = self._workloads[source]
+                source_side = (source, ns, self._principal(app, secured), app, version, app)
+            return ("destination", *source_side, me.workload, ns, self._principal(me.service, secured), me.service,
+                    me.version or UNKNOWN, me.service, me.service, ns, me.service, security_policy)
         source_side = (me.workload, ns, self._principal(me.service, secured), me.service, me.version or UNKNOWN,
                        me.service)
-        workload = self.addresses.service_at(destination.rpartition(":")[0])
+        workload = self._workload_at(destination.rpartition(":")[0])
         known = self._workloads.get(workload) if workload is not None else None
         if known is None:  # outside the mesh (Envoy's passthrough): named by its address
             return ("source", *source_side, destination, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN,
@@ -328,6 +335,10 @@ class Telemetry:
         service, version = known
         return ("source", *source_side, workload, ns, self._principal(service, secured), service, version,
                 service, service, ns, service, security_policy)
+
+    def _workload_at(self, ip: str) -> str | None:
+        workload = self.addresses.service_at(ip)
+        return workload if workload in self._workloads else None
 
     def tcp_opened(self, labels: tuple[str, ...]) -> None:
         self._child(self.tcp_opened_total, labels).inc()

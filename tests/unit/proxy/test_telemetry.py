@@ -18,7 +18,7 @@ from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
 from meshproxy.policy.routing import Router
-from meshproxy.policy.telemetry import Telemetry
+from meshproxy.policy.telemetry import TCP_LABELS, Telemetry
 from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
                          handover_mode, inbound, mesh_state, on_loop, outbound, payment, payment_state, tcp_exchange,
                          until)
@@ -409,6 +409,33 @@ def test_inbound_requests_are_counted_per_path_and_bounded(monkeypatch):
     paths = {(p["source"], p["path"]): (p["count"], p["errors"]) for p in payment_side.telemetry.stats()["paths"]}
     assert paths == {("web-v1", "/pay"): (2, 0), ("web-v1", "/refund"): (1, 1), ("web-v1", "/a"): (1, 0),
                      ("(other)", "(other)"): (1, 0)}
+
+
+class Addresses:
+    """Stands in for resolver.ServiceAddresses: fixed IP -> workload."""
+
+    def __init__(self, by_ip: dict[str, str]) -> None:
+        self.by_ip = by_ip
+
+    def service_at(self, ip: str) -> str | None:
+        return self.by_ip.get(ip)
+
+
+def test_tcp_peers_are_named_by_their_address():
+    services = {**SERVICES, "web": payment(None, (("v1", "web-v1"),))}
+    addresses = Addresses({"10.0.0.5": "web-v1", "10.0.0.7": "payment-v2"})
+    web = Telemetry(mesh_state(services), access_log=None, addresses=addresses)
+    payment_side = Telemetry(mesh_state(services, identity=PAYMENT), access_log=None, addresses=addresses)
+
+    outbound_labels = dict(zip(TCP_LABELS, web.tcp_labels(OUTBOUND, "10.0.0.7:5432")))
+    inbound_labels = dict(zip(TCP_LABELS, payment_side.tcp_labels(INBOUND, "10.0.0.6:5432", peer_ip="10.0.0.5")))
+    stranger = dict(zip(TCP_LABELS, payment_side.tcp_labels(INBOUND, "10.0.0.6:5432", peer_ip="192.0.2.1")))
+
+    assert (outbound_labels["destination_workload"], outbound_labels["destination_app"],
+            outbound_labels["destination_version"]) == ("payment-v2", "payment", "v2")
+    assert (inbound_labels["source_workload"], inbound_labels["source_app"], inbound_labels["source_version"],
+            inbound_labels["source_workload_namespace"]) == ("web-v1", "web", "v1", "shop")
+    assert stranger["source_workload"] == stranger["source_app"] == "unknown"
 
 
 # -- on the wire, through the fast path ------------------------------------------------------
