@@ -144,12 +144,16 @@ def service(options: Prometheus, rendered_services: dict[str, Any], mesh: Mesh, 
 
 
 def url(project: str) -> str | None:
-    """Where the project's Prometheus answers on this host, None when it does not run."""
+    """Where the project's Prometheus answers on this host; None when it does not run (or no
+    engine answers: then nothing runs)."""
     from meshcli import docker_engine
     from meshcli.compose_rewrite import LABEL_PREFIX
 
-    found = docker_engine.client().containers.list(filters={"label": [f"com.docker.compose.project={project}",
-                                                                      f"{LABEL_PREFIX}role={ADDON}"]})
+    try:
+        found = docker_engine.client().containers.list(filters={"label": [f"com.docker.compose.project={project}",
+                                                                          f"{LABEL_PREFIX}role={ADDON}"]})
+    except Exception:  # DockerError, or the engine went away mid-call (SDK and requests errors)
+        return None
     for container in found:
         bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{PORT}/tcp") or []
         if bindings:

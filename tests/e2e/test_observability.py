@@ -95,6 +95,7 @@ def prometheus(demo) -> str:
                              "--timeout", "240", "--json").stdout)
     assert up["healthy"], up["notReady"]
     assert up["prometheus"], up
+    assert demo.status()["prometheus"] == up["prometheus"]
     return up["prometheus"]
 
 

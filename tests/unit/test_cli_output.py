@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, demo as demo_copy, fault_layer, lifecycle, status, views, watcher, workspace
+from meshcli import (control_plane, demo as demo_copy, fault_layer, lifecycle, prometheus, status, views, watcher,
+                     workspace)
 from meshcli.cli import demo as demo_command, fault as fault_command, lifecycle as lifecycle_command
 from meshcli.cli.main import main
 from meshcli.errors import DockerError
@@ -42,6 +43,7 @@ def demo(tmp_path, monkeypatch) -> Path:
         monkeypatch.setattr(module, "time", frozen)
     monkeypatch.setattr(fault_layer, "new_id", lambda taken, prefix="f-": prefix + "0001")
     monkeypatch.setattr(status, "project_running", lambda project: False)
+    monkeypatch.setattr(prometheus, "url", lambda project: None)
     monkeypatch.setattr(status, "collect", lambda loaded: STATUSES)
     monkeypatch.setattr(lifecycle, "up", fake_up)
     monkeypatch.setattr(lifecycle, "down", lambda located, progress, volumes=False: located.project.name)
