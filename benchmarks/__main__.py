@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from benchmarks import clitime, dataplane, demo, images, report
-from benchmarks.private_demo import git_commit
+from benchmarks import clitime, dataplane, demo, fault_cost, images, report
+from benchmarks.private_demo import attempt, git_commit
 
 PHASES = ("dataplane", "demo", "cli")
 
@@ -98,9 +98,10 @@ def run(args: argparse.Namespace, step) -> dict:
         if "dataplane" in args.only:
             result["dataplane"] = dataplane.run(tools, sidecar, durations, step)
             result["derived"] = report.derive(result["dataplane"])
+            attempt(result, "fault_cost", fault_cost.run)
         if "demo" in args.only:
             result["demo"], result["cli"]["status"] = demo.run(
-                tools, durations.latency, durations.rounds, idle_seconds=8.0 if quick else 20.0,
+                tools, durations.latency, durations.demo_rounds, idle_seconds=8.0 if quick else 20.0,
                 status_runs=3 if quick else 5, step=step)
         if "cli" in args.only:
             result["cli"].update(clitime.run(tools, sizes_, help_runs=3 if quick else 5, step=step))

@@ -245,6 +245,8 @@ def dataplane_table(dp: dict, derived: dict) -> Table:
         row(label, lambda n, f, key=key: "1" if n == ANCHOR else times(get(derived, n, "vs_mitmdump", key)))
     section("raw TCP (redis PING, 1 connection)")
     row("round trips/s", lambda n, f: cell(f, "tcp", "rps", digits=0))
+    row("round trip p50 / p95 ms (p95 bounds p90)",
+        lambda n, f: f"{cell(f, 'tcp', 'p50_ms', digits=3)} / {cell(f, 'tcp', 'p95_ms', digits=3)}")
     row("pipelined ×16, requests/s", lambda n, f: cell(f, "tcp_pipelined", "rps", digits=0))
     row("vs direct", lambda n, f: "" if n == BASE else times(get(derived, n, "tcp_vs_direct")))
     section("streamed answer (a message / 20 ms for 1 s)")
@@ -325,6 +327,12 @@ def print_tables(run: dict, console: Console) -> None:
                   f" on {meta.get('cores')} cores", highlight=False, markup=False)
     if run.get("dataplane"):
         console.print(dataplane_table(run["dataplane"], run["derived"]))
+    if run.get("fault_cost"):
+        cost = run["fault_cost"]
+        console.print("fault machinery with no fault active: " + (
+            cost["failed"] if "failed" in cost else
+            f"{cost['http_us']:.2f} µs per request + {cost['tcp_us']:.2f} µs per outbound connection"),
+            highlight=False, markup=False)
     if run.get("demo") or run.get("cli"):
         console.print(demo_table(run.get("demo", {}), run.get("cli", {}).get("status", {}), run.get("cli", {})))
     for failure in run.get("failures", []):

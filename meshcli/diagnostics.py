@@ -58,6 +58,16 @@ CATALOGUE: dict[str, Code] = {
         Code("MESH0301", Level.WARNING, "service cannot be meshed"),
         Code("MESH0302", Level.INFO, "service opted out of the mesh"),
         Code("MESH0303", Level.WARNING, "service has more than one replica"),
+        # Istio conversion (meshcli/istio_export.py, istio_import.py).
+        Code("MESH0401", Level.WARNING, "mesh-file setting has no Istio equivalent: not exported"),
+        Code("MESH0402", Level.INFO, "mesh-file setting exported with a difference"),
+        Code("MESH0411", Level.ERROR, "not an Istio resource"),
+        Code("MESH0412", Level.WARNING, "Istio resource not supported: not imported"),
+        Code("MESH0413", Level.WARNING, "Istio setting not supported: not imported"),
+        Code("MESH0414", Level.WARNING, "Istio host is not a service of the compose project"),
+        Code("MESH0415", Level.WARNING, "Istio subset does not select a version of the service"),
+        Code("MESH0416", Level.WARNING, "Istio security resource or setting not supported yet"),
+        Code("MESH0417", Level.INFO, "Istio setting imported with a difference"),
     ]
 }
 

@@ -745,7 +745,7 @@ def _resolve(config: MeshConfig | None, project: ComposeProject) -> tuple[Mesh, 
     doc = config.doc if config else None
 
     def problem(code: str, message: str, *path: Any) -> None:
-        node, key = _node_at(doc, path) if doc else (None, None)
+        node, key = doc.node_at(path) if doc else (None, None)
         line, column = yaml_source.position(node, key)
         problems.append(Diagnostic(code, message, config.source if config else None, line, column))
 
@@ -825,18 +825,5 @@ def _policy_problems(service: Service, services: dict[str, Service], doc: yaml_s
 def _exists(doc: yaml_source.YamlDocument | None, path: tuple[Any, ...]) -> bool:
     if doc is None:
         return False
-    node, key = _node_at(doc, path)
+    node, key = doc.node_at(path)
     return key == path[-1] and node is not doc.data
-
-
-def _node_at(doc: yaml_source.YamlDocument, path: tuple[Any, ...]) -> tuple[Any, Any]:
-    """The deepest (mapping or list, key or index) pair along `path` in the document."""
-    node, key = doc.data, None
-    for step in path:
-        current = node if key is None else node[key]
-        found = (step in current) if isinstance(current, dict) else (
-            isinstance(current, list) and isinstance(step, int) and 0 <= step < len(current))
-        if not found:
-            break
-        node, key = current, step
-    return node, key

@@ -33,6 +33,7 @@ SERVICE_ORDER = ("versions", "ports", "loadBalancer", "to", "split", "timeout", 
 ROUTE_ORDER = ("name", "match", "to", "split", "timeout", "retries", "mirror", "fault")
 RETRIES_ORDER = ("attempts", "perTryTimeout", "retryOn", "retriableStatusCodes", "backoff", "retryNonIdempotent")
 MATCH_ORDER = ("headers", "path", "method", "query", "source")
+FLOW_FIELDS = ("split", "mirror")  # written on one line, as the reference does: `split: {v1: 90, v2: 10}`
 
 Container = CommentedMap | CommentedSeq
 
@@ -125,6 +126,20 @@ def remove(text: str, path: Path, service: str, key: str, route: str | None = No
     return _edit(text, path, service, route, lambda target: _delete(target, key))
 
 
+def set_service_fields(text: str, path: Path, service: str, fields: dict[str, Any],
+                       replacing: tuple[str, ...]) -> str:
+    """Give `service` these settings (mesh-file spelling, nested plain data; `meshcli import`):
+    the keys of `replacing` that `fields` leaves out are deleted, the others set where the
+    reference puts them; every other key, and the comments of what stays, are kept."""
+    def change(body: CommentedMap) -> None:
+        for key in replacing:
+            if key not in fields:
+                _delete(body, key)
+        for key, value in fields.items():
+            _set(body, key, _flow(value) if key in FLOW_FIELDS else _nested(value), SERVICE_ORDER)
+    return _edit(text, path, service, None, change)
+
+
 # --- the round trip ------------------------------------------------------------------
 
 def _edit(text: str, path: Path, service: str, route: str | None, change: Callable[[CommentedMap], None]) -> str:
@@ -204,6 +219,22 @@ def _flow(values: dict[str, Any]) -> CommentedMap:
 def _block(values: dict[str, Any], order: tuple[str, ...] = ()) -> CommentedMap:
     keys = sorted(values, key=lambda k: order.index(k) if k in order else len(order))
     return CommentedMap((k, _flow(values[k]) if isinstance(values[k], dict) else _list(values[k])) for k in keys)
+
+
+def _nested(value: Any, top: bool = True) -> Any:
+    """Plain data as people write it: a setting's mapping and list items as blocks, the small
+    mappings inside them in flow style (`end-user: {exact: jason}`)."""
+    if isinstance(value, dict):
+        if not top and all(not isinstance(v, dict) and not _has_mappings(v) for v in value.values()):
+            return _flow(value)
+        return CommentedMap((k, _nested(v, False)) for k, v in value.items())
+    if _has_mappings(value):
+        return CommentedSeq(_nested(item) for item in value)
+    return _list(value)
+
+
+def _has_mappings(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and any(isinstance(item, dict) for item in value)
 
 
 def _list(value: Any) -> Any:

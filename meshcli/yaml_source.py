@@ -53,6 +53,23 @@ class YamlDocument:
         line, column = position(node, key)
         return Diagnostic(code, message, self.path, line, column)
 
+    def node_at(self, path: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The deepest (mapping or list, key or index) pair along `path` (keys and indexes from
+        the top), for pointing at the closest line to something that is not (quite) there."""
+        node, key = self.data, None
+        for step in path:
+            current = node if key is None else node[key]
+            found = (step in current) if isinstance(current, dict) else (
+                isinstance(current, list) and isinstance(step, int) and 0 <= step < len(current))
+            if not found:
+                break
+            node, key = current, step
+        return node, key
+
+    def diag_at(self, code: str, message: str, path: tuple[Any, ...]) -> Diagnostic:
+        """A diagnostic at the value `path` names (or the closest one there is)."""
+        return self.diag(code, message, *self.node_at(path))
+
 
 def position(node: Any, key: Any = None) -> tuple[int | None, int | None]:
     lc = getattr(node, "lc", None)
@@ -177,6 +194,17 @@ class _BoundedComposer(Composer):
 
 def load(path: Path, text: str | None = None) -> YamlDocument:
     """Parse one YAML file; raise InvalidFileError (MESH0001/0003-0006) with a position."""
+    return YamlDocument(path, _parse(path, text, lambda loader, text: loader.load(text)))
+
+
+def load_all(path: Path, text: str | None = None) -> list[YamlDocument]:
+    """Every document of a multi-document YAML file (`---` between them, as Kubernetes
+    manifests are), empty ones left out; the same errors and bounds as load()."""
+    documents = _parse(path, text, lambda loader, text: list(loader.load_all(text)))
+    return [YamlDocument(path, data) for data in documents if data is not None]
+
+
+def _parse(path: Path, text: str | None, read: Any) -> Any:
     if text is None:
         text = TextFile.read(path).text
     else:
@@ -184,7 +212,7 @@ def load(path: Path, text: str | None = None) -> YamlDocument:
     loader = _round_trip()
     loader.Composer = _BoundedComposer
     try:
-        data = loader.load(text)
+        return read(loader, text)
     except _LimitExceeded as exc:
         raise InvalidFileError([Diagnostic(exc.code, exc.message, path, exc.mark.line + 1,
                                            exc.mark.column + 1)]) from None
@@ -197,7 +225,6 @@ def load(path: Path, text: str | None = None) -> YamlDocument:
                                            path, line, column)]) from exc
     except YAMLError as exc:
         raise InvalidFileError([Diagnostic("MESH0001", f"invalid YAML: {exc}", path)]) from exc
-    return YamlDocument(path, data)
 
 
 def _syntax_help(exc: MarkedYAMLError) -> str:
@@ -364,5 +391,5 @@ def _fsync_directory(directory: Path) -> None:
         pass
 
 
-__all__ = ["YamlDocument", "TextFile", "load", "to_plain", "dump_round_trip", "atomic_write", "position",
+__all__ = ["YamlDocument", "TextFile", "load", "load_all", "to_plain", "dump_round_trip", "atomic_write", "position",
            "CommentedMap", "CommentedSeq"]

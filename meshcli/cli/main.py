@@ -13,8 +13,8 @@ from typing import Optional
 import typer
 
 from meshcli import __version__
-from meshcli.cli import (apply, demo, fault, init, lifecycle, render, route, schema, split, status, validate, views,
-                         watch)
+from meshcli.cli import (apply, demo, fault, init, istio, lifecycle, render, route, schema, split, status, validate,
+                         views, watch)
 from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
@@ -44,7 +44,8 @@ def _root(
     pass
 
 
-for module in (demo, init, render, validate, schema, lifecycle, status, views, fault, split, route, apply, watch):
+for module in (demo, init, render, validate, schema, lifecycle, status, views, fault, split, route, apply, watch,
+               istio):
     module.register(app)
 
 

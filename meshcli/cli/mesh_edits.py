@@ -21,12 +21,13 @@ Service = typer.Argument(..., help="The logical service (as in mesh.yaml or `mes
 
 
 def run(project: common.ProjectFlags, service: str | None, what: str, transform: Callable[[str, Path], str],
-        dry_run: bool, as_json: bool, no_wait: bool, timeout: float) -> None:
+        dry_run: bool, as_json: bool, no_wait: bool, timeout: float, located=None, extra: dict | None = None) -> None:
     """Run `transform(text, path)` through control_plane.edit() and report like every command here.
-    `service` None: the change is not about one service (`meshcli apply`)."""
+    `service` None: the change is not about one service (`meshcli apply`). `located`: the workspace
+    when the command has read it already; `extra`: more keys for the --json result."""
     from meshcli import control_plane
 
-    located = project.locate()
+    located = located or project.locate()
     path = located.mesh_path
     subject = service or path.name
     if dry_run:
@@ -44,7 +45,7 @@ def run(project: common.ProjectFlags, service: str | None, what: str, transform:
             "version": result.compiled.version if result.compiled else None,
             "generation": result.compiled.generation if result.compiled else None,
             "sidecars": {"synced": synced, "workloads": workloads} if result.synced is not None else None,
-            "seconds": round(result.seconds, 2),
+            "seconds": round(result.seconds, 2), **(extra or {}),
         })
         return
     if dry_run:

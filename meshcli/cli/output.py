@@ -91,10 +91,10 @@ def failure(exc: MeshError) -> None:
     """An error on stderr: its diagnostics, or its message and hint (main() calls it, once)."""
     for d in exc.diagnostics:
         diagnostic(d)
-    if exc.diagnostics:
-        errors = sum(1 for d in exc.diagnostics if d.is_error)
+    errors = sum(1 for d in exc.diagnostics if d.is_error)
+    if errors:
         error(f"{errors} error{'s' if errors != 1 else ''}; nothing was changed")
-    else:
+    else:  # no diagnostic, or only the warnings that explain the failure
         error(exc.message, exc.hint)
 
 

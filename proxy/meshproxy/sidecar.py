@@ -28,6 +28,7 @@ from meshproxy.policy.routing import Router
 from meshproxy.policy.telemetry import Telemetry
 
 logger = logging.getLogger("meshproxy")
+ACCESS_LOG_FLUSH_SECONDS = 0.1  # how late an access-log line may be written (batched writes)
 
 
 class Sidecar:
@@ -70,12 +71,14 @@ class Sidecar:
         self.mitmproxy.stop()
         self.pool.close()
         self.h2_pool.close()
+        self.telemetry.flush()
 
     def ready(self) -> bool:
         return self.listener.listening() and self.state.loaded
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
+        self.telemetry.flush_interval = ACCESS_LOG_FLUSH_SECONDS
         await self.start()
         servers = admin.start(self)
         stopping = asyncio.Event()

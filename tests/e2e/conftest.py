@@ -99,6 +99,16 @@ class Demo:
         return subprocess.run(["docker", "logs", "--tail", str(tail), self.container(service)],
                               capture_output=True, text=True).stdout
 
+    def access_log(self, sidecar: str, until=bool, tail: int = 200, timeout: float = 3.0) -> list[dict]:
+        """A sidecar's access-log entries, read again until `until(entries)` holds (or `timeout`
+        passes): sidecars write their lines in batches (meshproxy.sidecar.ACCESS_LOG_FLUSH_SECONDS)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [json.loads(line) for line in self.logs(sidecar, tail).splitlines() if line.startswith("{")]
+            if until(entries) or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.1)
+
     def sidecar_stats(self, workload: str) -> dict:
         result = self.exec(f"{workload}-sidecar", "curl", "-fsS", "http://127.0.0.1:15000/stats")
         assert result.returncode == 0, result.stderr

@@ -91,9 +91,11 @@ def test_grpc_server_stream_arrives_message_by_message(demo, measured):
     gaps = [b - a for a, b in zip(done, done[1:])]
     assert max(gaps) < 150, gaps
     measured("gRPC server stream through a hop, message arrivals (ms)", done)
-    log = [json.loads(line) for line in demo.logs("streamer-sidecar", tail=200).splitlines() if line.startswith("{")]
-    assert any(e.get("path") == "/stream" and e["protocol"] == "HTTP/2.0" and e["direction"] == "outbound"
-               for e in log)
+    def streamed(entries: list[dict]) -> bool:
+        return any(e.get("path") == "/stream" and e["protocol"] == "HTTP/2.0" and e["direction"] == "outbound"
+                   for e in entries)
+
+    assert streamed(demo.access_log("streamer-sidecar", until=streamed))
 
 
 def test_chunked_answer_streams_line_by_line(demo):

@@ -47,11 +47,6 @@ def delta(after: dict[str, Counter], before: dict[str, Counter]) -> dict[str, Co
     return {w: after[w] - before[w] for w in after}
 
 
-def http_log(demo, container: str) -> list[dict]:
-    entries = [json.loads(line) for line in demo.logs(container).splitlines() if line.startswith("{")]
-    return [e for e in entries if e["kind"] == "http"]
-
-
 def test_every_hop_goes_through_both_sidecars(demo):
     before = snapshot(demo)
     answers = [get(demo.url) for _ in range(200)]
@@ -79,8 +74,12 @@ def test_every_hop_goes_through_both_sidecars(demo):
 def test_access_log_records_each_direction(demo):
     status, _ = get(demo.url)
     assert status == 200
-    directions = {(e["direction"], e["destination_service"]) for e in http_log(demo, "orders-sidecar")}
-    assert ("inbound", "orders") in directions and ("outbound", "payment") in directions
+    wanted = {("inbound", "orders"), ("outbound", "payment")}
+
+    def directions(entries: list[dict]) -> set:
+        return {(e["direction"], e["destination_service"]) for e in entries if e["kind"] == "http"}
+
+    assert wanted <= directions(demo.access_log("orders-sidecar", until=lambda e: wanted <= directions(e)))
 
 
 def test_tcp_server_speaks_first_through_the_mesh(demo):
@@ -108,10 +107,17 @@ def test_http2_prior_knowledge_crosses_both_sidecars(demo):
     assert result.returncode == 0, result.stderr
     assert version == "2"
     assert json.loads(body) == {"service": "h2echo", "protocol": "HTTP/2", "path": "/grpc.like/Call"}
-    outbound = [e for e in http_log(demo, "frontend-sidecar") if e["destination_service"] == "h2echo"]
-    inbound = http_log(demo, "h2echo-sidecar")
-    assert any(e["direction"] == "outbound" and e["protocol"] == "HTTP/2.0" for e in outbound)
-    assert any(e["direction"] == "inbound" and e["protocol"] == "HTTP/2.0" and e["status"] == 200 for e in inbound)
+
+    def sent(entries: list[dict]) -> bool:
+        return any(e["kind"] == "http" and e["destination_service"] == "h2echo" and e["direction"] == "outbound"
+                   and e["protocol"] == "HTTP/2.0" for e in entries)
+
+    def received(entries: list[dict]) -> bool:
+        return any(e["kind"] == "http" and e["direction"] == "inbound" and e["protocol"] == "HTTP/2.0"
+                   and e["status"] == 200 for e in entries)
+
+    assert sent(demo.access_log("frontend-sidecar", until=sent))
+    assert received(demo.access_log("h2echo-sidecar", until=received))
 
 
 def test_killed_sidecar_comes_back_and_app_keeps_running(demo):

@@ -80,7 +80,7 @@ def test_wrk_command_closes_connections_when_asked_and_uses_two_threads_at_most(
 
 
 def test_redis_benchmark_csv():
-    assert loadgen.parse_redis_csv(REDIS_CSV) == {"rps": 29411.76, "avg_ms": 0.032, "p50_ms": 0.023,
+    assert loadgen.parse_redis_csv(REDIS_CSV) == {"rps": 29411.76, "avg_ms": 0.032, "p50_ms": 0.023, "p95_ms": 0.055,
                                                   "p99_ms": 0.071}
     with pytest.raises(ValueError, match="not redis-benchmark CSV"):
         loadgen.parse_redis_csv("Could not connect to Redis at redis:6379: Connection refused\n")
@@ -199,3 +199,11 @@ def test_demo_containers_are_grouped_by_pod_and_rounds_rotate():
                                           "meshcli-controller")] == ["payment-v1"] * 4 + ["meshcli-controller"]
     assert dataplane.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
     assert dataplane.rotated([], 1) == []
+
+
+def test_fault_machinery_cost_is_measured_on_a_config_with_faults_elsewhere():
+    from benchmarks import fault_cost
+
+    figures = fault_cost.run()
+    assert figures["http_us"] > 0 and figures["tcp_us"] > 0
+    assert figures["total_ms"] == round((figures["http_us"] + figures["tcp_us"]) / 1000, 4)

@@ -100,6 +100,32 @@ def not_empty(demo: Path, monkeypatch) -> None:
     (demo.parent.parent / "elsewhere" / "notes.txt").write_text("mine\n")
 
 
+ISTIO_RULES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: payment}
+spec:
+  hosts: [payment.default.svc.cluster.local]
+  http:
+  - name: testers
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: payment, subset: v2}}]
+  - route:
+    - {destination: {host: payment, subset: v1}, weight: 90}
+    - {destination: {host: payment, subset: v2}, weight: 10}
+    retries: {attempts: 2, retryOn: "5xx,refused-stream"}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress}
+spec: {}
+"""
+
+
+def with_istio_rules(demo: Path, monkeypatch) -> None:
+    (demo / "payment-rules.yaml").write_text(ISTIO_RULES)
+
+
 def no_engine(demo: Path, monkeypatch) -> None:
     def up(*args, **kwargs):
         raise DockerError("cannot reach the Docker engine", hint="start dockerd")
@@ -192,6 +218,10 @@ JSON_CASES = {
     "apply": (nothing, ["apply", "--json"], 0),
     "apply-error": (with_bad_mesh, ["apply", "--json"], 2),
     "watch-error": (nothing, ["watch", "-f", "missing.yaml", "--json"], 2),
+    "export-istio": (nothing, ["export", "istio", "--namespace", "shop", "--json"], 0),
+    "export-istio-error": (nothing, ["export", "istio", "--namespace", "Shop_1", "--json"], 2),
+    "import-istio": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--merge", "--json"], 0),
+    "import-istio-error": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--json"], 2),
     "stat": (with_traffic, ["stat", "--json"], 0),
     "stat-error": (nothing, ["stat", "--window", "1h", "--json"], 2),
     "graph": (with_traffic, ["graph", "--json"], 0),
@@ -204,6 +234,7 @@ HUMAN_CASES = {
     "status": (with_fault, ["status"], 1),
     "route-show": (with_fault, ["route", "show", "payment"], 0),
     "fault-list": (with_fault, ["fault", "list"], 0),
+    "import-istio": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--merge"], 0),
     "stat": (with_traffic, ["stat"], 0),
     "graph": (with_traffic, ["graph"], 0),
     "graph-dot": (with_traffic, ["graph", "--format", "dot"], 0),
@@ -278,7 +309,8 @@ COMMANDS = [
     ["route", "circuit-breaker", "payment", "--max-connections", "1"],
     ["route", "outlier-detection", "payment", "--consecutive-5xx", "1"], ["route", "mirror", "payment", "v2"],
     ["route", "match", "payment", "r", "--to", "v2"], ["route", "delete", "payment", "r"],
-    ["route", "show", "payment"], ["apply"], ["watch"], ["stat"], ["graph"], ["top"],
+    ["route", "show", "payment"], ["apply"], ["watch"], ["export", "istio"], ["import", "istio", "notes.txt"],
+    ["stat"], ["graph"], ["top"],
 ]
 
 

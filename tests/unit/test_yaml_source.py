@@ -153,3 +153,25 @@ def test_editing_the_largest_mesh_file_stays_within_the_budget(tmp_path):
     result, seconds, peak_mb = meshcli_bounded(tmp_path, "split", "payment", "v1=90", "v2=10", "--no-wait")
     assert result.returncode == 0, result.stderr
     assert seconds < 5 and peak_mb < 256, (seconds, peak_mb)
+
+
+def test_load_all_reads_every_document_with_its_own_positions(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("kind: A\n---\n---\n# only a comment\n---\nkind: B\nspec: {x: 1}\n")
+    first, second = yaml_source.load_all(path)
+    assert (first.data["kind"], second.data["kind"]) == ("A", "B")
+    assert second.at(second.data, "spec") == (7, 1) and second.path == path
+
+
+@pytest.mark.parametrize("text, code, line", [
+    ("kind: VirtualService\n---\n" + ALIAS_BOMB, "MESH0006", 6),
+    ("kind: VirtualService\n---\n" + nested_flow(300), "MESH0005", 3),
+], ids=["alias-bomb", "depth-300"])
+def test_hostile_istio_files_get_a_diagnostic_fast_and_small(tmp_path, text, code, line):
+    (tmp_path / "compose.yaml").write_text(COMPOSE_HEAD)
+    (tmp_path / "rules.yaml").write_text(text)
+    result, seconds, peak_mb = meshcli_bounded(tmp_path, "import", "istio", "rules.yaml")
+    assert result.returncode == 2, result.stderr
+    assert f"rules.yaml:{line}:" in result.stderr and f"error {code}:" in result.stderr, result.stderr
+    assert seconds < 5 and peak_mb < 256, (seconds, peak_mb)
+    assert not (tmp_path / "mesh.yaml").exists()

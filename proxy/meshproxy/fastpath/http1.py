@@ -30,7 +30,7 @@ from meshproxy.fastpath import tcp
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
 from meshproxy.policy.routing import SOURCE_HEADER
-from meshproxy.upstream import NOT_FORWARDED, READ_SIZE, Reset, Unsendable, without_hop_by_hop
+from meshproxy.upstream import HOP_BY_HOP, NOT_FORWARDED, READ_SIZE, Reset, Unsendable
 
 logger = logging.getLogger("meshproxy.http1")
 
@@ -55,18 +55,32 @@ class RequestHead:
     method: bytes
     target: bytes
     version: str  # "1.1", "1.0"
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # as received
     keep_alive: bool
     upgrade: bool
     length: int | None  # Content-Length; None: chunked or no body
     chunked: bool
     expect_continue: bool
+    # The headers the proxy itself reads, found while parsing (each name lowered once).
+    host: bytes | None = None
+    content_type: bytes | None = None
+    upgrade_to: bytes | None = None
+    source: bytes | None = None  # the first SOURCE_HEADER
+    forwarded: list[tuple[bytes, bytes]] | None = None  # the end-to-end headers to send on
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+    def fields(self) -> dict[str, str]:
+        """Every header with a lower-case name, repeated ones joined: what route matches see
+        (as mitmproxy shows them)."""
+        fields: dict[str, str] = {}
+        for name, value in self.headers:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        return fields
+
+
+# Headers a request is not sent on with: hop-by-hop ones, those the proxy sets itself, and
+# the source header (only a sidecar says who calls: an app's own value is dropped).
+NOT_SENT_ON = HOP_BY_HOP | NOT_FORWARDED | {SOURCE}
 
 
 class Downstream:
@@ -96,19 +110,36 @@ class Downstream:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        length = chunked = None
+        length = chunked = host = content_type = upgrade = source = connection = None
         expect = False
+        forwarded = []
         for name, value in self._headers:
             lower = name.lower()
-            if lower == b"content-length":
+            if lower not in NOT_SENT_ON:
+                forwarded.append((name, value))
+            elif lower == b"content-length":
                 length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
+            elif lower == b"host":
+                host = host or value
             elif lower == b"expect":
                 expect = value.lower() == b"100-continue"
+            elif lower == b"upgrade":
+                upgrade = value
+            elif lower == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif lower == SOURCE and source is None:
+                source = value
+            if lower == b"content-type":
+                content_type = value
+        if connection is not None:  # the headers it names are hop-by-hop too
+            listed = {token.strip().lower() for token in connection.split(b",")}
+            forwarded = [(name, value) for name, value in forwarded if name.lower() not in listed]
         self.events.append(RequestHead(parser.get_method(), self._url, parser.get_http_version(), self._headers,
                                        parser.should_keep_alive(), parser.should_upgrade(),
-                                       None if chunked else length, bool(chunked), expect))
+                                       None if chunked else length, bool(chunked), expect,
+                                       host, content_type, upgrade, source, forwarded))
 
     def on_body(self, body: bytes) -> None:
         self.events.append(body)
@@ -223,26 +254,17 @@ class HttpProxy:
     async def _one(self, downstream: Downstream, head: RequestHead, direction: str,
                    destination: tuple[str, int]) -> bool:
         """Proxy one request; True if the connection goes on."""
-        authority = head.header(b"host") or ("%s:%d" % destination).encode()
+        authority = head.host or ("%s:%d" % destination).encode()
         exchange = Exchange(direction, head.method.decode(), authority.decode("latin-1"),
                             head.target.decode("latin-1"), "HTTP/" + head.version)
-        content_type = head.header(b"content-type")
+        content_type = head.content_type
         exchange.grpc = content_type is not None and content_type.startswith(b"application/grpc")
-        headers = [(b"host", authority)]
-        source = None
-        fields: dict[str, str] = {}
-        for name, value in head.headers:  # what route matches see: every header, as mitmproxy shows them
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        for name, value in without_hop_by_hop(head.headers):
-            lower = name.lower()
-            if lower == SOURCE:  # only a sidecar says who calls: an app's own value is dropped
-                if direction == INBOUND and source is None:
-                    source = value.decode("latin-1")
-            elif lower not in NOT_FORWARDED:
-                headers.append((name, value))
+        headers = [(b"host", authority), *head.forwarded]
+        inbound = direction == INBOUND
+        source = head.source.decode("latin-1") if inbound and head.source is not None else None
+        fields = {} if inbound else head.fields()  # route matches are chosen on the client side only
         if head.upgrade:
-            headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
+            headers += [(b"connection", b"upgrade"), (b"upgrade", head.upgrade_to or b"")]
         try:
             version = self.pipeline.route(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())),
                                           source)

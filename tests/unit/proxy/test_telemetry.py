@@ -18,7 +18,7 @@ from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
 from meshproxy.policy.routing import Router
-from meshproxy.policy.telemetry import TCP_LABELS, Telemetry
+from meshproxy.policy.telemetry import MAX_PENDING_LINES, TCP_LABELS, Telemetry
 from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
                          handover_mode, inbound, mesh_state, on_loop, outbound, payment, payment_state, tcp_exchange,
                          until)
@@ -170,6 +170,31 @@ def test_inbound_access_log():
     [entry] = payment_side.log_lines()
     assert (entry["direction"], entry["workload"], entry["source"], entry["destination_workload"]) == (
         "inbound", "payment-v1", "web-v1", "payment-v1")
+
+
+@on_loop
+async def test_access_log_lines_are_batched_and_written_within_the_flush_interval():
+    web = Recorder()
+    web.telemetry.flush_interval = 0.05
+
+    web.out()
+    web.out()
+    assert web.log_lines() == []  # held: one write for the batch, not one per request
+    assert await until(lambda: len(web.log_lines()) == 2, timeout=1.0)
+
+    web.out()
+    web.telemetry.flush()  # what the sidecar does when it stops: nothing is lost
+    assert len(web.log_lines()) == 3
+
+
+@on_loop
+async def test_a_full_batch_is_written_at_once():
+    web = Recorder()
+    web.telemetry.flush_interval = 60.0
+
+    for _ in range(MAX_PENDING_LINES):
+        web.out()
+    assert len(web.log_lines()) == MAX_PENDING_LINES
 
 
 def test_access_log_can_be_off():
