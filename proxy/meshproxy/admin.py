@@ -116,7 +116,7 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
             "config": config.raw,
         }
 
-    history = History(telemetry.stats)
+    history = History(telemetry.snapshot)
     history.start()
 
     def stats(query: dict[str, list[str]]) -> tuple[int, object]:
@@ -129,7 +129,7 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
                 return 400, {"error": f"window: expected seconds, got {query['window'][0]!r}"}
             earlier = history.at(seconds)
             if earlier is not None:
-                body["earlier"] = {"age_s": round(earlier[0], 3), **earlier[1]}
+                body["earlier"] = {"age_s": round(earlier[0], 3), **telemetry.rows(earlier[1])}
         return 200, body
 
     def prometheus(_query) -> tuple[int, str, bytes]:

@@ -97,7 +97,24 @@ class HttpSeries:
         self.response_bytes += response_bytes
 
 
-def _cumulative(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
+class TcpSeries:
+    """One label set's relayed connections: opened, closed, bytes from and to the client."""
+
+    __slots__ = ("labels", "opened", "closed", "received", "sent")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.opened = self.closed = self.received = self.sent = 0
+
+
+# The TCP metrics, each with the TcpSeries field it reads.
+TCP_METRICS = (("istio_tcp_connections_opened_total", "opened", "TCP connections opened."),
+               ("istio_tcp_connections_closed_total", "closed", "TCP connections closed."),
+               ("istio_tcp_received_bytes_total", "received", "Bytes received from clients."),
+               ("istio_tcp_sent_bytes_total", "sent", "Bytes sent to clients."))
+
+
+def _cumulative(bounds: tuple, counts) -> list[tuple[str, int]]:
     total, buckets = 0, []
     for bound, count in zip((*bounds, float("inf")), counts):
         total += count
@@ -105,16 +122,25 @@ def _cumulative(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
     return buckets
 
 
-class _HttpCollector:
-    """istio_requests_total and the three histograms, from the HttpSeries at scrape time."""
+class _IstioCollector:
+    """Istio's metrics, from the HttpSeries and TcpSeries at scrape time."""
 
-    def __init__(self, series: dict[tuple, HttpSeries]) -> None:
-        self.series = series
+    def __init__(self, series: dict[tuple, HttpSeries], tcp: dict[tuple, TcpSeries]) -> None:
+        self.series, self.tcp = series, tcp
 
     def describe(self):
         return []
 
     def collect(self):
+        yield from self._http()
+        connections = list(self.tcp.values())
+        for name, field_name, documentation in TCP_METRICS:
+            family = CounterMetricFamily(name, documentation, labels=TCP_LABELS)
+            for series in connections:
+                family.add_metric(series.labels, getattr(series, field_name))
+            yield family
+
+    def _http(self):
         requests = CounterMetricFamily("istio_requests", "Requests proxied.", labels=ISTIO_LABELS)
         durations = HistogramMetricFamily("istio_request_duration_milliseconds", "Request durations.",
                                           labels=ISTIO_LABELS)
@@ -149,14 +175,8 @@ class Telemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.series: dict[tuple[str, ...], HttpSeries] = {}  # label values -> its series
-        r.register(_HttpCollector(self.series))
-        self.tcp_opened_total = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
-                                        TCP_LABELS, registry=r)
-        self.tcp_closed_total = Counter("istio_tcp_connections_closed_total", "TCP connections closed.",
-                                        TCP_LABELS, registry=r)
-        self.tcp_received = Counter("istio_tcp_received_bytes_total", "Bytes received from clients.",
-                                    TCP_LABELS, registry=r)
-        self.tcp_sent = Counter("istio_tcp_sent_bytes_total", "Bytes sent to clients.", TCP_LABELS, registry=r)
+        self.tcp_series: dict[tuple[str, ...], TcpSeries] = {}
+        r.register(_IstioCollector(self.series, self.tcp_series))
         self.route_requests = Counter("meshcli_route_requests_total", "Requests per route (client side).",
                                       ROUTE_LABELS, registry=r)
         self.attempts = Counter("meshcli_upstream_attempts_total", "Upstream tries per route, retries included.",
@@ -352,14 +372,24 @@ class Telemetry:
         workload = self.addresses.service_at(ip)
         return workload if workload in self._workloads else None
 
+    def _tcp(self, labels: tuple[str, ...]) -> TcpSeries:
+        series = self.tcp_series.get(labels)
+        if series is None:
+            series = self.tcp_series[labels] = TcpSeries(labels)
+        return series
+
     def tcp_opened(self, labels: tuple[str, ...]) -> None:
-        self._child(self.tcp_opened_total, labels).inc()
+        self._tcp(labels).opened += 1
 
     def tcp_bytes(self, labels: tuple[str, ...], from_client: bool, count: int) -> None:
-        self._child(self.tcp_received if from_client else self.tcp_sent, labels).inc(count)
+        series = self._tcp(labels)
+        if from_client:
+            series.received += count
+        else:
+            series.sent += count
 
     def tcp_closed(self, labels: tuple[str, ...], error: str | None = None, flags: str = "-") -> None:
-        self._child(self.tcp_closed_total, labels).inc()
+        self._tcp(labels).closed += 1
         kind = FAULT_FLAGS.get(flags)
         if kind is not None:
             self._child(self.faults, (labels[12], "tcp-" + kind)).inc()
@@ -391,31 +421,46 @@ class Telemetry:
             self.access_log.flush()
 
     # -- views for the admin endpoints ---------------------------------------------------
+    def snapshot(self) -> dict:
+        """Istio's counters and the per-path counts, compact (tuples of numbers beside the
+        shared label tuples): what the admin keeps a history of; rows() makes JSON of it."""
+        return {"http": {labels: (tuple(s.durations), s.duration_sum) for labels, s in list(self.series.items())},
+                "tcp": {labels: (s.opened, s.closed, s.received, s.sent)
+                        for labels, s in list(self.tcp_series.items())},
+                "paths": {key: tuple(counts) for key, counts in list(self.paths.items())}}
+
+    @staticmethod
+    def rows(snapshot: dict) -> dict:
+        """A snapshot as /stats shows it: "requests" and "durations" rows (cumulative buckets,
+        Prometheus' `le`) per label set, "tcp" rows per label set and metric (those above 0), "paths"."""
+        requests, durations, tcp = [], [], []
+        for labels, (buckets, total_ms) in snapshot["http"].items():
+            named = dict(zip(ISTIO_LABELS, labels))
+            cumulative = _cumulative(DURATION_BUCKETS, buckets)
+            count = cumulative[-1][1]
+            requests.append({**named, "count": count})
+            durations.append({**named, "buckets": [[float(le), n] for le, n in cumulative],
+                              "sum_ms": round(total_ms, 3), "count": count})
+        for labels, values in snapshot["tcp"].items():
+            named = dict(zip(TCP_LABELS, labels))
+            tcp += [{**named, "metric": name, "value": value}
+                    for (name, _, _), value in zip(TCP_METRICS, values) if value]
+        paths = [{"source": source, "method": method, "path": path, "count": count, "errors": errors,
+                  "sum_ms": round(total, 3), "max_ms": round(worst, 3)}
+                 for (source, method, path), (count, errors, total, worst) in snapshot["paths"].items()]
+        return {"requests": requests, "durations": durations, "tcp": tcp, "paths": paths}
+
     def stats(self) -> dict:
         """Counters as JSON: what `meshcli status`, `stat`, `graph` and `top` read."""
-        result: dict = {"requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [],
-                        "upstream_connections": [], "faults": [], "overflows": []}
+        result: dict = {**self.rows(self.snapshot()), "routes": [], "mirrored": [], "upstream_connections": [],
+                        "faults": [], "overflows": []}
         routes: dict[tuple, dict] = {}
-        durations: dict[tuple, dict] = {}
         for metric in self.registry.collect():
+            if metric.name.startswith("istio_"):
+                continue  # from the snapshot above
             for sample in metric.samples:
                 name = sample.name
-                if name == "istio_requests_total":
-                    result["requests"].append({**sample.labels, "count": int(sample.value)})
-                elif name.startswith("istio_request_duration_milliseconds_"):
-                    # One row per label set: cumulative bucket counts (Prometheus' `le`), sum and count.
-                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
-                    row = durations.setdefault(tuple(labels.values()), {**labels, "buckets": []})
-                    kind = name.rsplit("_", 1)[1]
-                    if kind == "bucket":
-                        row["buckets"].append([float(sample.labels["le"]), int(sample.value)])
-                    elif kind == "sum":
-                        row["sum_ms"] = round(sample.value, 3)
-                    elif kind == "count":
-                        row["count"] = int(sample.value)
-                elif name.startswith("istio_tcp_") and name.endswith("_total"):
-                    result["tcp"].append({**sample.labels, "metric": name, "value": int(sample.value)})
-                elif name in ("meshcli_route_requests_total", "meshcli_upstream_attempts_total"):
+                if name in ("meshcli_route_requests_total", "meshcli_upstream_attempts_total"):
                     entry = routes.setdefault((sample.labels["destination_service"], sample.labels["route"]),
                                               {**sample.labels, "requests": 0, "attempts": 0})
                     entry["requests" if name == "meshcli_route_requests_total" else "attempts"] = int(sample.value)
@@ -427,18 +472,10 @@ class Telemetry:
                     result["faults"].append({**sample.labels, "count": int(sample.value)})
                 elif name == "meshcli_circuit_breaker_overflows_total":
                     result["overflows"].append({**sample.labels, "count": int(sample.value)})
-        result["durations"] = list(durations.values())
         result["routes"] = [{**entry, "retries": max(0, entry["attempts"] - entry["requests"])}
                             for _, entry in sorted(routes.items())]
         result["outliers"] = self.outliers.stats() if self.outliers is not None else {}
-        result["paths"] = self.path_stats()
         return result
-
-    def path_stats(self) -> list[dict]:
-        """Inbound requests per (source, method, path) since the sidecar started."""
-        return [{"source": source, "method": method, "path": path, "count": count, "errors": errors,
-                 "sum_ms": round(total, 3), "max_ms": round(worst, 3)}
-                for (source, method, path), (count, errors, total, worst) in list(self.paths.items())]
 
 
 class _EjectionCollector:
