@@ -5,9 +5,9 @@ Every proxied request and TCP connection is counted from this sidecar's point of
 server side (inbound), as in Istio, so one hop shows up in both sidecars. The label set
 is Istio's (ISTIO_LABELS), so its Grafana dashboards work unchanged: the compose project
 is the namespace, a service's versions are its workloads; what this sidecar knows of a
-peer (its app and version) comes from the compiled config, a TCP destination's workload
-from its IP (resolved like the TCP faults' addresses). Without mTLS principals are
-"unknown", as Istio reports them.
+peer (its app and version) comes from the compiled config; a raw TCP connection's
+workloads from its addresses (the destination's, and inbound the caller's), resolved like
+the TCP faults' addresses. Without mTLS principals are "unknown", as Istio reports them.
 
 A request is counted once, whatever its retries: `meshcli_upstream_attempts_total`
 counts the tries per route, `meshcli_retries_total` the retries, and faults, circuit
@@ -17,9 +17,10 @@ also counted per path (bounded, for `meshcli top`).
 The hot path: a request's label values are looked up in one dict keyed by the few
 exchange fields they derive from, giving the series of its label set; the four HTTP
 metrics of a series are plain counters (HttpSeries: one writer, the event loop, no lock,
-a bisect per histogram) that a collector turns into Prometheus samples at scrape time.
-prometheus_client's own children (locks, a loop over the buckets per observation) cost
-twice as much per request; they serve the rarer counters.
+a bisect per histogram), as are a connection's (TcpSeries), and a collector turns them
+into Prometheus samples at scrape time. prometheus_client's own children (a lock per
+increment, a loop over the buckets per observation) cost twice as much per request; they
+serve the rarer counters.
 """
 
 from __future__ import annotations
