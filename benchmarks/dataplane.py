@@ -13,6 +13,7 @@ SCENARIOS and one in PROJECTS whose files (a mesh.yaml) turn mTLS on.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Scenario:
     http_host: str               # what the client calls for HTTP (port 80)
     proxies: tuple[str, ...]     # compose services whose cgroups are the proxy's cost
     raw_tcp: bool = True         # redis and streaming measured too (not through mitmdump's reverse mode)
+    scraped: tuple[str, ...] = ()  # pods whose metrics a Prometheus-like scraper reads every second
 
 
 SCENARIOS = [
@@ -39,12 +41,22 @@ SCENARIOS = [
     Scenario("mitmdump", "client -> stock mitmdump --mode reverse -> nginx", "plain", "mitmdump:8080",
              ("mitmdump",), raw_tcp=False),
     Scenario("mesh", "client pod -> client sidecar -> nginx sidecar -> nginx pod (plaintext between sidecars)",
-             "mesh", "web", ("client-sidecar", "web-sidecar")),
+             "mesh", "web", ("client-sidecar", "web-sidecar"), scraped=("client-pod", "web-pod")),
     Scenario("mesh-mtls", "the same hop with mesh mTLS (STRICT) between the sidecars", "mesh-mtls", "web",
              ("client-sidecar", "web-sidecar")),
 ]
 MTLS_HOP = "mesh-mtls"
 PLAIN_HOP = "mesh"  # what the mTLS hop is compared with
+SCRAPER = "scraper"  # outside the mesh, as a Prometheus is
+# GET every URL once a second for argv[1] seconds, as a Prometheus with a 1 s scrape interval.
+SCRAPE_SCRIPT = """
+import sys, time, urllib.request
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for url in sys.argv[2:]:
+        urllib.request.urlopen(url, timeout=5).read()
+    time.sleep(1)
+"""
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class Durations:
                    stream_runs=2)
 
 
-def compose_text(tools_image: str, sidecar_image: str, with_mitmdump: bool) -> str:
+def compose_text(tools_image: str, sidecar_image: str, with_mitmdump: bool, with_scraper: bool = False) -> str:
     common = f"    image: {tools_image}\n    pull_policy: never\n    stop_grace_period: 1s\n"
     services = {
         "web": '    command: ["nginx", "-g", "daemon off;"]\n    expose: ["80"]\n',
@@ -74,6 +86,8 @@ def compose_text(tools_image: str, sidecar_image: str, with_mitmdump: bool) -> s
         "stream": '    command: ["python3", "/opt/bench/stream_server.py"]\n    expose: ["8081", "8082"]\n',
         "client": '    command: ["sleep", "infinity"]\n',
     }
+    if with_scraper:
+        services[SCRAPER] = '    command: ["sleep", "infinity"]\n    labels: {mesh.inject: "false"}\n'
     text = "services:\n" + "".join(f"  {name}:\n{common}{body}" for name, body in services.items())
     if with_mitmdump:
         # Stock mitmdump, every default addon on, as the anchor of comparison; it runs from the
@@ -170,6 +184,25 @@ def load_with_costs(box: Project, url: str, duration: float, proxies: dict[str, 
     return result
 
 
+def load_while_scraped(box: Project, url: str, duration: float, proxies: dict[str, meter.Container],
+                       pods: tuple[str, ...]) -> dict:
+    """load_with_costs() while the scraper reads every pod's /stats/prometheus once a second."""
+    from meshproxy.config import METRICS_PORT
+
+    urls = [f"http://{pod}:{METRICS_PORT}/stats/prometheus" for pod in pods]
+    scraping: dict = {}
+    scraper = threading.Thread(target=lambda: scraping.update(
+        done=box.exec(SCRAPER, "python3", "-c", SCRAPE_SCRIPT, str(duration + 1), *urls, timeout=duration + 60)))
+    scraper.start()
+    try:
+        return load_with_costs(box, url, duration, proxies)
+    finally:
+        scraper.join()
+        done = scraping.get("done")
+        if done is None or done.returncode != 0:
+            raise RuntimeError(f"the scraper failed: {(done.stderr if done else 'no run')[-400:]}")
+
+
 def redis(box: Project, requests: int, pipeline: int) -> dict:
     command = loadgen.redis_command("redis", requests=requests, pipeline=pipeline)
     return loadgen.parse_redis_csv(_run(box, *command))
@@ -197,6 +230,8 @@ class Bench:
         self.proxies: dict[str, meter.Container] = {}
         self.figures: dict = {"description": scenario.description}
         self.rounds: dict[str, list[dict]] = {"keepalive": [], "close": [], "load": []}
+        if scenario.scraped:
+            self.rounds["load_scraped"] = []
 
     def prepare(self, durations: Durations) -> None:
         def idle() -> dict:
@@ -212,6 +247,9 @@ class Bench:
         runs = {"keepalive": lambda: wrk(self.box, self.url, 1, durations.latency),
                 "close": lambda: wrk(self.box, self.url, 1, durations.latency, close=True),
                 "load": lambda: load_with_costs(self.box, self.url, durations.load, self.proxies)}
+        if self.scenario.scraped:
+            runs["load_scraped"] = lambda: load_while_scraped(self.box, self.url, durations.load, self.proxies,
+                                                              self.scenario.scraped)
         for key, measure in runs.items():
             slot: dict = {}
             attempt(slot, key, measure)
@@ -241,7 +279,8 @@ def run(tools_image: str, sidecar_image: str, durations: Durations, step: Callab
             wanted = [s for s in scenarios if s.project == kind]
             if not wanted:
                 continue
-            box = projects.enter_context(project(compose_text(tools_image, sidecar_image, spec.mitmdump),
+            scraper = any(s.scraped for s in wanted)
+            box = projects.enter_context(project(compose_text(tools_image, sidecar_image, spec.mitmdump, scraper),
                                                  meshed=spec.meshed, prefix=f"meshbench-{kind}",
                                                  files=dict(spec.files)))
             step(f"starting the {kind} project ({'meshcli up' if spec.meshed else 'docker compose up'})")
@@ -262,7 +301,7 @@ def run(tools_image: str, sidecar_image: str, durations: Durations, step: Callab
         for number in range(durations.rounds):
             for bench in rotated(benches, number):
                 step(f"round {number + 1}/{durations.rounds}: {bench.scenario.name}, wrk at 1 connection "
-                     "(kept alive, then one per request) and at 16")
+                     "(kept alive, then one per request) and at 16 (also while scraped)")
                 bench.one_round(durations)
         for bench in benches:
             if bench.scenario.raw_tcp:

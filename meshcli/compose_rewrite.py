@@ -3,7 +3,8 @@
 `render()` is a pure function. For every meshed service it adds a pod container that
 owns the network namespace (and takes over the app's network settings), an init that
 installs the interception rules and ends once the sidecar is ready, and the sidecar;
-the app joins the pod's namespace and starts after the init. Everything else of the
+the app joins the pod's namespace and starts after the init. With `up --with prometheus`
+a Prometheus scraping the sidecars is one more service (meshcli/prometheus.py). Everything else of the
 model is kept as `docker compose config` resolved it (paths are absolute there, so the
 rendered file works from any directory). See ../shared/design/architecture.md, "Pod pattern".
 """
@@ -18,8 +19,10 @@ from typing import Any
 from meshproxy.config import (CONFIG_DIR, ENV_CONFIG_DIR, ENV_IDENTITY_DIR, ENV_PROJECT, ENV_SERVICE, ENV_VERSION,
                               ENV_WORKLOAD, IDENTITY_DIR, SIDECAR_UID)
 
+from meshcli import prometheus
 from meshcli.compose_model import ComposeProject
 from meshcli.mesh_config import Mesh
+from meshcli.prometheus import Prometheus
 
 CONTROLLER = "meshcli-controller"
 POD_SUFFIX = "-pod"
@@ -41,6 +44,7 @@ class RenderOptions:
     docker_socket: str = "/var/run/docker.sock"  # for the controller only
     # One directory per workload (meshcli/ca.py), each mounted read-only into that workload's sidecar alone.
     identities_dir: Path | None = None
+    prometheus: Prometheus | None = None  # `up --with prometheus`
 
 
 def pod_name(workload: str) -> str:
@@ -83,6 +87,10 @@ def render(project: ComposeProject, mesh: Mesh, options: RenderOptions) -> dict[
         services[sidecar_name(name)] = _sidecar_service(name, workload, service, options, mesh)
     if mesh.workloads:
         services[CONTROLLER] = _controller_service(mesh, options, data["services"])
+    if mesh.workloads and options.prometheus is not None:
+        services[prometheus.SERVICE] = prometheus.service(
+            options.prometheus, services, mesh,
+            {LABEL_PREFIX + "role": prometheus.ADDON, LABEL_PREFIX + "project": mesh.project})
     data["services"] = services
     return data
 

@@ -42,7 +42,7 @@ def sidecar_image_tag(proxy: Path | None = None) -> str:
     return f"{IMAGE_REPO}:{__version__}-{digest.hexdigest()[:10]}"
 
 
-def _has_image(client, name: str) -> bool:
+def has_image(client, name: str) -> bool:
     import docker.errors
 
     try:
@@ -57,7 +57,7 @@ def base_image(client) -> str:
     configured = os.environ.get("MESHCLI_BASE_IMAGE")
     if configured:
         return configured
-    if not _has_image(client, PUBLIC_BASE) and _has_image(client, OFFLINE_BASE):
+    if not has_image(client, PUBLIC_BASE) and has_image(client, OFFLINE_BASE):
         return OFFLINE_BASE
     return PUBLIC_BASE
 
@@ -85,7 +85,7 @@ def build_sidecar_image(progress: Progress, force: bool = False) -> str:
     """Build the sidecar image if it is missing; return its tag."""
     client = docker_client()
     tag = sidecar_image_tag()
-    if not force and _has_image(client, tag):
+    if not force and has_image(client, tag):
         return tag
     base = base_image(client)
     proxy = resources.proxy_dir()
@@ -101,16 +101,17 @@ def build_sidecar_image(progress: Progress, force: bool = False) -> str:
             for wheel in _wheelhouse(proxy / "requirements.txt", progress).glob("*.whl"):
                 shutil.copy2(wheel, wheels / wheel.name)
         progress(f"building {tag} from {base}")
-        _stream_build(client, context, tag, {"BASE_IMAGE": base}, progress)
+        stream_build(client, context, tag, {"BASE_IMAGE": base}, progress)
     return tag
 
 
-def _stream_build(client, context: Path, tag: str, buildargs: dict, progress: Progress) -> None:
+def stream_build(client, context: Path, tag: str, buildargs: dict, progress: Progress, label: str = "sidecar") -> None:
+    """Build `context` as `tag`, its steps shown through `progress`; DockerError on failure."""
     import docker.errors
 
     try:
         stream = client.api.build(path=str(context), tag=tag, buildargs=buildargs, rm=True,
-                                  forcerm=True, decode=True, labels={"io.meshcli.image": "sidecar"})
+                                  forcerm=True, decode=True, labels={"io.meshcli.image": label})
         log: list[str] = []
         for chunk in stream:
             if "error" in chunk:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from meshcli import ca, compose_model, control_plane, docker_engine, images, status, watcher, workspace as ws
+from meshcli import ca, compose_model, control_plane, docker_engine, images, prometheus, status, watcher, workspace as ws
 from meshcli.errors import InvalidFileError
 from meshcli.status import WorkloadStatus
 from meshcli.workspace import Loaded, Workspace
@@ -40,6 +40,7 @@ class UpResult:
     sidecar_image: str
     statuses: list[WorkloadStatus] = field(default_factory=list)
     watcher_pid: int | None = None  # the hot-reload watcher (meshcli/watcher.py)
+    prometheus_url: str | None = None  # with `--with prometheus`
 
     @property
     def ready(self) -> bool:
@@ -75,19 +76,26 @@ def wait_ready(loaded: Loaded, deadline: float, progress: Progress, interval: fl
 
 
 def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build: bool = False,
-       wait: bool = True) -> UpResult:
+       wait: bool = True, prometheus_port: int | None = None) -> UpResult:
     """Render, build the sidecar image if missing and start the project.
 
     With `wait`, compose waits up to `wait_timeout` seconds for every container to be
     healthy, then the workloads are polled until ready() within the same budget; the
     result's statuses say whether they made it. Without it, nothing is waited for.
+    With a `prometheus_port` (0: any free one) a Prometheus scraping every sidecar runs too.
     """
     progress("validating the mesh file")
     workspace = with_base_image(workspace)
     loaded = ws.load(workspace)
     progress("checking the sidecar image")
     image = images.build_sidecar_image(progress)
-    rendered = ws.write_rendered(loaded, image)
+    scraper = None
+    if prometheus_port is not None:
+        progress("checking the Prometheus image")
+        scraper = prometheus.Prometheus(prometheus.image(progress), prometheus.config_dir(workspace.state_dir),
+                                        prometheus_port)
+        prometheus.write_config(scraper.config_dir, loaded.mesh)
+    rendered = ws.write_rendered(loaded, image, prometheus=scraper)
     control_plane.apply(workspace)  # the sidecars' config, runtime faults included, before they start
     progress("issuing workload certificates")
     with ws.state_lock(workspace):
@@ -103,10 +111,11 @@ def up(workspace: Workspace, progress: Progress, wait_timeout: int = 180, build:
     progress("starting the hot-reload watcher")
     watcher_pid = watcher.start(workspace)
     _apply_edits_made_meanwhile(workspace)
+    url = prometheus.url(loaded.project.name) if scraper is not None else None
     if not wait:
-        return UpResult(loaded, rendered, image, status.collect(loaded), watcher_pid)
+        return UpResult(loaded, rendered, image, status.collect(loaded), watcher_pid, url)
     progress("checking that every sidecar is healthy and runs the current config")
-    return UpResult(loaded, rendered, image, wait_ready(loaded, started + wait_timeout, progress), watcher_pid)
+    return UpResult(loaded, rendered, image, wait_ready(loaded, started + wait_timeout, progress), watcher_pid, url)
 
 
 def _apply_edits_made_meanwhile(workspace: Workspace) -> None:

@@ -145,6 +145,13 @@ def collect(loaded: Loaded) -> list[WorkloadStatus]:
         return list(pool.map(one, workloads))
 
 
+def sidecar_containers(loaded: Loaded) -> dict[str, object]:
+    """The running sidecar container of each workload that has one."""
+    containers = _containers(loaded.project.name)
+    return {workload: sidecar for workload in loaded.mesh.workloads
+            if (sidecar := containers.get(sidecar_name(workload))) is not None and sidecar.status == "running"}
+
+
 def sidecar_stats(loaded: Loaded, workload: str) -> dict | None:
     """The JSON counters of one workload's sidecar (see proxy/meshproxy/admin.py)."""
     sidecar = _containers(loaded.project.name).get(sidecar_name(workload))

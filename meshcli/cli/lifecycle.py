@@ -29,6 +29,7 @@ def up_json(result, seconds: float) -> dict:
         "sidecarImage": result.sidecar_image,
         "config": {"version": config.version, "generation": config.generation} if config else None,
         "urls": {s.workload: s.urls for s in statuses if s.urls},
+        "prometheus": result.prometheus_url,
         "workloads": [s.to_json() for s in statuses],
     }
 
@@ -44,16 +45,26 @@ def register(app: typer.Typer) -> None:
         timeout: int = typer.Option(180, "--timeout", min=1,
                                     help="Seconds --wait waits for the workloads (image builds not counted)."),
         build: bool = typer.Option(False, "--build", help="Rebuild the app images (docker compose up --build)."),
+        with_addons: list[str] = typer.Option([], "--with", metavar="ADDON",
+                                              help="Also run `prometheus`: it scrapes every sidecar (Istio's "
+                                                   "metrics, for Istio's Grafana dashboards)."),
+        prometheus_port: int = typer.Option(9090, "--prometheus-port", min=0, max=65535,
+                                            help="Host port of the Prometheus (0: any free port)."),
         as_json: bool = common.Json,
     ) -> None:
         """Render the meshed compose file, build what is missing, start it and wait until ready."""
-        from meshcli import lifecycle
+        from meshcli import lifecycle, prometheus
         from meshcli.cli.status import print_table
+        from meshcli.errors import InputError
 
+        unknown = sorted(set(with_addons) - {prometheus.ADDON})
+        if unknown:
+            raise InputError(f"--with: unknown addon {', '.join(unknown)}; expected {prometheus.ADDON}")
         located = project.locate()
         started = time.monotonic()
         with output.progress("starting the mesh") as progress:
-            result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait)
+            result = lifecycle.up(located, progress, wait_timeout=timeout, build=build, wait=wait,
+                                  prometheus_port=prometheus_port if prometheus.ADDON in with_addons else None)
         elapsed = time.monotonic() - started
         ready = lifecycle.ready(result.statuses)
         if as_json:
@@ -65,6 +76,9 @@ def register(app: typer.Typer) -> None:
             name = result.loaded.project.name
             if ready:
                 output.success(f"project {name} is up in {elapsed:.1f}s")
+            if result.prometheus_url:
+                output.info(f"Prometheus: {result.prometheus_url} (Grafana: add it as a Prometheus data source, "
+                            f"then import Istio's dashboards)")
             elif wait:
                 output.error(f"project {name} is not ready after {timeout}s: "
                              + "; ".join(lifecycle.not_ready(result.statuses)),

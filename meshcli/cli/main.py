@@ -14,7 +14,7 @@ import typer
 
 from meshcli import __version__
 from meshcli.cli import (apply, authz, ca, certs, demo, fault, init, istio, lifecycle, render, route, schema, split,
-                         status, tap, trace, validate, watch)
+                         status, tap, trace, validate, views, watch)
 from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
@@ -44,8 +44,8 @@ def _root(
     pass
 
 
-for module in (demo, init, render, validate, schema, lifecycle, status, fault, split, route, apply, watch, istio, ca,
-               certs, authz, tap, trace):
+for module in (demo, init, render, validate, schema, lifecycle, status, views, fault, split, route, apply, watch,
+               istio, ca, certs, authz, tap, trace):
     module.register(app)
 
 

@@ -1,5 +1,6 @@
 """`meshcli status`: every workload, its sidecar's health and config sync (generation and
-version, like `istioctl proxy-status`), its URLs; a rejected mesh.yaml; the hot-reload watcher."""
+version, like `istioctl proxy-status`), its URLs; a rejected mesh.yaml; the hot-reload watcher;
+the project's Prometheus, when it runs one."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
     @common.project_command()
     def status(project: common.ProjectFlags = common.PROJECT, as_json: bool = common.Json) -> None:
         """Show each workload, its sidecar's health and whether it runs the current config."""
-        from meshcli import control_plane, fault_layer, rule_layer, sidecar_config, status as core, watcher
+        from meshcli import control_plane, fault_layer, prometheus, rule_layer, sidecar_config, status as core, watcher
 
         located = project.locate()
         loaded, mesh_error = core.load(located)
@@ -59,6 +60,7 @@ def register(app: typer.Typer) -> None:
         on_disk = sidecar_config.current(located.config_dir)
         rejected = control_plane.rejection(located)
         watcher_pid = watcher.running_pid(located)
+        prometheus_url = prometheus.url(loaded.project.name)
         faults = fault_layer.in_force(located, loaded.mesh)
         rules = rule_layer.active(located)
         if as_json:
@@ -68,12 +70,15 @@ def register(app: typer.Typer) -> None:
                 "rejected": rejected,
                 "meshErrors": [d.to_json() for d in mesh_error.diagnostics] if mesh_error else [],
                 "watcher": {"running": watcher_pid is not None, "pid": watcher_pid},
+                "prometheus": prometheus_url,
                 "faults": faults,
                 "rules": [rule.to_json() for rule in rules],
                 "workloads": [s.to_json() for s in statuses]}, ok=healthy(statuses))
         else:
             print_table(statuses)
             _print_config(on_disk, watcher_pid, located)
+            if prometheus_url:
+                output.info(f"Prometheus: {prometheus_url} (meshcli up --with prometheus)")
             _print_faults(faults)
             for rule in rules:
                 output.warning(f"runtime rule {rule.id}: {rule.describe()} (set by a test, in "

@@ -6,33 +6,75 @@ lines, one per finished request, for `meshcli tap`), 15090 `/stats/prometheus`.
 They run on threads with the standard library's HTTP server: they are low-traffic
 and must answer even when the proxy's event loop is busy; a tap reader's thread is
 the only one that writes its stream, so a slow reader slows nothing else.
+
+`/stats?window=S` adds `earlier`: the counters as they were about S seconds ago, so
+`meshcli stat`, `graph` and `top` can tell rates over a window from this one answer
+(the sidecar keeps a snapshot every SNAPSHOT_SECONDS, for HISTORY_SECONDS).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator, Mapping
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshproxy.config import ADMIN_PORT, HEALTH_PATH, HEALTH_PORT, METRICS_PORT, TAP_PATH
 from meshproxy.policy.tap import DEFAULT_MAX_RPS
 
-Route = Callable[[], tuple[int, str, bytes]]  # (status, content type, body)
+SNAPSHOT_SECONDS = 5.0
+HISTORY_SECONDS = 600.0
+
+Route = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]  # the query -> (status, content type, body)
 # A stream: the request's query -> (status, content type, pieces written until they end or the reader leaves).
 Stream = Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]]
 LINE = json.JSONEncoder(separators=(",", ":"))
 TAP_HEARTBEAT_SECONDS = 1.0  # an idle tap still writes (a newline): a reader that left is noticed
 
 
-def json_route(produce: Callable[[], tuple[int, object]]) -> Route:
-    def route() -> tuple[int, str, bytes]:
-        status, body = produce()
+def json_route(produce: Callable[..., tuple[int, object]], takes_query: bool = False) -> Route:
+    def route(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        status, body = produce(query) if takes_query else produce()
         return status, "application/json", json.dumps(body, indent=1).encode()
     return route
+
+
+class History:
+    """Snapshots of a counters function, one every `every` seconds, the last `keep` seconds of them."""
+
+    def __init__(self, snapshot: Callable[[], dict], every: float = SNAPSHOT_SECONDS,
+                 keep: float = HISTORY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.snapshot, self.every, self.clock = snapshot, every, clock
+        self.snapshots: collections.deque[tuple[float, dict]] = collections.deque(maxlen=int(keep / every) + 2)
+        self._stop = threading.Event()
+
+    def take(self) -> None:
+        self.snapshots.append((self.clock(), self.snapshot()))
+
+    def start(self) -> None:
+        def run() -> None:
+            while True:
+                self.take()
+                if self._stop.wait(self.every):
+                    return
+        threading.Thread(target=run, name="stats-history", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def at(self, seconds: float) -> tuple[float, dict] | None:
+        """(age in seconds, counters) of the newest snapshot at least `seconds` old, else the oldest."""
+        now = self.clock()
+        kept = list(self.snapshots)
+        older = [(now - taken, counters) for taken, counters in kept if now - taken >= seconds]
+        if older:
+            return older[-1]
+        return (now - kept[0][0], kept[0][1]) if kept else None
 
 
 def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0",
@@ -44,7 +86,7 @@ def serve(port: int, routes: dict[str, Route], host: str = "0.0.0.0",
             if stream is not None:
                 status, ctype, body = stream(dict(parse_qsl(query)))
             elif route is not None:
-                status, ctype, body = route()
+                status, ctype, body = route(parse_qs(query))
             else:
                 status, ctype, body = 404, "text/plain", b"not found\n"
             self.send_response(status)
@@ -113,13 +155,25 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
             "config": config.raw,
         }
 
-    def stats() -> tuple[int, object]:
-        exporter = sidecar.tracing.exporter
-        return 200, {"workload": state.identity.workload, "config_version": state.config.version,
-                     "handed_over": sidecar.mitmproxy.handed_over, **telemetry.stats(),
-                     "spans": exporter.stats() if exporter is not None else None}
+    history = History(telemetry.snapshot)
+    history.start()
 
-    def prometheus() -> tuple[int, str, bytes]:
+    def stats(query: dict[str, list[str]]) -> tuple[int, object]:
+        exporter = sidecar.tracing.exporter
+        body = {"workload": state.identity.workload, "config_version": state.config.version,
+                "handed_over": sidecar.mitmproxy.handed_over, **telemetry.stats(),
+                "spans": exporter.stats() if exporter is not None else None}
+        if "window" in query:
+            try:
+                seconds = float(query["window"][0])
+            except ValueError:
+                return 400, {"error": f"window: expected seconds, got {query['window'][0]!r}"}
+            earlier = history.at(seconds)
+            if earlier is not None:
+                body["earlier"] = {"age_s": round(earlier[0], 3), **telemetry.rows(earlier[1])}
+        return 200, body
+
+    def prometheus(_query) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
 
     def tap(query: Mapping[str, str]) -> tuple[int, str, Iterator[bytes]]:
@@ -133,7 +187,7 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
 
     return [
         serve(HEALTH_PORT, {HEALTH_PATH: json_route(ready)}),
-        serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats),
+        serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats, takes_query=True),
                            HEALTH_PATH: json_route(ready)}, streams={TAP_PATH: tap}),
         serve(METRICS_PORT, {"/stats/prometheus": prometheus, "/metrics": prometheus}),
     ]

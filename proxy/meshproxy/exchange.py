@@ -77,6 +77,7 @@ class Exchange:
         if reply.flag:
             self.flags.append(reply.flag)
         self.status = reply.status
+        self.response_bytes = len(reply.body)
         return reply
 
     def workloads(self, here: str) -> tuple[str, str]:
@@ -122,6 +123,11 @@ class LocalReply:
     body: bytes
     flag: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def grpc_status(headers) -> str:
+    """The grpc-status among an answer's headers or trailers ((bytes, bytes) pairs); "" without one."""
+    return next((value.decode("latin-1") for name, value in headers if name == b"grpc-status"), "")
 
 
 CIRCUIT_HEADER = "x-meshcli-circuit"

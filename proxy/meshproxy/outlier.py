@@ -146,3 +146,9 @@ class Outliers:
     def stats(self) -> dict:
         return {name: outliers.stats() for name, outliers in sorted(self.services.items())
                 if outliers.detection is not None}
+
+    def ejections(self) -> dict[str, dict[str, int]]:
+        """service -> version -> how many times it was ejected (meshcli_outlier_ejections_total)."""
+        return {name: {outliers.versions.get(host, host): health.ejections
+                       for host, health in sorted(outliers.hosts.items()) if health.ejections}
+                for name, outliers in sorted(self.services.items())}

@@ -1,12 +1,14 @@
-"""ServiceAddresses: which mesh service an IP address belongs to.
+"""ServiceAddresses: which mesh service (or workload) an IP address belongs to.
 
 A raw TCP connection intercepted in transparent mode carries only its original
 destination IP, not the name the app dialled. To apply a service's TCP fault we map
 IPs back to services by resolving the service's names (its logical name and every
 version's host) - only for services that have a TCP fault, so a mesh without TCP
-faults makes no lookups. The map is rebuilt when the config changes and every few
-seconds (a restarted container may get a new IP); lookups run in a thread
-(loop.getaddrinfo) and never block the proxy.
+faults makes no lookups for them (`hosts_with_tcp_faults`). Telemetry maps IPs to
+workloads the same way (`workload_hosts`), to name a TCP connection's destination.
+The map is rebuilt when the config changes and every few seconds (a restarted
+container may get a new IP); lookups run in a thread (loop.getaddrinfo) and never
+block the proxy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Callable
 
 from meshproxy.config import MeshState, SidecarConfig
 
@@ -32,9 +35,16 @@ def hosts_with_tcp_faults(config: SidecarConfig, source: str) -> dict[str, str]:
     return hosts
 
 
+def workload_hosts(config: SidecarConfig, source: str) -> dict[str, str]:
+    """host name -> workload, for every version of every service (its host is its workload)."""
+    return {v.host: v.host for service in config.services.values() for v in service.versions}
+
+
 class ServiceAddresses:
-    def __init__(self, state: MeshState, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, state: MeshState, hosts: Callable[[SidecarConfig, str], dict[str, str]] = hosts_with_tcp_faults,
+                 refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.state = state
+        self.hosts = hosts  # host names to resolve -> what an address of theirs is reported as
         self.refresh_seconds = refresh_seconds
         self._by_ip: dict[str, str] = {}
         self._task: asyncio.Task | None = None
@@ -45,7 +55,7 @@ class ServiceAddresses:
         return self._by_ip.get(ip)
 
     async def refresh(self) -> None:
-        hosts = hosts_with_tcp_faults(self.state.config, self.state.identity.service)
+        hosts = self.hosts(self.state.config, self.state.identity.service)
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.getaddrinfo(h, None, type=socket.SOCK_STREAM) for h in hosts),
                                        return_exceptions=True)

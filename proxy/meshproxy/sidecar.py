@@ -76,6 +76,7 @@ class Sidecar:
         await self.mtls_server.start()
         self.watcher.start()
         self.tcp_faults.start()
+        self.telemetry.start()
 
     def stop(self) -> None:
         self.listener.stop()
@@ -83,6 +84,7 @@ class Sidecar:
         self.tls.stop()
         self.watcher.stop()
         self.tcp_faults.stop()
+        self.telemetry.stop()
         self.mirroring.stop()
         self.tracing.stop()
         self.mitmproxy.stop()

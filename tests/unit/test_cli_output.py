@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from meshcli import control_plane, demo as demo_copy, fault_layer, lifecycle, status, watcher, workspace
+from meshcli import (control_plane, demo as demo_copy, fault_layer, lifecycle, prometheus, status, views, watcher,
+                     workspace)
 from meshcli.cli import demo as demo_command, fault as fault_command, lifecycle as lifecycle_command
 from meshcli.cli.main import main
 from meshcli.errors import DockerError
@@ -37,10 +38,12 @@ def demo(tmp_path, monkeypatch) -> Path:
     compose_dir = demo_copy.copy(tmp_path / "demo").compose_dir
     monkeypatch.chdir(compose_dir)
     frozen = types.SimpleNamespace(time=lambda: NOW, monotonic=lambda: NOW, sleep=time.sleep)
-    for module in (control_plane, fault_layer, lifecycle, watcher, demo_command, fault_command, lifecycle_command):
+    for module in (control_plane, fault_layer, lifecycle, watcher, views, demo_command, fault_command,
+                   lifecycle_command):
         monkeypatch.setattr(module, "time", frozen)
     monkeypatch.setattr(fault_layer, "new_id", lambda taken, prefix="f-": prefix + "0001")
     monkeypatch.setattr(status, "project_running", lambda project: False)
+    monkeypatch.setattr(prometheus, "url", lambda project: None)
     monkeypatch.setattr(status, "collect", lambda loaded: STATUSES)
     monkeypatch.setattr(lifecycle, "up", fake_up)
     monkeypatch.setattr(lifecycle, "down", lambda located, progress, volumes=False: located.project.name)
@@ -56,7 +59,7 @@ STATUSES = [
 ]
 
 
-def fake_up(located, progress, wait_timeout=180, build=False, wait=True):
+def fake_up(located, progress, wait_timeout=180, build=False, wait=True, prometheus_port=None):
     return lifecycle.UpResult(workspace.load(located), located.rendered_file, "meshcli-sidecar:test", STATUSES[:1])
 
 
@@ -130,6 +133,36 @@ def no_engine(demo: Path, monkeypatch) -> None:
     monkeypatch.setattr(lifecycle, "up", up)
 
 
+def _hop(reporter: str, source: str, destination: str, count: int, code: str = "200") -> dict:
+    return {"reporter": reporter, "source_workload": source, "destination_workload": destination,
+            "request_protocol": "http", "response_code": code, "connection_security_policy": "none", "count": count}
+
+
+def with_traffic(demo: Path, monkeypatch) -> None:
+    """Sidecar counters as /stats?window= gives them: frontend -> orders -> payment-v1, and greeter's TCP."""
+    buckets = [[1.0, 0], [5.0, 6], [10.0, 10], [float("inf"), 10]]
+    readings = {
+        "frontend": views.Reading("frontend", {
+            "requests": [_hop("destination", "unknown", "frontend", 30), _hop("source", "frontend", "orders", 30)],
+            "durations": [{"reporter": "destination", "buckets": buckets, "count": 10, "sum_ms": 40.0}],
+            "paths": [{"source": "unknown", "method": "GET", "path": "/", "count": 30, "errors": 0,
+                       "sum_ms": 120.0, "max_ms": 9.5}]},
+            {"requests": [_hop("destination", "unknown", "frontend", 20), _hop("source", "frontend", "orders", 20)]},
+            60.0),
+        "orders": views.Reading("orders", {
+            "requests": [_hop("destination", "frontend", "orders", 30), _hop("source", "orders", "payment-v1", 29),
+                         _hop("source", "orders", "payment-v1", 1, "503")]}, {"requests": []}, 60.0),
+        "greeter-client": views.Reading("greeter-client", {"tcp": [
+            {"reporter": "source", "source_workload": "greeter-client", "destination_workload": "greeter",
+             "connection_security_policy": "none", "metric": "istio_tcp_connections_opened_total", "value": 6},
+            {"reporter": "source", "source_workload": "greeter-client", "destination_workload": "greeter",
+             "connection_security_policy": "none", "metric": "istio_tcp_sent_bytes_total", "value": 120}]},
+            {"tcp": []}, 60.0),
+    }
+    monkeypatch.setattr(views, "read", lambda loaded, window_s=None, workloads=None: [
+        r for name, r in sorted(readings.items()) if workloads is None or name in workloads])
+
+
 def ctrl_c(demo: Path, monkeypatch) -> None:
     def collect(loaded):
         raise KeyboardInterrupt
@@ -190,6 +223,12 @@ JSON_CASES = {
     "export-istio-error": (nothing, ["export", "istio", "--namespace", "Shop_1", "--json"], 2),
     "import-istio": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--merge", "--json"], 0),
     "import-istio-error": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--json"], 2),
+    "stat": (with_traffic, ["stat", "--json"], 0),
+    "stat-error": (nothing, ["stat", "--window", "1h", "--json"], 2),
+    "graph": (with_traffic, ["graph", "--json"], 0),
+    "graph-error": (nothing, ["graph", "--format", "png", "--json"], 2),
+    "top": (with_traffic, ["top", "frontend", "--interval", "0.5", "--json"], 0),
+    "top-error": (nothing, ["top", "--interval", "0.1", "--json"], 2),
 }
 
 HUMAN_CASES = {
@@ -197,6 +236,10 @@ HUMAN_CASES = {
     "route-show": (with_fault, ["route", "show", "payment"], 0),
     "fault-list": (with_fault, ["fault", "list"], 0),
     "import-istio": (with_istio_rules, ["import", "istio", "payment-rules.yaml", "--merge"], 0),
+    "stat": (with_traffic, ["stat"], 0),
+    "graph": (with_traffic, ["graph"], 0),
+    "graph-dot": (with_traffic, ["graph", "--format", "dot"], 0),
+    "graph-mermaid": (with_traffic, ["graph", "--format", "mermaid"], 0),
 }
 
 
@@ -275,6 +318,7 @@ COMMANDS = [
     ["route", "outlier-detection", "payment", "--consecutive-5xx", "1"], ["route", "mirror", "payment", "v2"],
     ["route", "match", "payment", "r", "--to", "v2"], ["route", "delete", "payment", "r"],
     ["route", "show", "payment"], ["apply"], ["watch"], ["export", "istio"], ["import", "istio", "notes.txt"],
+    ["stat"], ["graph"], ["top"],
 ]
 
 
@@ -291,3 +335,22 @@ def test_every_command_fails_with_one_json_error_object_where_there_is_no_compos
     assert report["ok"] is False and set(report) == {"ok", "error", "diagnostics"}
     assert set(report["error"]) == {"code", "message", "file", "line", "column", "hint"}
     assert report["error"]["code"] == "usage" and report["error"]["message"]
+
+
+def test_top_refreshes_its_table_until_ctrl_c(demo, capsys, monkeypatch):
+    with_traffic(demo, monkeypatch)
+    naps = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if seconds != 1:  # someone else's wait (the project loader's)
+            return real_sleep(seconds)
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    code, out, _ = run(capsys, demo.parent.parent, ["top", "--interval", "1"])
+
+    assert code == 130 and naps == [1.0, 1.0, 1.0]
+    assert "busiest paths" in out and "frontend" in out

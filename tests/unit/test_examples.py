@@ -92,7 +92,7 @@ def stubbed_engine(monkeypatch):
     calls: list[tuple] = []
     state = {"statuses": [healthy("frontend")]}
 
-    def up(workspace, progress, wait_timeout=180, build=False, wait=True):
+    def up(workspace, progress, wait_timeout=180, build=False, wait=True, prometheus_port=None):
         from meshcli import workspace as ws
 
         calls.append(("up", workspace.project.path, workspace.project.name, wait_timeout, wait))

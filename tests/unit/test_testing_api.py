@@ -325,7 +325,7 @@ def test_attach_gives_up_on_a_mesh_that_stays_unhealthy(shop, engine):
 
 @pytest.fixture
 def fake_lifecycle(engine, monkeypatch):
-    def up(workspace, progress, wait_timeout=180, build=False, wait=True):
+    def up(workspace, progress, wait_timeout=180, build=False, wait=True, prometheus_port=None):
         engine.ups.append({"project": workspace.project.name, "timeout": wait_timeout, "build": build})
         loaded = workspace_module.load(workspace)
         return lifecycle.UpResult(loaded, workspace.rendered_file, "meshcli-sidecar:test", list(engine.statuses))

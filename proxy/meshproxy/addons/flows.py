@@ -52,5 +52,11 @@ def finish(exchange: Exchange, flow: http.HTTPFlow) -> None:
     response = flow.response
     exchange.ended = response.timestamp_end if response is not None and response.timestamp_end else time.time()
     exchange.status = response.status_code if response is not None and flow.error is None else 0
+    exchange.request_bytes = len(flow.request.raw_content or b"")
+    if response is not None:
+        exchange.response_bytes = len(response.raw_content or b"")
+        if exchange.grpc:
+            exchange.grpc_status = response.headers.get("grpc-status") or (
+                response.trailers.get("grpc-status", "") if response.trailers else "")
     if flow.error is not None:
         exchange.error = flow.error.msg

@@ -46,7 +46,9 @@ class Telemetry:
         labels = flow.metadata.get(META_TCP_LABELS)
         if labels is None:
             destination = "%s:%s" % tuple(flow.server_conn.address or ("unknown", 0))
-            labels = flow.metadata[META_TCP_LABELS] = self.telemetry.tcp_labels(direction_of(flow), destination)
+            peer = flow.client_conn.peername
+            labels = flow.metadata[META_TCP_LABELS] = self.telemetry.tcp_labels(
+                direction_of(flow), destination, peer_ip=peer[0] if peer else None)
         return labels
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:

@@ -287,8 +287,10 @@ class HttpProxy:
             downstream.write(CONTINUE)
         if replayable:
             body = await downstream.read_body()  # also takes the END of a request without a body
+            exchange.request_bytes = len(body)
         else:
             body, source = None, downstream.body()
+            exchange.request_bytes = head.length or 0  # a streamed chunked body: not counted
         length = head.length if source is not None else None
 
         def attempt(to, max_requests):
@@ -380,6 +382,7 @@ class HttpProxy:
     async def _stream_answer(self, downstream: Downstream, head: RequestHead, exchange: Exchange,
                              answer: upstream.Answer) -> bool:
         exchange.status = answer.status
+        exchange.response_bytes = answer.length or 0  # without a length: counted as it streams
         writer = downstream.writer
         headers = answer.headers
         if answer.upgraded:
@@ -417,6 +420,8 @@ class HttpProxy:
                 writer.write(head_bytes)
                 head_bytes = b""
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
+                if answer.length is None:
+                    exchange.response_bytes += len(chunk)
                 if chunked:
                     chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
                 elif remaining is not None:

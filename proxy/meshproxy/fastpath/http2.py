@@ -26,7 +26,7 @@ import h2.exceptions
 
 from meshproxy import upstream_h2
 from meshproxy.config import Version
-from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer
+from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer, grpc_status
 from meshproxy.fastpath.pipeline import Pipeline
 from meshproxy.policy.faults import RESET
 from meshproxy.policy.routing import SOURCE_HEADER
@@ -280,6 +280,7 @@ class H2Proxy:
 
         outcome = await self.pipeline.forward(exchange, body.replayable, attempt,
                                               lambda: attempt(Version("", host), None), send_copy)
+        exchange.request_bytes = body.size or sum(map(len, body.kept))
         if outcome is RESET:
             caller.reset_stream(stream)
             return
@@ -307,6 +308,8 @@ class H2Proxy:
                              answer: upstream_h2.Answer) -> None:
         exchange.status = answer.status
         head = [(b":status", b"%d" % answer.status), *answer.headers]
+        if exchange.grpc:
+            exchange.grpc_status = grpc_status(answer.headers)
         if answer.empty:  # e.g. gRPC's trailers-only answer: one HEADERS frame that ends the stream
             answer.discard()
             self.pipeline.finish(exchange)
@@ -315,12 +318,15 @@ class H2Proxy:
         caller.send_headers(stream, head)
         try:
             async for chunk in answer.chunks(STREAM_IDLE_TIMEOUT):
+                exchange.response_bytes += len(chunk)
                 await caller.send_data(stream, chunk)
         except (Reset, TimeoutError) as exc:
             exchange.error = str(exc) or "stream idle timeout"
             exchange.flags.append("UPE")
             caller.reset_stream(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
+        if exchange.grpc and answer.trailers:
+            exchange.grpc_status = grpc_status(answer.trailers) or exchange.grpc_status
         # Counted before the stream's end goes out, so a caller that got the whole answer sees it counted.
         self.pipeline.finish(exchange)
         if answer.trailers:

@@ -154,7 +154,9 @@ class Listener:
 
     async def _relay(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None, peer: Peer | None = None) -> None:
-        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination)
+        address = peer.address if peer is not None and peer.address else (writer.get_extra_info("peername") or [None])[0]
+        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination,
+                                           peer.security_policy if peer is not None else "none", peer_ip=address)
         self.telemetry.tcp_opened(labels)
         started = time.time()
         counted = [0, 0]  # bytes from the server, from the client (indexed by from_client)
@@ -179,6 +181,6 @@ class Listener:
                 return
             error = await tcp.relay((reader, writer), server, client_first=data, toxic=toxic, on_bytes=on_bytes)
         finally:
-            self.telemetry.tcp_closed(labels)
-            self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error,
-                                toxic.flag if toxic is not None else "-", peer)
+            flag = toxic.flag if toxic is not None else "-"
+            self.telemetry.tcp_closed(labels, flag)
+            self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error, flag, peer)

@@ -7,8 +7,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from meshproxy import admin, config
 from meshproxy.config import MeshState
+from meshproxy.policy.telemetry import ISTIO_LABELS
 from meshproxy.sidecar import Sidecar
 from sidecar_kit import WEB, outbound
 
@@ -49,7 +52,7 @@ def servers():
 
 
 def test_serve_routes_and_404(servers):
-    server = admin.serve(0, {"/hello": lambda: (201, "text/plain", b"hi\n")}, host="127.0.0.1")
+    server = admin.serve(0, {"/hello": lambda _query: (201, "text/plain", b"hi\n")}, host="127.0.0.1")
     servers.append(server)
 
     assert get(server, "/hello") == (201, "text/plain", b"hi\n")
@@ -167,10 +170,12 @@ def test_stats_json(sidecar):
     assert stats["config_version"] == "abc123"
     assert stats["handed_over"] == 0
     assert stats["tcp"] == [] and stats["upstream_connections"] == []
-    assert stats["requests"] == [{
+    [row] = stats["requests"]
+    assert row.items() >= {
         "reporter": "source", "source_workload": "web-v1", "destination_workload": "payment-v1",
         "destination_service": "payment", "destination_version": "v1", "response_code": "200",
-        "request_protocol": "http", "response_flags": "-", "count": 1}]
+        "request_protocol": "http", "response_flags": "-", "count": 1}.items()
+    assert [p["path"] for p in stats["paths"]] == []  # per path: inbound requests only
 
 
 def test_prometheus(sidecar):
@@ -179,13 +184,19 @@ def test_prometheus(sidecar):
     assert ctype.startswith("text/plain")
     assert b"istio_requests_total{" not in body  # nothing recorded yet
 
-    sidecar.record_request()
+    for _ in range(3):
+        sidecar.record_request()
     text = get(sidecar.metrics, "/stats/prometheus")[2].decode()
 
-    assert ('istio_requests_total{destination_service="payment",destination_version="v1",'
-            'destination_workload="payment-v1",reporter="source",request_protocol="http",'
-            'response_code="200",response_flags="-",source_workload="web-v1"} 1.0') in text
-    assert "istio_request_duration_milliseconds_bucket{" in text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [requests] = families["istio_requests"].samples
+    assert requests.value == 3 and set(requests.labels) == set(ISTIO_LABELS)
+    for name in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
+        assert families[name].type == "histogram"
+        buckets = [(float(s.labels["le"]), s.value) for s in families[name].samples if s.name.endswith("_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == (float("inf"), 3)  # bounds and counts both rise
+        [count] = [s.value for s in families[name].samples if s.name.endswith("_count")]
+        assert count == 3
     assert get(sidecar.metrics, "/metrics")[2].decode() == text
 
 
@@ -197,3 +208,30 @@ def test_unknown_paths_are_404(sidecar):
 
     assert {(which, path): get(getattr(sidecar, which), path)[0] for which, path in unknown} == {
         key: 404 for key in unknown}
+
+
+def test_stats_with_a_window_carry_the_counters_of_then(sidecar):
+    sidecar.state.apply(CONFIG)
+    sidecar.record_request()
+
+    stats = json.loads(get(sidecar.admin, "/stats?window=60")[2])
+
+    # The sidecar is younger than the window: "then" is its first snapshot, taken at start.
+    assert stats["earlier"]["requests"] == [] and stats["earlier"]["age_s"] >= 0
+    assert [row["count"] for row in stats["requests"]] == [1]
+    assert "earlier" not in json.loads(get(sidecar.admin, "/stats")[2])
+    assert get(sidecar.admin, "/stats?window=soon")[0] == 400
+
+
+def test_history_answers_with_the_newest_snapshot_old_enough():
+    now = [100.0]
+    counter = iter(range(100))
+    history = admin.History(lambda: {"n": next(counter)}, every=5, keep=20, clock=lambda: now[0])
+    for _ in range(10):  # one every 5 s, from t=100 to t=145; 20 s of them kept (and two more)
+        history.take()
+        now[0] += 5
+    # now t=150: snapshots kept from t=120 (n=4) to t=145 (n=9)
+    assert history.at(12) == (15.0, {"n": 7})
+    assert history.at(0) == (5.0, {"n": 9})
+    assert history.at(600) == (30.0, {"n": 4})  # older than what is kept: the oldest
+    assert admin.History(dict).at(5) is None

@@ -20,7 +20,7 @@ from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
 from meshproxy.policy.access_log import MAX_PENDING_LINES, AccessLog
 from meshproxy.policy.routing import Router
-from meshproxy.policy.telemetry import Telemetry
+from meshproxy.policy.telemetry import TCP_LABELS, Telemetry
 from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
                          handover_mode, inbound, mesh_state, on_loop, outbound, payment, payment_state, tcp_exchange,
                          until)
@@ -36,6 +36,18 @@ OUTBOUND_LABELS = dict(reporter="source", source_workload="web-v1", destination_
 INBOUND_LABELS = dict(reporter="destination", source_workload="web-v1", destination_workload="payment-v1",
                       destination_service="payment", destination_version="v1", response_code="200",
                       request_protocol="http", response_flags="-")
+
+
+def sample_value(registry, name: str, labels: dict) -> float | None:
+    """The sum of the samples `name` whose labels include `labels`; None when there is none."""
+    values = [s.value for metric in registry.collect() for s in metric.samples
+              if s.name == name and labels.items() <= s.labels.items()]
+    return sum(values) if values else None
+
+
+def rows(stats_rows: list[dict], labels: dict, value: str = "count") -> list[dict]:
+    """Stats rows cut to the keys of `labels` and the value."""
+    return [{key: row[key] for key in (*labels, value)} for row in stats_rows]
 
 
 class Recorder:
@@ -65,7 +77,7 @@ class Recorder:
         return self.sample("istio_requests_total", **labels)
 
     def sample(self, name: str, **labels) -> float | None:
-        return self.telemetry.registry.get_sample_value(name, labels)
+        return sample_value(self.telemetry.registry, name, labels)
 
     def log_lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
@@ -201,7 +213,7 @@ def test_access_log_can_be_off():
 
     telemetry.record(exchange)
 
-    assert telemetry.registry.get_sample_value("istio_requests_total", {
+    assert sample_value(telemetry.registry, "istio_requests_total", {
         **OUTBOUND_LABELS, "destination_workload": "payment", "destination_version": "unknown"}) == 1
 
 
@@ -249,22 +261,20 @@ def test_stats_json():
 
     stats = json.loads(json.dumps(web.telemetry.stats()))
 
-    assert sorted(stats) == ["authz_denied", "durations", "mirrored", "outliers", "requests", "routes", "tcp",
-                            "upstream_connections"]
+    assert sorted(stats) == ["authz_denied", "durations", "faults", "mirrored", "outliers", "overflows", "paths",
+                             "requests", "routes", "tcp", "upstream_connections"]
     assert sorted((r["destination_workload"], r["count"]) for r in stats["requests"]) == [
         ("payment-v1", 2), ("payment-v2", 1)]
     assert stats["requests"][0]["reporter"] == "source"
-    assert stats["tcp"] == [{"reporter": "source", "source_workload": "web-v1",
-                             "destination_workload": "10.0.0.9:5432", "destination_service": "10.0.0.9:5432",
-                             "metric": "istio_tcp_connections_opened_total", "value": 1}]
+    assert rows(stats["tcp"], TCP_OUT, "value") == [{**TCP_OUT, "value": 1}]
+    assert stats["tcp"][0]["metric"] == "istio_tcp_connections_opened_total"
     assert stats["upstream_connections"] == [{"destination": "payment-v1:8080", "opened": 2}]
 
 
 def test_stats_when_nothing_happened():
     assert Telemetry(MeshState(WEB)).stats() == {
         "requests": [], "durations": [], "tcp": [], "routes": [], "mirrored": [], "upstream_connections": [],
-        "authz_denied": [],
-        "outliers": {}}
+        "faults": [], "overflows": [], "paths": [], "authz_denied": [], "outliers": {}}
 
 
 def test_stats_json_has_a_latency_histogram_per_label_set():
@@ -330,11 +340,140 @@ def test_tcp_bytes_and_connections_are_counted(identity, direction, labels):
 def test_metric_names_follow_istio():
     names = {metric.name for metric in Recorder().telemetry.registry.collect()}
 
-    assert names == {"istio_requests", "istio_request_duration_milliseconds", "istio_tcp_connections_opened",
+    assert names == {"istio_requests", "istio_request_duration_milliseconds", "istio_request_bytes",
+                     "istio_response_bytes", "istio_tcp_connections_opened",
                      "istio_tcp_connections_closed", "istio_tcp_received_bytes", "istio_tcp_sent_bytes",
                      # meshcli's own, beside Istio's
-                     "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_mirrored_requests",
-                     "meshcli_upstream_connections_opened", "meshcli_authz_denied"}
+                     "meshcli_route_requests", "meshcli_upstream_attempts", "meshcli_retries",
+                     "meshcli_faults_injected", "meshcli_circuit_breaker_overflows", "meshcli_outlier_ejections",
+                     "meshcli_mirrored_requests", "meshcli_upstream_connections_opened", "meshcli_authz_denied"}
+
+
+def test_the_full_istio_label_set_on_both_sides():
+    # The caller's app and version come from the compiled config: every workload of the project is in it.
+    services = {**SERVICES, "web": payment(None, (("v1", "web-v1"),))}
+    web, payment_side = Recorder(services=services), Recorder(PAYMENT, services=services)
+    web.out()
+    payment_side.record(inbound(payment_side.router, "web-v1"))
+
+    [outbound_row] = web.telemetry.stats()["requests"]
+    [inbound_row] = payment_side.telemetry.stats()["requests"]
+
+    hop = {"source_workload": "web-v1", "source_workload_namespace": "shop", "source_principal": "unknown",
+           "source_app": "web", "source_version": "v1", "source_canonical_service": "web",
+           "destination_workload": "payment-v1", "destination_workload_namespace": "shop",
+           "destination_principal": "unknown", "destination_app": "payment", "destination_version": "v1",
+           "destination_service": "payment", "destination_service_name": "payment",
+           "destination_service_namespace": "shop", "destination_canonical_service": "payment",
+           "request_protocol": "http", "response_code": "200", "grpc_response_status": "",
+           "response_flags": "-", "connection_security_policy": "none", "count": 1}
+    assert outbound_row == {"reporter": "source", **hop}
+    assert inbound_row == {"reporter": "destination", **hop}
+
+
+def test_mutual_tls_names_both_principals():
+    web = Recorder()
+    exchange = outbound(web.router)[0]
+    exchange.security_policy = "mutual_tls"
+
+    web.record(exchange)
+
+    assert web.count(connection_security_policy="mutual_tls", source_principal="spiffe://cluster.local/ns/shop/sa/web",
+                     destination_principal="spiffe://cluster.local/ns/shop/sa/payment") == 1
+
+
+def test_an_unknown_caller_has_unknown_source_labels():
+    payment_side = Recorder(PAYMENT)
+
+    payment_side.record(inbound(payment_side.router, None))
+
+    assert payment_side.count(reporter="destination", source_workload="unknown", source_app="unknown",
+                              source_workload_namespace="unknown", destination_app="payment") == 1
+
+
+def test_request_and_response_sizes_are_histograms():
+    web = Recorder()
+    exchange = outbound(web.router)[0]
+    exchange.request_bytes, exchange.response_bytes = 100, 5000
+
+    web.record(exchange)
+
+    assert web.sample("istio_request_bytes_sum", reporter="source") == 100
+    assert web.sample("istio_request_bytes_bucket", reporter="source", le="10.0") == 0
+    assert web.sample("istio_request_bytes_bucket", reporter="source", le="100.0") == 1  # le: at most the bound
+    assert web.sample("istio_request_bytes_bucket", reporter="source", le="+Inf") == 1
+    assert web.sample("istio_request_bytes_count", reporter="source") == 1
+    assert web.sample("istio_response_bytes_sum", reporter="source") == 5000
+    assert web.sample("istio_response_bytes_bucket", reporter="source", le="1000.0") == 0
+
+
+def test_mesh_counters_for_retries_faults_and_overflows():
+    web = Recorder()
+
+    web.out(status=503, attempts=3, flags=["URX"])
+    web.out(status=503, attempts=0, flags=["DI", "FI"])
+    web.out(status=503, attempts=0, flags=["UO"])
+
+    assert web.sample("meshcli_retries_total", destination_service="payment", route="default") == 2
+    assert web.sample("meshcli_faults_injected_total", destination_service="payment", kind="delay") == 1
+    assert web.sample("meshcli_faults_injected_total", destination_service="payment", kind="abort") == 1
+    assert web.sample("meshcli_circuit_breaker_overflows_total", destination_service="payment") == 1
+    stats = web.telemetry.stats()
+    assert sorted((f["kind"], f["count"]) for f in stats["faults"]) == [("abort", 1), ("delay", 1)]
+    assert stats["overflows"] == [{"destination_service": "payment", "count": 1}]
+
+
+def test_outlier_ejections_are_counted_at_scrape_time():
+    state = payment_state(None, (("v1", "payment-v1"), ("v2", "payment-v2")),
+                          outlierDetection={"consecutive5xxErrors": 1, "maxEjectionPercent": 100})
+    outliers = Outliers(state)
+    telemetry = Telemetry(state, access_log=None, outliers=outliers)
+    outliers.services["payment"].record("payment-v2", 503)
+
+    assert sample_value(telemetry.registry, "meshcli_outlier_ejections_total",
+                        {"destination_service": "payment", "destination_version": "v2"}) == 1
+
+
+def test_inbound_requests_are_counted_per_path_and_bounded(monkeypatch):
+    import meshproxy.policy.telemetry as module
+
+    monkeypatch.setattr(module, "MAX_PATHS", 3)
+    payment_side = Recorder(PAYMENT)
+    for path in ("/pay?id=1", "/pay?id=2", "/refund", "/a", "/b"):
+        exchange = inbound(payment_side.router, "web-v1")
+        exchange.path = path
+        payment_side.record(exchange, status=503 if path == "/refund" else 200, duration=0.01)
+
+    paths = {(p["source"], p["path"]): (p["count"], p["errors"]) for p in payment_side.telemetry.stats()["paths"]}
+    assert paths == {("web-v1", "/pay"): (2, 0), ("web-v1", "/refund"): (1, 1), ("web-v1", "/a"): (1, 0),
+                     ("(other)", "(other)"): (1, 0)}
+
+
+class Addresses:
+    """Stands in for resolver.ServiceAddresses: fixed IP -> workload."""
+
+    def __init__(self, by_ip: dict[str, str]) -> None:
+        self.by_ip = by_ip
+
+    def service_at(self, ip: str) -> str | None:
+        return self.by_ip.get(ip)
+
+
+def test_tcp_peers_are_named_by_their_address():
+    services = {**SERVICES, "web": payment(None, (("v1", "web-v1"),))}
+    addresses = Addresses({"10.0.0.5": "web-v1", "10.0.0.7": "payment-v2"})
+    web = Telemetry(mesh_state(services), access_log=None, addresses=addresses)
+    payment_side = Telemetry(mesh_state(services, identity=PAYMENT), access_log=None, addresses=addresses)
+
+    outbound_labels = dict(zip(TCP_LABELS, web.tcp_labels(OUTBOUND, "10.0.0.7:5432")))
+    inbound_labels = dict(zip(TCP_LABELS, payment_side.tcp_labels(INBOUND, "10.0.0.6:5432", peer_ip="10.0.0.5")))
+    stranger = dict(zip(TCP_LABELS, payment_side.tcp_labels(INBOUND, "10.0.0.6:5432", peer_ip="192.0.2.1")))
+
+    assert (outbound_labels["destination_workload"], outbound_labels["destination_app"],
+            outbound_labels["destination_version"]) == ("payment-v2", "payment", "v2")
+    assert (inbound_labels["source_workload"], inbound_labels["source_app"], inbound_labels["source_version"],
+            inbound_labels["source_workload_namespace"]) == ("web-v1", "web", "v1", "shop")
+    assert stranger["source_workload"] == stranger["source_app"] == "unknown"
 
 
 # -- on the wire, through the fast path ------------------------------------------------------
@@ -351,8 +490,8 @@ async def test_one_hop_is_seen_by_both_sidecars():
 
     assert reply.status == 200
     port_labels = {"destination_workload": V2_HOST}
-    assert web.stats()["requests"] == [{**OUTBOUND_LABELS, **port_labels, "count": 1}]
-    assert payment_side.stats()["requests"] == [{**INBOUND_LABELS, "count": 1}]
+    assert rows(web.stats()["requests"], OUTBOUND_LABELS) == [{**OUTBOUND_LABELS, **port_labels, "count": 1}]
+    assert rows(payment_side.stats()["requests"], INBOUND_LABELS) == [{**INBOUND_LABELS, "count": 1}]
     assert "x-meshcli-source" not in app.requests[0].headers
 
 
@@ -369,19 +508,21 @@ async def test_pooled_connections_are_counted_once():
 
 @on_loop
 async def test_a_raw_tcp_relay_is_counted():
+    # The destination's IP is a mesh workload's (payment-v1's host resolves to it): named by it.
     async with EchoServer() as echo, RunningSidecar(payment_state()) as web:
+        await until(lambda: web.sidecar.telemetry.addresses.service_at(V1_HOST) == V1_HOST)
         web.to(echo.port, V1_HOST)
         received, _, _, _ = await tcp_exchange(V1_HOST, web.outbound_port, b"\x00hello", 6)
         await until(lambda: web.log_lines())
 
-    destination = f"{V1_HOST}:{echo.port}"
-    labels = {"reporter": "source", "source_workload": "web-v1", "destination_workload": destination,
-              "destination_service": destination}
-    tcp_rows = {row["metric"]: row["value"] for row in web.stats()["tcp"] if row["destination_workload"] == destination}
+    labels = {"reporter": "source", "source_workload": "web-v1", "source_app": "web", "destination_workload": V1_HOST,
+              "destination_service": "payment", "destination_app": "payment", "destination_version": "v1",
+              "destination_workload_namespace": "shop", "connection_security_policy": "none"}
+    tcp_rows = {row["metric"]: row["value"] for row in web.stats()["tcp"] if row["destination_workload"] == V1_HOST}
     assert received == b"\x00hello"
     assert tcp_rows == {"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
                         "istio_tcp_received_bytes_total": 6, "istio_tcp_sent_bytes_total": 6}
-    assert web.telemetry.registry.get_sample_value("istio_tcp_sent_bytes_total", labels) == 6
+    assert sample_value(web.telemetry.registry, "istio_tcp_sent_bytes_total", labels) == 6
 
 
 # -- through the mitmproxy adapter -------------------------------------------------------------
@@ -403,10 +544,10 @@ class Flows:
         asyncio.run(cycle())
 
     def count(self, **labels) -> float | None:
-        return self.registry.get_sample_value("istio_requests_total", labels)
+        return sample_value(self.registry, "istio_requests_total", labels)
 
     def sample(self, name: str, **labels) -> float | None:
-        return self.registry.get_sample_value(name, labels)
+        return sample_value(self.registry, name, labels)
 
 
 def http_flow(direction=OUTBOUND, headers=(), resp=True, err=False):
