@@ -427,7 +427,7 @@ def test_outlier_ejections_are_counted_at_scrape_time():
     state = payment_state(None, (("v1", "payment-v1"), ("v2", "payment-v2")),
                           outlierDetection={"consecutive5xxErrors": 1, "maxEjectionPercent": 100})
     outliers = Outliers(state)
-    telemetry = Telemetry(state, access_log=None, outliers=outliers)
+    telemetry = Telemetry(state, outliers=outliers)
     outliers.services["payment"].record("payment-v2", 503)
 
     assert sample_value(telemetry.registry, "meshcli_outlier_ejections_total",
@@ -462,8 +462,8 @@ class Addresses:
 def test_tcp_peers_are_named_by_their_address():
     services = {**SERVICES, "web": payment(None, (("v1", "web-v1"),))}
     addresses = Addresses({"10.0.0.5": "web-v1", "10.0.0.7": "payment-v2"})
-    web = Telemetry(mesh_state(services), access_log=None, addresses=addresses)
-    payment_side = Telemetry(mesh_state(services, identity=PAYMENT), access_log=None, addresses=addresses)
+    web = Telemetry(mesh_state(services), addresses=addresses)
+    payment_side = Telemetry(mesh_state(services, identity=PAYMENT), addresses=addresses)
 
     outbound_labels = dict(zip(TCP_LABELS, web.tcp_labels(OUTBOUND, "10.0.0.7:5432")))
     inbound_labels = dict(zip(TCP_LABELS, payment_side.tcp_labels(INBOUND, "10.0.0.6:5432", peer_ip="10.0.0.5")))
