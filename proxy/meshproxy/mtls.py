@@ -285,22 +285,28 @@ class MeshTls:
         return not any(isinstance(result, BaseException) for result in results)
 
     # -- the client side ------------------------------------------------------------------
+    def secures(self, host: str) -> bool:
+        """Whether calls to a version's `host` go over mesh mTLS: it has a sidecar, its mode
+        is not DISABLE, and this sidecar has its identity."""
+        target = self._modes.get(host)
+        return target is not None and target[1] != MtlsMode.DISABLE and self.credentials is not None
+
+    def secures_tcp(self, ip: str) -> bool:
+        """Whether a raw TCP connection to `ip` goes over mesh mTLS (a mesh workload's IP)."""
+        return ip in self._by_ip and self.credentials is not None
+
     def opener(self, alpn: str) -> Callable[[str, int], Awaitable[Streams] | None]:
         """For an upstream pool: (host, port) -> an mTLS connection's coroutine, or None
         (plaintext) when the destination has no sidecar or its mode is DISABLE."""
         def open_for(host: str, port: int) -> Awaitable[Streams] | None:
-            target = self._modes.get(host)
-            if target is None or target[1] == MtlsMode.DISABLE or self.credentials is None:
-                return None
-            return self._connect(host, port, alpn)
+            return self._connect(host, port, alpn) if self.secures(host) else None
         return open_for
 
     def open_tcp(self, destination: tuple[str, int]) -> Awaitable[Streams] | None:
         """For a raw TCP connection to an IP: mTLS when that IP is a mesh workload's (framed)."""
-        host = self._by_ip.get(destination[0])
-        if host is None or self.credentials is None:
+        if not self.secures_tcp(destination[0]):
             return None
-        return self._connect(host, destination[1], ALPN_TCP, framed)
+        return self._connect(self._by_ip[destination[0]], destination[1], ALPN_TCP, framed)
 
     async def _connect(self, host: str, port: int, alpn: str, wrap=None) -> Streams:
         credentials = self.credentials

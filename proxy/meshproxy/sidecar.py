@@ -54,7 +54,7 @@ class Sidecar:
         self.tls = mtls.MeshTls(state, self.authz, self.telemetry, self.access_log)
         self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened, secure=self.tls.opener(mtls.ALPN_HTTP1))
         self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry,
-                                 self.access_log, self.tracing, self.tap, self.authz)
+                                 self.access_log, self.tracing, self.tap, self.authz, self.tls.secures)
         self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened,
                                         secure=self.tls.opener(mtls.ALPN_H2))
         self.http = HttpProxy(self.pipeline, self.pool)

@@ -5,7 +5,9 @@ a pod's network namespace with NET_RAW (docker run --network container:POD --cap
 NET_RAW). Reads every TCP segment on INTERFACE (AF_PACKET, so not the pod's loopback,
 where the sidecar talks to its app) for SECONDS, then prints JSON: the ports seen, how
 many TLS ServerHellos negotiated TLS 1.3 (the supported_versions extension) or something
-else, and which NEEDLEs (plaintext that must not appear) were seen in a payload.
+else, and which NEEDLEs (plaintext that must not appear) were seen in a payload. The
+sidecar's own admin, health and metrics ports (a Prometheus scraping 15090, as Istio's,
+is plaintext by design) are left out: the claim is about the traffic between workloads.
 Standard library only.
 """
 
@@ -18,6 +20,7 @@ import sys
 import time
 
 ETH_P_ALL = 0x0003
+TELEMETRY_PORTS = frozenset({15000, 15020, 15090})  # meshproxy.config's ADMIN, HEALTH and METRICS ports
 SUPPORTED_VERSIONS = 0x002B
 
 
@@ -71,6 +74,8 @@ def main(interface: str, seconds: float, needles: list[str]) -> None:
             continue
         tcp = ip[header:]
         src, dst = struct.unpack_from("!HH", tcp, 0)
+        if src in TELEMETRY_PORTS or dst in TELEMETRY_PORTS:
+            continue
         payload = tcp[(tcp[12] >> 4) * 4:struct.unpack_from("!H", ip, 2)[0] - header]
         if not payload:
             continue

@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Callable
 
-from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT
+from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT, SecurityPolicy
 from meshproxy.exchange import INBOUND, OUTBOUND, Peer
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
@@ -155,8 +155,12 @@ class Listener:
     async def _relay(self, direction: str, destination: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, data: bytes, toxic: Toxic | None, peer: Peer | None = None) -> None:
         address = peer.address if peer is not None and peer.address else (writer.get_extra_info("peername") or [None])[0]
-        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination,
-                                           peer.security_policy if peer is not None else "none", peer_ip=address)
+        if peer is not None:
+            security = peer.security_policy
+        else:
+            secured = direction == OUTBOUND and self.gate is not None and self.gate.secures_tcp(destination[0])
+            security = SecurityPolicy.MUTUAL_TLS.value if secured else SecurityPolicy.NONE.value
+        labels = self.telemetry.tcp_labels(direction, "%s:%d" % destination, security, peer_ip=address)
         self.telemetry.tcp_opened(labels)
         started = time.time()
         counted = [0, 0]  # bytes from the server, from the client (indexed by from_client)

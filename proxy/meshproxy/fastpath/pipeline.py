@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable, Mapping
 
-from meshproxy.config import Version
+from meshproxy.config import SecurityPolicy, Version
 from meshproxy.exchange import INBOUND, Exchange, LocalReply, Peer, connect_failure, reset_before_headers
 from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.authz import Authorization, denied_reply
@@ -30,10 +30,11 @@ from meshproxy.upstream import ConnectFailure, Reset
 class Pipeline:
     def __init__(self, router: Router, faults: HttpFaults, mirroring: Mirroring, resilience: Resilience,
                  telemetry: Telemetry, access_log: AccessLog, tracing: Tracing, tap: Tap,
-                 authz: Authorization | None = None) -> None:
+                 authz: Authorization | None = None, secures: Callable[[str], bool] | None = None) -> None:
         self.router, self.faults, self.mirroring = router, faults, mirroring
         self.resilience, self.telemetry, self.access_log = resilience, telemetry, access_log
         self.tracing, self.tap, self.authz = tracing, tap, authz
+        self.secures = secures  # (a version's host) -> whether calls to it go over mesh mTLS
 
     @property
     def reads_inbound_headers(self) -> bool:
@@ -61,6 +62,8 @@ class Pipeline:
                         self.telemetry.authz_denied(decision)
         else:
             version = self.router.outbound(exchange, fields, lambda n, v: headers.append((n.encode(), v.encode())))
+            if version is not None and self.secures is not None and self.secures(version.host):
+                exchange.security_policy = SecurityPolicy.MUTUAL_TLS.value
         if self.tracing.settings is not None:
             self.tracing.start(exchange, fields, headers)
         if self.tap.active:

@@ -163,12 +163,15 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(tm
 
 def test_mode_decides_who_gets_mtls_and_who_may_send_plaintext(tmp_path, authority):
     tls = tls_of(write_identity(tmp_path / "orders", authority, "orders", ["orders"]), "orders")
-    assert tls.opener(mtls.ALPN_HTTP1)("payment-v1", 8080) is not None  # a mesh workload: mTLS
+    opening = tls.opener(mtls.ALPN_HTTP1)("payment-v1", 8080)
+    assert opening is not None and tls.secures("payment-v1")  # a mesh workload: mTLS (and metrics say so)
+    opening.close()
     assert tls.opener(mtls.ALPN_HTTP1)("example.com", 80) is None  # outside the mesh: plaintext
+    assert not tls.secures("example.com")
     disabled = {**CONFIG.services, "payment": Service("payment", (Version("v1", "payment-v1"),), mtls="DISABLE")}
     tls.state.apply(SidecarConfig("v2", disabled, project=PROJECT))
     opening = tls.opener(mtls.ALPN_HTTP1)("payment-v1", 8080)
-    assert opening is None
+    assert opening is None and not tls.secures("payment-v1")
 
     class Writer:
         def __init__(self, address):
