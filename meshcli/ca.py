@@ -284,7 +284,8 @@ def lifetime_of(mesh: Mesh) -> datetime.timedelta:
 
 def _sidecar_owner() -> int | None:
     """The sidecar runs as SIDECAR_UID: as root we give it its files (mode 0600); else they
-    stay ours and must be readable by others (mode 0644) for it to read them."""
+    stay ours, readable by our group (mode 0640), which the sidecar runs with
+    (compose_rewrite.sidecar_group): never by other local users."""
     return wire.SIDECAR_UID if os.geteuid() == 0 else None
 
 
@@ -292,10 +293,10 @@ def _write_identity(workspace: Workspace, workload: str, pem: bytes | None, root
     directory = identity_dir(workspace, workload)
     owner = _sidecar_owner()
     directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700 if owner is not None else 0o755)
+    os.chmod(directory, 0o700 if owner is not None else 0o750)
     if owner is not None:
         os.chown(directory, owner, owner)
-    mode = 0o600 if owner is not None else 0o644
+    mode = 0o600 if owner is not None else 0o640
     if pem is not None:
         _write_private(directory / wire.IDENTITY_FILE, pem, mode, owner)
     trust = directory / wire.TRUST_FILE

@@ -47,6 +47,15 @@ class RenderOptions:
     prometheus: Prometheus | None = None  # `up --with prometheus`
 
 
+def sidecar_group() -> int:
+    """The group sidecars run with: their own when meshcli runs as root (it gives them their
+    key files, mode 0600); else the user's, so a key of mode 0640 in a directory of mode
+    0750 reaches the sidecar and no other local user (see meshcli/ca.py)."""
+    import os
+
+    return SIDECAR_UID if os.geteuid() == 0 else os.getgid()
+
+
 def pod_name(workload: str) -> str:
     return workload + POD_SUFFIX
 
@@ -192,7 +201,7 @@ def _sidecar_service(name: str, workload, app: dict[str, Any], options: RenderOp
     service: dict[str, Any] = {
         "image": options.sidecar_image,
         "command": ["sidecar"],
-        "user": f"{SIDECAR_UID}:{SIDECAR_UID}",
+        "user": f"{SIDECAR_UID}:{sidecar_group()}",
         "network_mode": f"service:{pod_name(name)}",
         "depends_on": {pod_name(name): {"condition": "service_started"}},
         "environment": {

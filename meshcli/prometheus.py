@@ -133,7 +133,8 @@ def service(options: Prometheus, rendered_services: dict[str, Any], mesh: Mesh, 
         "command": [f"--config.file={CONFIG_MOUNT}/{CONFIG_FILE}", "--storage.tsdb.path=/prometheus",
                     f"--web.listen-address=:{PORT}"],
         "volumes": [f"{options.config_dir}:{CONFIG_MOUNT}:ro"],
-        "ports": [f"{options.host_port}:{PORT}" if options.host_port else str(PORT)],
+        # On this machine only, as `docker compose` publishes nothing else of the mesh's own.
+        "ports": [f"127.0.0.1:{options.host_port}:{PORT}" if options.host_port else f"127.0.0.1::{PORT}"],
         "restart": "unless-stopped",
         "stop_grace_period": "2s",
         "labels": labels,
@@ -157,5 +158,5 @@ def url(project: str) -> str | None:
     for container in found:
         bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{PORT}/tcp") or []
         if bindings:
-            return f"http://localhost:{bindings[0]['HostPort']}"
+            return f"http://127.0.0.1:{bindings[0]['HostPort']}"
     return None

@@ -32,7 +32,7 @@ HISTORY_SECONDS = 600.0
 
 Route = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]  # the query -> (status, content type, body)
 # A stream: the request's query -> (status, content type, pieces written until they end or the reader leaves).
-Stream = Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]]
+Stream = Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes] | bytes]]  # bytes: a plain answer
 LINE = json.JSONEncoder(separators=(",", ":"))
 TAP_HEARTBEAT_SECONDS = 1.0  # an idle tap still writes (a newline): a reader that left is noticed
 
@@ -182,12 +182,14 @@ def start(sidecar) -> list[ThreadingHTTPServer]:
         except ValueError:
             max_rps = 0
         if max_rps <= 0:
-            return 400, "text/plain", iter([b"maxRps: expected a whole number above 0\n"])
+            return 400, "text/plain", b"maxRps: expected a whole number above 0\n"
         return 200, "application/x-ndjson", tap_lines(sidecar.tap, max_rps)
 
     return [
         serve(HEALTH_PORT, {HEALTH_PATH: json_route(ready)}),
+        # Inside the pod only (meshcli reads it through `docker exec`, as istioctl does): /tap
+        # and /config_dump show every request and rule, which no other container may read.
         serve(ADMIN_PORT, {"/config_dump": json_route(config_dump), "/stats": json_route(stats, takes_query=True),
-                           HEALTH_PATH: json_route(ready)}, streams={TAP_PATH: tap}),
+                           HEALTH_PATH: json_route(ready)}, host="127.0.0.1", streams={TAP_PATH: tap}),
         serve(METRICS_PORT, {"/stats/prometheus": prometheus, "/metrics": prometheus}),
     ]

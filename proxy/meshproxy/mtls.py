@@ -338,10 +338,12 @@ class MeshTls:
     def _refused(self, destination: tuple[str, int], reason: str, flags: str, peer: Peer | None) -> None:
         """Count and log an inbound connection refused before it reached the app."""
         target = "%s:%d" % destination
-        labels = self.telemetry.tcp_labels(INBOUND, target)
+        security = peer.security_policy if peer is not None else SecurityPolicy.NONE.value
+        labels = self.telemetry.tcp_labels(INBOUND, target, security, peer_ip=peer.address if peer is not None else None)
         self.telemetry.tcp_opened(labels)
         self.telemetry.tcp_closed(labels)
-        self.access_log.tcp(INBOUND, target, time.time(), 0, 0, reason, flags, peer)
+        self.access_log.tcp(INBOUND, target, time.time(), 0, 0, reason, flags,
+                            peer.principal if peer is not None else "", security)
 
     def status(self) -> dict:
         """For /config_dump: what meshcli status, certs and ca rotate read."""
@@ -351,6 +353,9 @@ class MeshTls:
                 "principal": spiffe_id(self.state.config.trust_domain,
                                        self.state.config.project or self.state.identity.project,
                                        self.state.identity.service)}
+
+
+SIDECAR_PORTS = range(15000, 15100)  # pod.sh never intercepts them: the sidecar's, as in Istio
 
 
 class MtlsServer:
@@ -413,6 +418,9 @@ class MtlsServer:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                     port, = PORT_PREAMBLE.unpack(await reader.readexactly(PORT_PREAMBLE.size))
             except (TimeoutError, asyncio.IncompleteReadError):
+                return
+            if port in SIDECAR_PORTS:  # the sidecar's own ports (admin, listeners): never an app's
+                logger.warning("refused an mTLS caller %s asking for the sidecar's port %d", principal, port)
                 return
             local = writer.get_extra_info("sockname")[0]
             address = (writer.get_extra_info("peername") or ("",))[0]

@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshproxy import config as wire
 
-from meshcli import ca, workspace as ws
+from meshcli import ca, compose_rewrite, workspace as ws
 
 COMPOSE = """
     services:
@@ -91,8 +91,18 @@ def test_sidecar_files_belong_to_the_sidecar_user_as_root(project):
         assert (mode(directory), mode(key_file)) == (0o700, 0o600)
         assert os.stat(key_file).st_uid == wire.SIDECAR_UID
     else:
-        assert mode(key_file) == 0o644
+        assert (mode(directory), mode(key_file)) == (0o750, 0o640)
     assert (directory / wire.TRUST_FILE).read_bytes() == ca.load(workspace).roots_pem()
+
+
+def test_as_another_user_keys_are_for_the_users_group_which_the_sidecar_runs_with(project, monkeypatch):
+    workspace, mesh = project
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # meshcli run by an ordinary user
+    ca.ensure(workspace, mesh)
+    directory = ca.identity_dir(workspace, "frontend")
+    # Never readable by other local users; the sidecar reads them through the group.
+    assert (mode(directory), mode(directory / wire.IDENTITY_FILE)) == (0o750, 0o640)
+    assert compose_rewrite.sidecar_group() == os.getgid()
 
 
 def test_a_leaf_is_renewed_at_half_its_lifetime_and_when_its_identity_changes(project, files):

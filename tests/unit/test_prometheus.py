@@ -69,7 +69,7 @@ def test_the_service_joins_every_network_of_the_pods_and_publishes_its_port(file
     service = rendered["services"]["meshcli-prometheus"]
     assert service["image"] == "prom:test"
     assert sorted(service["networks"]) == ["back", "default", "front"]
-    assert service["ports"] == ["9090:9090"]
+    assert service["ports"] == ["127.0.0.1:9090:9090"]  # this machine only
     assert service["volumes"] == [f"{files.root / '.mesh' / 'shop' / 'prometheus'}:/etc/meshcli-prometheus:ro"]
     assert "--config.file=/etc/meshcli-prometheus/prometheus.yml" in service["command"]
     assert service["labels"]["io.meshcli.role"] == "prometheus"
@@ -78,7 +78,7 @@ def test_the_service_joins_every_network_of_the_pods_and_publishes_its_port(file
 def test_port_0_publishes_any_free_port(files):
     rendered, _ = render(files, True, host_port=0)
 
-    assert rendered["services"]["meshcli-prometheus"]["ports"] == ["9090"]
+    assert rendered["services"]["meshcli-prometheus"]["ports"] == ["127.0.0.1::9090"]
 
 
 def test_without_it_nothing_is_added(files):

@@ -187,4 +187,5 @@ class Listener:
         finally:
             flag = toxic.flag if toxic is not None else "-"
             self.telemetry.tcp_closed(labels, flag)
-            self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error, flag, peer)
+            self.access_log.tcp(direction, "%s:%d" % destination, started, counted[1], counted[0], error, flag,
+                                peer.principal if peer is not None else "", security)

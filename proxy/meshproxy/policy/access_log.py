@@ -17,7 +17,7 @@ import sys
 import time
 
 from meshproxy.config import MeshState
-from meshproxy.exchange import INBOUND, Exchange, Peer
+from meshproxy.exchange import INBOUND, Exchange
 
 # One encoder for every line: json.dumps() with arguments builds a new one per call, which
 # cost more than the rest of a request's bookkeeping.
@@ -79,10 +79,11 @@ class AccessLog:
         })
 
     def tcp(self, direction: str, destination: str, started: float, received: int, sent: int,
-            error: str | None, flags: str = "-", peer: Peer | None = None) -> None:
+            error: str | None, flags: str = "-", principal: str = "", security_policy: str = "none") -> None:
         """The line of one relayed TCP connection, when it closed. `destination` is its
         original 'ip:port'; `received` counts the caller's bytes, `sent` the answer's;
-        `peer`, inbound, who the caller proved to be."""
+        `principal`, inbound, the caller's verified identity; `security_policy` how the hop
+        was secured (Istio's connection_security_policy)."""
         me = self.state.identity
         inbound = direction == INBOUND
         self._write({
@@ -91,10 +92,10 @@ class AccessLog:
             "direction": direction,
             "workload": me.workload,
             "source": "unknown" if inbound else me.workload,
-            "source_principal": peer.principal or None if peer is not None else None,
+            "source_principal": principal or None,
             "destination_workload": me.workload if inbound else destination,
             "destination": destination,
-            "connection_security_policy": peer.security_policy if peer is not None else "none",
+            "connection_security_policy": security_policy,
             "duration_ms": round((time.time() - started) * 1000, 2),
             "received_bytes": received,
             "sent_bytes": sent,

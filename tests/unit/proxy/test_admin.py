@@ -112,6 +112,12 @@ def test_each_server_has_its_own_port(sidecar):
     assert 0 not in ports
 
 
+def test_the_admin_port_answers_inside_the_pod_only(sidecar):
+    # /tap and /config_dump are for meshcli (through `docker exec`); health and metrics for probes and Prometheus.
+    assert sidecar.admin.server_address[0] == "127.0.0.1"
+    assert sidecar.health.server_address[0] == sidecar.metrics.server_address[0] == "0.0.0.0"
+
+
 def test_ready_needs_a_listener_and_a_config(sidecar):
     assert ready(sidecar.health) == (503, {"ready": False, "listening": False, "config_loaded": False})
 
