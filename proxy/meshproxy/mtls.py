@@ -366,7 +366,6 @@ class MtlsServer:
         self.serve = serve  # listener.Listener.serve
         self.protocol_factory = protocol_factory  # (reader, accept) -> the listener's stream protocol
         self.server: asyncio.base_events.Server | None = None
-        self.trust_prefix = ""
         tls.on_credentials.append(self._on_credentials)
 
     async def start(self, host: str = "0.0.0.0", port: int = MTLS_PORT) -> None:

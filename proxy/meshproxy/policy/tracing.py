@@ -204,8 +204,8 @@ class Tracing:
         if not sampled and caller is not None and caller.trace_id:
             return  # the caller decided: its headers go on as they are
         span_id = new_span_id()
-        if caller is not None:
-            headers[:] = [h for h in headers if h[0].lower() not in TRACE_HEADERS_BYTES]
+        # The caller's trace headers give way to ours, malformed ones too (never two traceparents).
+        headers[:] = [h for h in headers if h[0].lower() not in TRACE_HEADERS_BYTES]
         for name, value in propagation_headers(trace_id, span_id, sampled, caller.tracestate if caller else "",
                                                caller.b3 if caller else "", parent_id):
             headers.append((name.encode(), value.encode()))

@@ -141,6 +141,13 @@ def test_a_new_trace_starts_when_none_came_and_the_callers_decision_is_kept():
     assert unsampled_by_caller.span is None and untouched[-1] == (b"b3", f"{TRACE}-{SPAN}-0".encode())
 
 
+def test_a_malformed_traceparent_gives_way_to_the_new_trace():
+    policy, _ = tracing()
+    exchange, headers = run(policy, {"traceparent": "00-not-a-trace-01"})
+    assert [v for n, v in headers if n == b"traceparent"] == [
+        f"00-{exchange.trace_id}-{exchange.span.span_id}-01".encode()]  # one, ours
+
+
 def test_sampling_takes_the_exact_share():
     policy, _ = tracing(percent=25.0)
     assert sum(run(policy, {})[0].span is not None for _ in range(100)) == 25
