@@ -50,7 +50,7 @@ class Pipeline:
         policies add to it); inbound, `source` is the caller and `peer` what the connection
         proves about it."""
         if exchange.direction == INBOUND:
-            self.router.inbound(exchange, source)
+            self.router.inbound(exchange, source, peer.principal if peer is not None else "")
             version = None
             if peer is not None:
                 exchange.source_principal, exchange.security_policy = peer.principal, peer.security_policy

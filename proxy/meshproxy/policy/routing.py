@@ -15,7 +15,7 @@ from typing import Callable, Collection, Mapping
 from urllib.parse import parse_qsl
 
 from meshproxy import balancer
-from meshproxy.config import SOURCE_HEADER, MeshState, SidecarConfig, Version
+from meshproxy.config import SOURCE_HEADER, MeshState, SidecarConfig, Version, service_of_spiffe_id
 from meshproxy.exchange import Exchange
 from meshproxy.outlier import Outliers, ServiceOutliers
 
@@ -105,15 +105,24 @@ class Router:
         self.state = state
         self.outliers = outliers or Outliers(state)
         self._table: tuple[SidecarConfig, dict[int, RoutePicker]] = (state.config, {})
+        self._service_of: dict[str, str] = {}  # workload (a version's host) -> its service
         state.subscribe(self._rebuild)
 
     def _rebuild(self, config: SidecarConfig) -> None:
         # Built once per config version, never per request; swapped in one assignment.
         self._table = (config, build_pickers(config, self.outliers))
+        self._service_of = {v.host: s.name for s in config.services.values() for v in s.versions}
 
-    def inbound(self, exchange: Exchange, source: str | None) -> None:
-        """A request to the app behind this sidecar, from `source` (the caller's source header)."""
+    def inbound(self, exchange: Exchange, source: str | None, principal: str = "") -> None:
+        """A request to the app behind this sidecar, from `source` (the caller's source header).
+        When mTLS proved who calls (`principal`, a SPIFFE ID), the header must name one of that
+        service's workloads; else the certificate's service is the caller (a header is easy to forge)."""
         me = self.state.identity
+        if principal:
+            config = self._table[0]
+            proven = service_of_spiffe_id(principal, config.trust_domain, config.project)
+            if proven is not None and self._service_of.get(source or "") != proven:
+                source = proven
         exchange.source = source or "unknown"
         exchange.service_name = me.service
         exchange.version = me.version

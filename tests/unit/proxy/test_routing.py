@@ -5,13 +5,14 @@ behind a real Listener, real loopback backends), then through the mitmproxy adap
 """
 
 import asyncio
+import dataclasses
 
 import pytest
 from mitmproxy.test import tflow, tutils
 
 from http_backends import Backend
 from meshproxy.config import Identity, MeshState, Version
-from meshproxy.exchange import INBOUND
+from meshproxy.exchange import INBOUND, Exchange
 from meshproxy.policy import routing
 from meshproxy.policy.routing import SOURCE_HEADER, LazyQuery, Router, host_name
 from sidecar_kit import (ORIGINAL_IP, PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, RawServer, RunningSidecar, exchange_of,
@@ -98,6 +99,25 @@ def test_inbound_takes_the_source_and_does_not_route():
     assert (exchange.direction, exchange.source, exchange.service_name, exchange.version) == (
         INBOUND, "checkout-v1", "payment", "v1")
     assert (exchange.route, exchange.upstream, exchange.picker) == (None, None, None)
+
+
+def test_inbound_trusts_a_source_header_only_as_far_as_the_callers_certificate_goes():
+    state = mesh_state({"payment": payment(None, TWO), "checkout": payment(None, (("v1", "checkout-v1"),))},
+                       identity=PAYMENT)
+    state.apply(dataclasses.replace(state.config, project="shop", version="with-project"))
+    router = Router(state)
+    checkout = "spiffe://cluster.local/ns/shop/sa/checkout"
+
+    def caller(header, principal):
+        exchange = Exchange(INBOUND, "GET", "payment:8080", "/pay")
+        router.inbound(exchange, header, principal)
+        return exchange.source
+
+    assert caller("checkout-v1", checkout) == "checkout-v1"  # the header names one of its workloads
+    assert caller("payment-v2", checkout) == "checkout"  # forged: the certificate says who calls
+    assert caller(None, checkout) == "checkout"
+    assert caller("payment-v2", "") == "payment-v2"  # plaintext: only the header is known
+    assert caller("payment-v2", "spiffe://elsewhere/ns/x/sa/y") == "payment-v2"  # not this mesh's name
 
 
 def test_inbound_without_source_header():
