@@ -52,11 +52,12 @@ class Sidecar:
         self.tap = Tap(state)
         self.authz = Authorization(state)
         self.tls = mtls.MeshTls(state, self.authz, self.telemetry, self.access_log)
-        self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened, secure=self.tls.opener(mtls.ALPN_HTTP1))
+        self.pool = upstream.Pool(on_connect=self.telemetry.connection_opened, secure=self.tls.opener(mtls.ALPN_HTTP1),
+                                  secures=self.tls.secures)
         self.pipeline = Pipeline(self.router, self.http_faults, self.mirroring, self.resilience, self.telemetry,
                                  self.access_log, self.tracing, self.tap, self.authz, self.tls.secures)
         self.h2_pool = upstream_h2.Pool(on_connect=self.telemetry.connection_opened,
-                                        secure=self.tls.opener(mtls.ALPN_H2))
+                                        secure=self.tls.opener(mtls.ALPN_H2), secures=self.tls.secures)
         self.http = HttpProxy(self.pipeline, self.pool)
         self.h2 = H2Proxy(self.pipeline, self.h2_pool)
         self.mitmproxy = Mitmproxy(self._mitmproxy_addons)

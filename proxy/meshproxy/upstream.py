@@ -122,6 +122,14 @@ BodySource = AsyncIterator[bytes]
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # (host, port) -> the connecting coroutine when that destination gets mesh mTLS (meshproxy/mtls.py), else None.
 Secure = Callable[[str, int], Awaitable[Streams] | None]
+PoolKey = tuple[str, int, bool]  # (host, port, over mTLS)
+
+
+def pool_key(host: str, port: int, secure: Secure | None, secures: Callable[[str], bool] | None) -> PoolKey:
+    """Connections are pooled per (host, port) and per security: when a reload turns mTLS on
+    (or off) for a host, its requests move to new connections at once - a kept-alive
+    plaintext connection is never reused once the mesh says mTLS."""
+    return host, port, secure is not None and (secures is None or secures(host))
 
 
 class Connection:
@@ -317,11 +325,13 @@ class Pool:
     """Keep-alive connections per (host, port). Many requests may share a host at once:
     each takes an idle connection or opens one, and gives it back when done."""
 
-    def __init__(self, on_connect: Callable[[str, int], None] | None = None, secure: Secure | None = None) -> None:
-        self._idle: dict[tuple[str, int], collections.deque[Connection]] = collections.defaultdict(collections.deque)
+    def __init__(self, on_connect: Callable[[str, int], None] | None = None, secure: Secure | None = None,
+                 secures: Callable[[str], bool] | None = None) -> None:
+        self._idle: dict[PoolKey, collections.deque[Connection]] = collections.defaultdict(collections.deque)
         self.opened = 0  # connections opened so far, for stats and tests
         self.on_connect = on_connect
-        self.secure = secure  # asked once per new connection, never per request
+        self.secure = secure  # opens a new connection with mesh mTLS (or says None: plaintext)
+        self.secures = secures  # whether calls to a host go over mTLS now (see pool_key)
 
     async def open(self, host: str, port: int, method: str | bytes, target: str | bytes,
                    headers: list[tuple[bytes, bytes]], body: bytes | None = b"", source: BodySource | None = None,
@@ -338,7 +348,7 @@ class Pool:
             framing = [(b"content-length", b"%d" % length)] if length is not None \
                 else [(b"transfer-encoding", b"chunked")]
         head = encode_head(method, target, headers + framing)  # before a connection: Unsendable costs none
-        key = (host, port)
+        key = pool_key(host, port, self.secure, self.secures)
         idle = self._idle[key]
         while idle:
             conn = idle.pop()
@@ -365,11 +375,11 @@ class Pool:
         content = await answer.read()
         return Response(answer.status, answer.reason, answer.headers, content, answer.http_version)
 
-    async def _connect(self, key: tuple[str, int]) -> Connection:
-        host, port = key
+    async def _connect(self, key: PoolKey) -> Connection:
+        host, port, secured = key
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                opening = self.secure(host, port) if self.secure is not None else None
+                opening = self.secure(host, port) if secured else None
                 reader, writer = await (opening or asyncio.open_connection(host, port, limit=READ_SIZE))
         except TimeoutError:
             raise ConnectFailure(f"no connection to {host}:{port} within {CONNECT_TIMEOUT} s") from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import h2.config
 import h2.connection
@@ -30,8 +30,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from meshproxy.upstream import (HOP_BY_HOP, NOT_FORWARDED, READ_SIZE, BodySource, ConnectFailure, Reset, Response,
-                                Secure)
+from meshproxy.upstream import (HOP_BY_HOP, NOT_FORWARDED, READ_SIZE, BodySource, ConnectFailure, PoolKey, Reset,
+                                Response, Secure, pool_key)
 
 CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
                                    # as mitmproxy's own HTTP/2 layer: the app's headers go as they came
@@ -325,12 +325,14 @@ class Pool:
     """One connection per (host, port) for as many concurrent streams as it takes, more
     when it is full; concurrent requests to a host that has none wait for the same connect."""
 
-    def __init__(self, on_connect=None, secure: Secure | None = None) -> None:
-        self._connections: dict[tuple[str, int], list[Connection]] = {}
-        self._connecting: dict[tuple[str, int], asyncio.Task] = {}
+    def __init__(self, on_connect=None, secure: Secure | None = None,
+                 secures: Callable[[str], bool] | None = None) -> None:
+        self._connections: dict[PoolKey, list[Connection]] = {}
+        self._connecting: dict[PoolKey, asyncio.Task] = {}
         self.opened = 0  # connections opened so far, for stats and tests
         self.on_connect = on_connect
         self.secure = secure  # mesh mTLS to destinations that have a sidecar (see upstream.Secure)
+        self.secures = secures  # see upstream.pool_key
 
     async def open(self, host: str, port: int, method: str | bytes, target: str | bytes, headers: list,
                    body: bytes | None = b"", source: BodySource | None = None,
@@ -340,7 +342,7 @@ class Pool:
         method = method.encode() if isinstance(method, str) else method
         target = target.encode("utf-8", "surrogateescape") if isinstance(target, str) else target
         head = [(b":method", method), (b":scheme", b"http"), (b":path", target), *headers]
-        key = (host, port)
+        key = pool_key(host, port, self.secure, self.secures)
         try:
             return await (await self._connection(key, max_requests)).open(head, body, source, max_requests)
         except Refused:  # nothing was processed: once more, on a connection that takes it
@@ -355,7 +357,7 @@ class Pool:
         content = await answer.read()
         return Response(answer.status, b"", answer.headers, content, HTTP2, answer.trailers)
 
-    async def _connection(self, key: tuple[str, int], max_requests: int | None) -> Connection:
+    async def _connection(self, key: PoolKey, max_requests: int | None) -> Connection:
         while True:
             for conn in self._connections.get(key, ()):
                 if conn.has_room(max_requests):
@@ -366,13 +368,13 @@ class Pool:
                 connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
             await asyncio.shield(connecting)  # a waiter's timeout must not cancel the others' connect
 
-    async def _open(self, key: tuple[str, int]) -> None:
-        host, port = key
+    async def _open(self, key: PoolKey) -> None:
+        host, port, secured = key
         conn = None
         try:
             # Shared by every request waiting for it, so bounded by its own time, not theirs.
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                opening = self.secure(host, port) if self.secure is not None else None
+                opening = self.secure(host, port) if secured else None
                 reader, writer = await (opening or asyncio.open_connection(host, port))
                 self.opened += 1
                 if self.on_connect is not None:

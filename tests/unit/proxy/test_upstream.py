@@ -27,6 +27,28 @@ def test_connections_are_kept_alive_and_reused():
     run(scenario)
 
 
+def test_a_kept_alive_connection_is_not_reused_once_the_mesh_changes_its_security():
+    async def scenario():
+        mtls_now = [True]
+        opened_secure = []
+
+        def secure(host, port):  # stands in for mesh mTLS (meshproxy.mtls.MeshTls.opener)
+            opened_secure.append((host, port))
+            return asyncio.open_connection(host, port)
+
+        pool = upstream.Pool(secure=secure, secures=lambda host: mtls_now[0])
+        async with Backend(lambda n, r: Reply(body=b"answer %d" % n)) as server:
+            await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
+            await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
+            assert (server.connections, len(opened_secure)) == (1, 1)  # kept alive, one mTLS connection
+            mtls_now[0] = False  # a reload: DISABLE
+            await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
+            assert (server.connections, len(opened_secure)) == (2, 1)  # a new, plaintext connection
+        pool.close()
+
+    run(scenario)
+
+
 def test_concurrent_requests_use_separate_connections():
     async def scenario():
         pool = upstream.Pool()
@@ -61,7 +83,7 @@ def test_a_reused_connection_that_drops_the_request_is_retried_on_a_new_one(monk
         async with Backend() as server:
             await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
             # the server will close this idle connection right as we reuse it
-            [conn] = pool._idle[("127.0.0.1", server.port)]
+            [conn] = pool._idle[("127.0.0.1", server.port, False)]
             monkeypatch.setattr(upstream.Connection, "usable", lambda self: True)
             conn.reader.feed_eof()
             answer = await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
@@ -154,7 +176,7 @@ def test_a_body_that_stops_short_is_a_reset_or_an_idle_timeout(stall, error):
                 async for piece in answer.chunks(idle_timeout=0.05):
                     got.append(piece)
             assert got == [b"only this"]
-            assert not pool._idle[("127.0.0.1", server.port)]
+            assert not pool._idle[("127.0.0.1", server.port, False)]
         pool.close()
 
     run(scenario)

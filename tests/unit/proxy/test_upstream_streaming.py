@@ -33,7 +33,7 @@ def test_open_returns_at_the_headers_and_chunks_follow_as_they_arrive():
             first = await asyncio.wait_for(chunks.__anext__(), 2)  # before the backend sent the rest
             release.set()
             rest = [chunk async for chunk in chunks]
-            idle = list(pool._idle[server.address])
+            idle = list(pool._idle[(*server.address, False)])
         pool.close()
         assert (answer.status, answer.length, answer.complete) == (200, None, True)
         assert (b"x-a", b"1") in answer.headers and all(n.lower() != b"transfer-encoding" for n, _ in answer.headers)
@@ -50,7 +50,7 @@ def test_a_close_delimited_body_ends_with_the_connection_which_is_not_pooled():
         async with RawServer(answer_once(b"HTTP/1.1 200 OK\r\n\r\nto the end", linger=0)) as server:
             answer = await pool.open(*server.address, "GET", "/", HOST)
             body = await answer.read()
-            idle = list(pool._idle[server.address])
+            idle = list(pool._idle[(*server.address, False)])
         pool.close()
         assert (answer.length, answer.keep_alive, body, idle) == (None, False, b"to the end", [])
 
@@ -65,7 +65,7 @@ def test_a_discarded_answer_closes_its_connection():
             answer = await pool.open(*server.address, "GET", "/", HOST)
             answer.discard()
             await asyncio.sleep(0.2)
-            closed, idle = server.closed, list(pool._idle[server.address])
+            closed, idle = server.closed, list(pool._idle[(*server.address, False)])
         pool.close()
         assert (answer.length, closed, idle) == (100, 1, [])
 
