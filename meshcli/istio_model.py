@@ -146,8 +146,8 @@ def match_of_istio_value(text: str) -> tuple[str, str]:
     """(kind, value) of an Istio path or header string (istio_value()'s inverse)."""
     if text == WILDCARD:
         return MatchKind.PRESENT.value, ""
+    if text.startswith(WILDCARD):  # Istio's order: `*x*` is a suffix match of `x*`
+        return MatchKind.SUFFIX.value, text[1:]
     if text.endswith(WILDCARD):
         return MatchKind.PREFIX.value, text[:-1]
-    if text.startswith(WILDCARD):
-        return MatchKind.SUFFIX.value, text[1:]
     return MatchKind.EXACT.value, text

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"{located.mesh_file} exists: nothing was changed",
                              hint="pass --merge to merge the imported rules into it (its comments stay)")
         imported = istio_import.read(list(files), workspace.load(located).mesh)
-        if not imported.services or located.mesh_file is None and not any(imported.services.values()):
+        if imported.nothing_to_write(located.mesh_file is not None):
             error = MeshError(f"nothing to import from {', '.join(str(f) for f in files)}: nothing was changed",
                               hint="the warnings say why" if imported.diagnostics else
                                    "the files give no routing or traffic policy")

@@ -42,7 +42,10 @@ def test_import_of_export_is_the_mesh_file_for_every_exportable_feature(tmp_path
     fresh = project(tmp_path / "again", SHOP_COMPOSE)
     imported = istio_import.read([exported], fresh.mesh)
     assert [d for d in imported.diagnostics if d.level.value == "warning"] == []
-    assert policies(imported_mesh(fresh, imported)) == policies(original.mesh)
+    mesh = imported_mesh(fresh, imported)
+    assert policies(mesh) == policies(original.mesh)
+    assert mesh.security == original.mesh.security
+    assert any(s.policy.authorization for s in mesh.services.values()) and mesh.services["orders"].policy.mtls
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +90,8 @@ WARNINGS = {
     "bookinfo-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
     "certmanager-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
     "destination-rule-all.yaml": [("MESH0415", 42), ("MESH0415", 45)],
-    "destination-rule-all-mtls.yaml": [("MESH0416", 8), ("MESH0416", 22), ("MESH0416", 42), ("MESH0415", 51),
-                                       ("MESH0415", 54), ("MESH0416", 65)],
+    # tls ISTIO_MUTUAL is auto mTLS (a note); subsets v2-mysql and v2-mysql-vm select no version.
+    "destination-rule-all-mtls.yaml": [("MESH0415", 51), ("MESH0415", 54)],
     "egress-rule-google-apis.yaml": [("MESH0412", 1), ("MESH0414", 23), ("MESH0414", 38)],
     "fault-injection-details-v1.yaml": [("MESH0413", 18)],  # a route after a catch-all is never used
     "virtual-service-ratings-mysql.yaml": [("MESH0413", 25)],  # subset v2-mysql: no such version
@@ -237,14 +240,14 @@ def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path
         ("MESH0413", 17, 'route 4: sends the requests for reviews to another host, "ratings": not supported (a '
                          "route chooses between a service's versions): route not imported"),
         ("MESH0413", 18, "route 5 is never used: route 4 before it takes every request: not imported"),
-        ("MESH0416", 20, "PeerAuthentication is not supported yet (mesh.yaml has no mTLS modes or authorization "
-                         "rules): not imported"),
-        ("MESH0416", 25, "AuthorizationPolicy is not supported yet (mesh.yaml has no mTLS modes or authorization "
-                         "rules): not imported"),
+        ("MESH0416", 25, "applies to every workload of the namespace (no selector): mesh.yaml's policies are per "
+                         "service (write it under each service): not imported"),
     ]
     # Route 4 takes every request in Istio, so route 5 (to the compose service of version v3, a
-    # kompose-style host) is never used either; nothing was imported for reviews.
+    # kompose-style host) is never used either; nothing was imported for reviews. The
+    # namespace-wide PeerAuthentication is the mesh-wide mode.
     assert imported.services == {}
+    assert imported.mtls == {"mode": "STRICT"}
 
 
 def test_subsets_select_versions_by_version_or_kompose_label(tmp_path, bookinfo):
@@ -334,7 +337,7 @@ def test_destination_rule_policy_maps_to_the_service_and_the_rest_is_reported(tm
         "circuitBreaker": {"maxConnections": 20, "maxPendingRequests": 5, "maxRequestsPerConnection": 1},
         "outlierDetection": {"consecutive5xxErrors": 2, "baseEjectionTime": "90s"}}}
     assert codes(imported) == [("MESH0413", 7), ("MESH0413", 9), ("MESH0417", 10), ("MESH0417", 11),
-                               ("MESH0413", 11), ("MESH0416", 12), ("MESH0413", 16)]
+                               ("MESH0413", 11), ("MESH0417", 12), ("MESH0413", 16)]
     assert imported.replaced["reviews"] == ("loadBalancer", "circuitBreaker", "outlierDetection")
 
 
