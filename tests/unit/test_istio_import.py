@@ -444,3 +444,182 @@ def test_a_destination_naming_the_compose_service_of_a_version_is_that_version(t
     imported = istio_import.read([path], bookinfo.mesh)
     assert imported.services == {"reviews": {"to": "v3", "routes": [
         {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "to": "v2"}]}}
+
+
+SECURITY_RULES = """
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: default, namespace: shop}
+    spec: {mtls: {mode: STRICT}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: reviews, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      mtls: {mode: PERMISSIVE}
+      portLevelMtls: {"9080": {mode: DISABLE}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: ratings, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      mtls: {mode: DISABLE}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: ratings, namespace: shop}
+    spec: {host: ratings, trafficPolicy: {tls: {mode: DISABLE}}}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: details, namespace: shop}
+    spec: {host: details, trafficPolicy: {tls: {mode: DISABLE}}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: reviews-viewer, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      rules:
+      - from:
+        - source: {principals: [cluster.local/ns/shop/sa/productpage, cluster.local/ns/other/sa/productpage]}
+        - source: {notPrincipals: ["*"]}
+        to:
+        - operation: {methods: [GET], paths: [/reviews/*, "*.json", /health], ports: ["9080"]}
+        when:
+        - {key: "request.headers[X-User]", values: ["*"]}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-admin, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      action: DENY
+      rules:
+      - to: [{operation: {paths: [/admin*]}}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: jwt-only, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      action: DENY
+      rules:
+      - from: [{source: {requestPrincipals: ["*"]}}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: ext-authz, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      action: CUSTOM
+      provider: {name: opa}
+      rules: [{}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: anyone, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: details}}
+      rules:
+      - to: [{operation: {notPaths: [/private]}}]
+      - when: [{key: source.ip, values: [10.0.0.1]}]
+"""
+
+
+def test_security_resources_become_modes_and_policies_and_the_rest_is_reported(tmp_path, bookinfo):
+    imported = istio_import.read([istio_file(tmp_path, SECURITY_RULES)], bookinfo.mesh)
+    assert imported.mtls == {"mode": "STRICT"}
+    assert imported.services == {
+        "reviews": {"mtls": "PERMISSIVE", "authorization": [
+            {"name": "viewer", "action": "ALLOW", "rules": [{
+                # Principals that are a service's identity in the resource's namespace are that service.
+                "source": ["productpage", "spiffe://cluster.local/ns/other/sa/productpage", "no-identity"],
+                "method": ["GET"],
+                "path": [{"prefix": "/reviews/"}, {"suffix": ".json"}, {"exact": "/health"}],
+                "port": [9080],
+                "headers": {"x-user": {"present": True}}}]},
+            {"name": "no-admin", "action": "DENY", "rules": [{"path": {"prefix": "/admin"}}]}]},
+        "ratings": {"mtls": "DISABLE"},
+        "details": {},
+    }
+    found = [(d.code, d.line, d.message.split(": ", 1)[1]) for d in imported.diagnostics]
+    assert found == [
+        ("MESH0416", 12, "portLevelMtls is not imported: a service's mode applies to every port"),
+        ("MESH0417", 24, "trafficPolicy.tls DISABLE: the callers of ratings send plain text, as its mode DISABLE "
+                         "says: nothing else to import"),
+        ("MESH0416", 29, "trafficPolicy.tls DISABLE is not imported: callers' sidecars send mTLS to details unless "
+                         "its mode is DISABLE, and plain text then (set its `mtls:` or a PeerAuthentication)"),
+        ("MESH0416", 61, "rule 1: from.source.requestPrincipals is not supported (end-user (JWT) identities are not "
+                         "checked by the sidecars): policy not imported (what it denies is allowed locally)"),
+        ("MESH0416", 68, "action CUSTOM is not supported (the sidecars ALLOW or DENY; CUSTOM asks an external "
+                         "authorizer, AUDIT only logs): not imported"),
+        ("MESH0416", 78, "rule 1: to.operation.notPaths is not supported: policy not imported (what it allows is "
+                         "denied locally when another ALLOW policy is imported, and allowed when none is)"),
+    ]
+    assert [r.name for r in imported.resources if not r.imported] == ["jwt-only", "ext-authz", "anyone"]
+    # What the import writes is a valid mesh file with those modes and policies.
+    mesh = imported_mesh(bookinfo, imported)
+    assert mesh.security.mode == "STRICT" and mesh.mtls_mode(mesh.services["ratings"]) == "DISABLE"
+    [viewer, no_admin] = mesh.services["reviews"].policy.authorization
+    assert viewer.rules[0].sources[-1] == "no-identity" and no_admin.action == "DENY"
+
+
+@pytest.mark.parametrize("when, expected", [
+    ([{"key": "request.headers[x-a]", "values": ["1", "2"]}], "one value per header"),
+    ([{"key": "request.headers[x-a]", "notValues": ["1"]}], "one value per header"),
+    ([{"key": "source.namespace", "values": ["x"]}], "only request.headers[NAME] conditions"),
+])
+def test_conditions_the_sidecars_cannot_check_leave_the_policy_out(tmp_path, bookinfo, when, expected):
+    path = istio_file(tmp_path, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                "metadata: {name: p}\nspec:\n  selector: {matchLabels: {app: reviews}}\n"
+                                f"  rules: [{{when: {when!r}}}]\n".replace("'", '"'))
+    imported = istio_import.read([path], bookinfo.mesh)
+    [warning] = imported.diagnostics
+    assert warning.code == "MESH0416" and expected in warning.message and imported.services == {}
+
+
+def test_merge_of_security_keeps_the_comments_and_the_trust_domain(tmp_path, bookinfo):
+    text = textwrap.dedent("""\
+        apiVersion: meshcli/v1
+        # identities for the CI run
+        mtls:
+          mode: PERMISSIVE   # until every caller has a sidecar
+          trustDomain: ci.example
+        services:
+          reviews:
+            timeout: 2s      # slow on purpose
+        """)
+    path = istio_file(tmp_path, """
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: default}
+        spec: {mtls: {mode: STRICT}}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: reviews-frontend}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          rules: [{from: [{source: {principals: [ci.example/ns/default/sa/productpage]}}]}]
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    # The mode's comment keeps its column; the principal is in another trust domain than the
+    # project's (cluster.local, the mesh the import reads against), so it stays a SPIFFE ID.
+    assert imported.transform(text, Path("mesh.yaml")) == textwrap.dedent("""\
+        apiVersion: meshcli/v1
+        # identities for the CI run
+        mtls:
+          mode: STRICT       # until every caller has a sidecar
+          trustDomain: ci.example
+        services:
+          reviews:
+            timeout: 2s      # slow on purpose
+            authorization:
+              - name: frontend
+                action: ALLOW
+                rules:
+                  - source: spiffe://ci.example/ns/default/sa/productpage
+        """)
