@@ -406,11 +406,13 @@ def _report_mode(notes: _Notes, where: str, mode: str, *path: Any) -> None:
 def _report_authorization(service: Service, notes: _Notes) -> None:
     for i, policy in enumerate(service.policy.authorization):
         for j, rule in enumerate(policy.rules):
-            for path in rule.paths:
-                if path.kind == "exact" and istio.WILDCARD in path.value:
-                    notes.add("MESH0402", f'{service.name} authorization policy "{policy.name}": exact path '
-                                          f'"{path.value}" has a *, which Istio reads as a prefix or suffix',
-                              service.name, "authorization", i, "rules", j, "path")
+            conditions = [("path", m) for m in rule.paths] + [(f'header "{name}"', m) for name, m in rule.headers]
+            for what, match in conditions:
+                if istio.WILDCARD in match.value:
+                    notes.add("MESH0402", f'{service.name} authorization policy "{policy.name}": {match.kind} {what} '
+                                          f'"{match.value}" has a *, which Istio reads as a wildcard at either end',
+                              service.name, "authorization", i, "rules", j,
+                              "path" if what == "path" else "headers")
 
 
 def export_loaded(loaded: Loaded, namespace: str | None = None) -> Export:
