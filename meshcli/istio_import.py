@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from meshcli import istio_model as istio, mesh_edit, yaml_source
+from meshcli import istio_model as istio, mesh_config, mesh_edit, yaml_source
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError
 from meshcli.mesh_config import HTTP_METHODS, Mesh, Service
@@ -867,7 +867,10 @@ def _authorization_policy(context: _Context, resource: _Resource) -> None:
     earlier = context.result.services.get(workloads.name, {}).get("authorization", [])
     if "authorization" not in context.result.replaced.get(workloads.name, ()):
         earlier = []
-    context.set(workloads.name, {"authorization": [*earlier, policy]}, ("authorization",))
+    # The mesh file's policies keep their places (the order does not matter: DENY goes first); new ones follow.
+    places = {p.name: i for i, p in enumerate(workloads.policy.authorization)}
+    ordered = sorted([*earlier, policy], key=lambda p: places.get(p["name"], len(places)))
+    context.set(workloads.name, {"authorization": ordered}, ("authorization",))
     record.imported = True
 
 
@@ -900,7 +903,7 @@ def _authz_rule(context: _Context, resource: _Resource, action: str, rule: Any, 
         body.update(_authz_operation(context, resource, action, label, to[0]["operation"]))
     if rule.get("when"):
         body["headers"] = _authz_headers(context, resource, action, label, rule["when"], rule)
-    return body
+    return {key: body[key] for key in mesh_config.AUTHZ_RULE_FIELDS if key in body}  # the reference's order
 
 
 def _authz_sources(context: _Context, resource: _Resource, action: str, label: str, entries: Any,

@@ -623,3 +623,15 @@ def test_merge_of_security_keeps_the_comments_and_the_trust_domain(tmp_path, boo
                 rules:
                   - source: spiffe://ci.example/ns/default/sa/productpage
         """)
+
+
+def test_policies_keep_their_places_in_the_mesh_file_whatever_the_order_of_the_files(tmp_path):
+    original = project(tmp_path / "shop", SHOP_COMPOSE, EVERY_FEATURE_MESH)
+    exported = istio_export.write(istio_export.export(original.mesh, original.config), tmp_path / "istio")
+    policies_files = sorted((p for p in exported if p.name.startswith("authorizationpolicy-payment")), reverse=True)
+    assert [p.name for p in policies_files] == ["authorizationpolicy-payment-no-debug.yaml",
+                                                "authorizationpolicy-payment-callers.yaml"]
+    imported = istio_import.read(list(reversed(policies_files)), original.mesh)
+    assert [p["name"] for p in imported.services["payment"]["authorization"]] == ["no-debug", "callers"]
+    assert list(imported.services["payment"]["authorization"][1]["rules"][0]) == [
+        "source", "method", "path", "headers", "port"]  # the mesh-file reference's order
