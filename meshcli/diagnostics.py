@@ -66,7 +66,7 @@ CATALOGUE: dict[str, Code] = {
         Code("MESH0413", Level.WARNING, "Istio setting not supported: not imported"),
         Code("MESH0414", Level.WARNING, "Istio host is not a service of the compose project"),
         Code("MESH0415", Level.WARNING, "Istio subset does not select a version of the service"),
-        Code("MESH0416", Level.WARNING, "Istio security resource or setting not supported yet"),
+        Code("MESH0416", Level.WARNING, "Istio security setting the sidecars cannot check: not imported"),
         Code("MESH0417", Level.INFO, "Istio setting imported with a difference"),
     ]
 }

@@ -9,14 +9,21 @@ retry it (ISTIO_DEFAULT_RETRIES) where the local sidecars do not. Every mesh-fil
 is either mapped or reported with its file:line (MESH0401: not exported, MESH0402: exported
 with a difference); the mapping tables are istio_model.py's.
 
-Security resources (PeerAuthentication for mTLS modes, AuthorizationPolicy) join
-RESOURCES once the mesh file has those settings (issue 12).
+Security: a service's `mtls` mode becomes a PeerAuthentication selecting its pods
+(`app: SERVICE`), the mesh-wide `mtls.mode` a namespace-wide one without a selector
+(`default`), each authorization policy an AuthorizationPolicy `SERVICE-POLICY`. Callers
+need no DestinationRule `tls` for STRICT and PERMISSIVE: Istio's auto mTLS (on by default)
+sends mTLS to every workload with a sidecar, as the local sidecars do; ISTIO_MUTUAL would
+break calls to pods without one. A DISABLE service's DestinationRule says `tls: {mode:
+DISABLE}`, so callers send plain text even where auto mTLS is turned off. The trust domain
+and the certificates' lifetime are the Istio installation's, not a resource's: reported.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +32,9 @@ import yaml
 from meshcli import fault_layer, istio_model as istio, rule_layer
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InputError
-from meshcli.mesh_config import (Fault, Mesh, MeshConfig, RequestMatch, Retries, Route, Service, StringMatch)
+from meshcli.mesh_config import (AuthzPolicy, AuthzRule, Fault, Mesh, MeshConfig, RequestMatch, Retries, Route,
+                                  Service, StringMatch)
+from meshproxy.config import NO_IDENTITY, MtlsMode
 from meshcli.sidecar_config import routes_of
 from meshcli.workspace import Loaded
 from meshcli.yaml_source import atomic_write
@@ -63,18 +72,45 @@ class _Notes:
         self.items: list[Diagnostic] = []
 
     def add(self, code: str, message: str, *path: Any) -> None:
-        self.items.append(self.doc.diag_at(code, message, ("services", *path)) if self.doc
-                          else Diagnostic(code, message))
+        self.add_at(code, message, "services", *path)
+
+    def add_at(self, code: str, message: str, *path: Any) -> None:
+        """A diagnostic at a path from the file's top (`mtls`, `trustDomain`)."""
+        self.items.append(self.doc.diag_at(code, message, path) if self.doc else Diagnostic(code, message))
+
+    def written(self, *path: Any) -> bool:
+        """Whether the mesh file writes this setting (not a default)."""
+        node: Any = self.doc.data if self.doc else None
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return True
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a service's resources depend on beyond the service."""
+
+    mesh: Mesh
+    namespace: str | None
+    notes: _Notes
+
+    @property
+    def principal_namespace(self) -> str:
+        return self.namespace or istio.DEFAULT_NAMESPACE
 
 
 def export(mesh: Mesh, config: MeshConfig | None, namespace: str | None = None) -> Export:
     """The Istio resources of every service of `mesh` (`config`: the mesh file, for positions)."""
     notes = _Notes(config)
-    resources = []
+    scope = _Scope(mesh, namespace, notes)
+    resources = [Resource(_manifest(istio.PEER_AUTHENTICATION, name, namespace, spec))
+                 for name, spec in _namespace_peer_authentication(scope)]
     for service in mesh.services.values():
         _report(service, config, notes)
-        resources += [Resource(_manifest(kind, service.name, namespace, build(service)))
-                      for kind, build in RESOURCES]
+        resources += [Resource(_manifest(kind, name, namespace, spec))
+                      for kind, build in RESOURCES for name, spec in build(service, scope)]
     ordered = sorted(notes.items, key=lambda d: (d.line or 0, d.column or 0))
     return Export(tuple(resources), tuple(ordered))
 
@@ -109,12 +145,12 @@ def _manifest(kind: str, name: str, namespace: str | None, spec: dict) -> dict:
     if namespace:
         metadata["namespace"] = namespace
     metadata["labels"] = {"app.kubernetes.io/managed-by": "meshcli"}
-    return {"apiVersion": istio.NETWORKING_API, "kind": kind, "metadata": metadata, "spec": spec}
+    return {"apiVersion": istio.API_OF[kind], "kind": kind, "metadata": metadata, "spec": spec}
 
 
 # --- DestinationRule ------------------------------------------------------------------------
 
-def destination_rule(service: Service) -> dict:
+def destination_rule(service: Service, scope: _Scope) -> dict:
     policy: dict[str, Any] = {"loadBalancer": {"simple": istio.LOAD_BALANCER_TO_ISTIO[service.load_balancer]}}
     breaker = service.policy.circuit_breaker
     if breaker is not None:
@@ -137,14 +173,15 @@ def destination_rule(service: Service) -> dict:
             "baseEjectionTime": istio.duration(detection.base_ejection_time_ms),
             "maxEjectionPercent": detection.max_ejection_percent,
         }
-    # Issue 12: the client side of a service's mTLS mode goes here (trafficPolicy.tls.mode).
+    if scope.mesh.mtls_mode(service) == MtlsMode.DISABLE:
+        policy["tls"] = {"mode": istio.CLIENT_TLS_DISABLE}  # callers send plain text (see the module's docstring)
     return {"host": service.name, "trafficPolicy": policy,
             "subsets": [{"name": v.name, "labels": {istio.VERSION_LABEL: v.name}} for v in service.versions]}
 
 
 # --- VirtualService -------------------------------------------------------------------------
 
-def virtual_service(service: Service) -> dict:
+def virtual_service(service: Service, scope: _Scope) -> dict:
     return {"hosts": [service.name], "http": [_http_route(service.name, route) for route in routes_of(service)]}
 
 
@@ -222,10 +259,100 @@ def _fault(fault: Fault) -> dict:
     return body
 
 
-# What each service becomes, in order; issue 12 adds PeerAuthentication and AuthorizationPolicy here.
-RESOURCES: tuple[tuple[str, Callable[[Service], dict]], ...] = (
-    (istio.DESTINATION_RULE, destination_rule),
-    (istio.VIRTUAL_SERVICE, virtual_service),
+# --- PeerAuthentication, AuthorizationPolicy ------------------------------------------------
+
+def _selector(service: Service) -> dict:
+    return {"matchLabels": {istio.APP_LABEL: service.name}}
+
+
+def _namespace_peer_authentication(scope: _Scope) -> list[tuple[str, dict]]:
+    """The mesh-wide mode, when the mesh file writes it, for every workload of the namespace."""
+    notes, security = scope.notes, scope.mesh.security
+    if notes.written("mtls", "trustDomain"):
+        notes.add_at("MESH0401", "mtls.trustDomain is not exported: Istio's trust domain is the installation's "
+                                 f"(meshConfig.trustDomain); the principals of the policies are written in "
+                                 f'"{security.trust_domain}"', "mtls", "trustDomain")
+    if notes.written("mtls", "certificateLifetime"):
+        notes.add_at("MESH0401", "mtls.certificateLifetime is not exported: Istio's workload certificate lifetime "
+                                 "is the installation's (istiod's DEFAULT_WORKLOAD_CERT_TTL, the proxies' "
+                                 "SECRET_TTL), not a resource's", "mtls", "certificateLifetime")
+    if not notes.written("mtls", "mode"):
+        return []
+    _report_mode(notes, "mtls.mode", security.mode, "mtls", "mode")
+    return [(istio.NAMESPACE_PEER_AUTHENTICATION, {"mtls": {"mode": security.mode}})]
+
+
+def _peer_authentications(service: Service, scope: _Scope) -> list[tuple[str, dict]]:
+    mode = service.policy.mtls
+    if mode is None:
+        return []
+    return [(service.name, {"selector": _selector(service), "mtls": {"mode": mode}})]
+
+
+def _authorization_policies(service: Service, scope: _Scope) -> list[tuple[str, dict]]:
+    resources = []
+    for i, policy in enumerate(service.policy.authorization):
+        name = _resource_name(f"{service.name}-{policy.name}")
+        if name != f"{service.name}-{policy.name}":
+            scope.notes.add("MESH0402", f'{service.name} authorization policy "{policy.name}" is exported as '
+                                        f"{name}: a Kubernetes name is lower-case letters, digits and dashes "
+                                        f'(import reads it back as "{name[len(service.name) + 1:]}")',
+                            service.name, "authorization", i, "name")
+        if scope.namespace is None and any(s != NO_IDENTITY and not s.startswith(istio.SPIFFE)
+                                           for rule in policy.rules for s in rule.sources):
+            scope.notes.add("MESH0402", f'{service.name} authorization policy "{policy.name}": its sources are '
+                                        f"principals in namespace {istio.DEFAULT_NAMESPACE} (no --namespace given)",
+                            service.name, "authorization", i)
+        resources.append((name, authorization_policy(service, policy, scope)))
+    return resources
+
+
+def _resource_name(text: str) -> str:
+    """A DNS-1123 name (what metadata.name takes) for `text`."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "policy"
+
+
+def authorization_policy(service: Service, policy: AuthzPolicy, scope: _Scope) -> dict:
+    return {"selector": _selector(service), "action": policy.action,
+            "rules": [_authz_rule(rule, scope) for rule in policy.rules]}
+
+
+def _authz_rule(rule: AuthzRule, scope: _Scope) -> dict:
+    """`from` entries are an OR (a caller without identity is its own entry), `to`'s operation
+    fields an AND of ORs, `when` conditions an AND: the mesh rule's shape."""
+    body: dict[str, Any] = {}
+    trust_domain = scope.mesh.security.trust_domain
+    sources = []
+    # Consecutive principals share one entry; the order is kept, so import gives the same list.
+    for no_identity, group in groupby(rule.sources, key=lambda s: s == NO_IDENTITY):
+        if no_identity:
+            sources.append({"source": {"notPrincipals": [istio.ANY_PRINCIPAL]}})
+        else:
+            sources.append({"source": {"principals": [istio.principal(s, trust_domain, scope.principal_namespace)
+                                                      for s in group]}})
+    if sources:
+        body["from"] = sources
+    operation: dict[str, list[str]] = {}
+    if rule.methods:
+        operation["methods"] = list(rule.methods)
+    if rule.paths:
+        operation["paths"] = [istio.istio_value(m.kind, m.value) for m in rule.paths]
+    if rule.ports:
+        operation["ports"] = [str(p) for p in rule.ports]
+    if operation:
+        body["to"] = [{"operation": operation}]
+    if rule.headers:
+        body["when"] = [{"key": f"request.headers[{name}]", "values": [istio.istio_value(m.kind, m.value)]}
+                        for name, m in rule.headers]
+    return body
+
+
+# What each service becomes, in order.
+RESOURCES: tuple[tuple[str, Callable[[Service, _Scope], list[tuple[str, dict]]]], ...] = (
+    (istio.DESTINATION_RULE, lambda service, scope: [(service.name, destination_rule(service, scope))]),
+    (istio.VIRTUAL_SERVICE, lambda service, scope: [(service.name, virtual_service(service, scope))]),
+    (istio.PEER_AUTHENTICATION, _peer_authentications),
+    (istio.AUTHORIZATION_POLICY, _authorization_policies),
 )
 
 
@@ -238,6 +365,9 @@ def _report(service: Service, config: MeshConfig | None, notes: _Notes) -> None:
     if declared is not None and declared.ports:
         notes.add("MESH0402", f"{name}: ports are not exported: they are informational in mesh.yaml, and the "
                               "Kubernetes Service (kompose writes one per compose service) declares them", name, "ports")
+    if declared is not None and declared.policy.mtls is not None:
+        _report_mode(notes, name, declared.policy.mtls, "services", name, "mtls")
+    _report_authorization(service, notes)
     if service.policy.tcp_fault is not None:
         notes.add("MESH0401", f"{name}: tcpFault is not exported: Istio injects faults into HTTP requests only "
                               "(no TCP latency, bandwidth, reset or blackhole)", name, "tcpFault")
@@ -262,6 +392,27 @@ def _report(service: Service, config: MeshConfig | None, notes: _Notes) -> None:
                     notes.add("MESH0402", f'{where}: query parameter "{parameter}" prefix is exported as a regex: '
                                           "Istio matches query parameters exactly or by regex",
                               *path, "match", j, "query", parameter)
+
+
+def _report_mode(notes: _Notes, where: str, mode: str, *path: Any) -> None:
+    if mode == MtlsMode.STRICT:
+        notes.add_at("MESH0402", f"{where}: STRICT in Istio refuses plain text from outside the mesh too: what the "
+                                 "published ports take locally enters through an ingress gateway", *path)
+    elif mode == MtlsMode.DISABLE:
+        notes.add_at("MESH0402", f"{where}: DISABLE is exported twice: PeerAuthentication DISABLE (the pods take "
+                                 "plain text) and DestinationRule tls DISABLE (callers send it)", *path)
+
+
+def _report_authorization(service: Service, notes: _Notes) -> None:
+    for i, policy in enumerate(service.policy.authorization):
+        for j, rule in enumerate(policy.rules):
+            conditions = [("path", m) for m in rule.paths] + [(f'header "{name}"', m) for name, m in rule.headers]
+            for what, match in conditions:
+                if istio.WILDCARD in match.value:
+                    notes.add("MESH0402", f'{service.name} authorization policy "{policy.name}": {match.kind} {what} '
+                                          f'"{match.value}" has a *, which Istio reads as a wildcard at either end',
+                              service.name, "authorization", i, "rules", j,
+                              "path" if what == "path" else "headers")
 
 
 def export_loaded(loaded: Loaded, namespace: str | None = None) -> Export:

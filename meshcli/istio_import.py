@@ -14,9 +14,15 @@ Istio routes are complete; mesh.yaml routes inherit from the service level. The 
 route, when it takes every request, becomes the service level, and what an earlier route
 has in common with it is left to inheritance (so `import(export(m)) == m`).
 
-Security resources (PeerAuthentication, AuthorizationPolicy) are reported as not
-supported yet; their mapping goes in KINDS when the mesh file has mTLS modes and
-authorization rules (issue 12).
+PeerAuthentication gives a service's `mtls` mode (selector `app: SERVICE`) or, without a
+selector, the mesh-wide `mtls.mode`; AuthorizationPolicy a service's `authorization`
+policy (named without the `SERVICE-` prefix export adds), its principals read back as
+services where they are a service's identity in the trust domain and the namespace.
+A policy with anything the sidecars cannot check (JWT principals, namespaces, IP blocks,
+`not*` fields, CUSTOM and AUDIT actions, several values for one header...) is left out
+whole: a rule dropped from a DENY policy would allow what it denies. DestinationRule
+`tls` is the callers' side of a mode: ISTIO_MUTUAL is what auto mTLS does anyway, DISABLE
+matches a DISABLE mode; anything else is reported.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from meshcli import istio_model as istio, mesh_edit, yaml_source
+from meshcli import istio_model as istio, mesh_config, mesh_edit, yaml_source
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InvalidFileError
 from meshcli.mesh_config import HTTP_METHODS, Mesh, Service
 from meshcli.yaml_source import YamlDocument
+from meshproxy.config import AUTHZ_ACTIONS, MTLS_MODES, NO_IDENTITY, MtlsMode
 
 # The mesh-file keys a VirtualService / DestinationRule decides for its service: a merge replaces them.
 ROUTING_FIELDS = ("to", "split", "timeout", "retries", "mirror", "fault", "routes")
@@ -46,6 +53,21 @@ IGNORED_RETRY_FIELDS = ("retryRemoteLocalities", "retryIgnorePreviousHosts")  # 
 # What pilot retries on when a route gives attempts without retryOn, as far as the sidecars can.
 ISTIO_DEFAULT_RETRY_ON = ("connect-failure", istio.RETRIABLE_STATUS_CODES)
 ISTIO_DEFAULT_RETRY_CODES = (503,)
+UNSET_MODE = "UNSET"  # a PeerAuthentication mode: inherit the namespace's (or the mesh's)
+OPERATION_FIELDS = ("methods", "paths", "ports")
+# What an authorization source can say that the sidecars cannot check.
+SOURCE_FIELD_REASONS = {
+    "requestPrincipals": "end-user (JWT) identities are not checked by the sidecars",
+    "notRequestPrincipals": "end-user (JWT) identities are not checked by the sidecars",
+    "namespaces": "a Compose mesh is one namespace",
+    "notNamespaces": "a Compose mesh is one namespace",
+    "serviceAccounts": "a Compose mesh is one namespace; name the services with principals",
+    "notServiceAccounts": "a Compose mesh is one namespace; name the services with principals",
+    "ipBlocks": "the sidecars authorize identities, not addresses",
+    "notIpBlocks": "the sidecars authorize identities, not addresses",
+    "remoteIpBlocks": "the sidecars authorize identities, not addresses",
+    "notRemoteIpBlocks": "the sidecars authorize identities, not addresses",
+}
 
 
 @dataclass
@@ -67,6 +89,7 @@ class Imported:
     """What the files say, as mesh-file settings per service, and every diagnostic about them."""
 
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # service -> mesh-file fields
+    mtls: dict[str, Any] = field(default_factory=dict)  # mesh-wide `mtls` keys (None: removed)
     replaced: dict[str, tuple[str, ...]] = field(default_factory=dict)  # service -> keys a merge replaces
     resources: list[ImportedResource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
@@ -77,10 +100,18 @@ class Imported:
         subsets) is not added."""
         data = yaml_source.load(path, text).data if text.strip() else None
         listed = data.get("services") if isinstance(data, dict) else None
+        if self.mtls:
+            text = mesh_edit.set_mtls_fields(text, path, self.mtls)
         for service, fields in self.services.items():
             if fields or isinstance(listed, dict) and service in listed:
                 text = mesh_edit.set_service_fields(text, path, service, fields, self.replaced[service])
         return text
+
+    def nothing_to_write(self, into_existing_file: bool) -> bool:
+        """Whether the files give nothing a mesh file would say."""
+        if into_existing_file:
+            return not self.services and not self.mtls
+        return not any(self.services.values()) and not any(v is not None for v in self.mtls.values())
 
 
 @dataclass
@@ -138,6 +169,7 @@ def read(paths: list[Path], mesh: Mesh) -> Imported:
             result.diagnostics.append(resource.diag("MESH0412", _unsupported_kind(resource)))
         else:
             handler(context, resource)
+    _client_tls(context)
     result.diagnostics.sort(key=lambda d: (str(d.file), d.line or 0, d.column or 0))
     return result
 
@@ -172,10 +204,12 @@ def _unsupported_kind(resource: _Resource) -> str:
     reasons = {"Gateway": "ingress and egress gateways are not part of a Compose mesh",
                "ServiceEntry": "egress to hosts outside the compose project is not routed by the sidecars",
                "Sidecar": "every sidecar reaches every service of the project",
-               "EnvoyFilter": "the sidecars are not Envoy"}
+               "EnvoyFilter": "the sidecars are not Envoy",
+               "RequestAuthentication": "the sidecars check workload identities (mTLS), not end-user JWTs"}
     if resource.record.api_version.split("/")[0] not in istio.ISTIO_GROUPS:
         return f"not an Istio resource ({resource.record.api_version}): not imported"
-    reason = reasons.get(resource.kind, "meshcli reads VirtualService and DestinationRule (networking.istio.io)")
+    reason = reasons.get(resource.kind, "meshcli reads VirtualService, DestinationRule, PeerAuthentication and "
+                                        "AuthorizationPolicy")
     return f"not imported: {reason}"
 
 
@@ -187,6 +221,7 @@ class _Context:
     subsets: dict[str, dict[str, str | None]] = field(default_factory=dict)
     routed_by: dict[str, _Resource] = field(default_factory=dict)  # service -> its VirtualService
     assumed_subsets: set[tuple[str, str]] = field(default_factory=set)
+    client_tls: dict[str, tuple[_Resource, dict]] = field(default_factory=dict)  # service -> its DR's trafficPolicy
 
     def warn(self, resource: _Resource, code: str, message: str, node: Any = None, key: Any = None) -> None:
         self.result.diagnostics.append(resource.diag(code, message, node, key))
@@ -260,8 +295,7 @@ def _traffic_policy(context: _Context, resource: _Resource, service: Service, po
     fields: dict[str, Any] = {}
     for name in policy:
         if name == "tls":
-            context.warn(resource, "MESH0416", "trafficPolicy.tls (mTLS between sidecars) is not supported yet: "
-                                               "not imported", policy, name)
+            context.client_tls[service.name] = (resource, policy)  # read against the modes: _client_tls()
         elif name not in ("loadBalancer", "connectionPool", "outlierDetection"):
             context.warn(resource, "MESH0413", f"trafficPolicy.{name} is not supported: not imported", policy, name)
     balancer = policy.get("loadBalancer")
@@ -705,16 +739,253 @@ def _mirror(context: _Context, resource: _Resource, service: Service, label: str
     return {"version": version, "percent": _percent(percent_node)}
 
 
-def _not_supported_yet(context: _Context, resource: _Resource) -> None:
-    # Issue 12 (mTLS modes, authorization rules in mesh.yaml) replaces this with their mapping.
-    resource.record.imported = False
-    context.warn(resource, "MESH0416", f"{resource.kind} is not supported yet (mesh.yaml has no mTLS modes or "
-                                       "authorization rules): not imported")
+# --- PeerAuthentication, AuthorizationPolicy ------------------------------------------------
+
+NAMESPACE_WIDE = "namespace"  # _workloads(): the resource applies to every workload of its namespace
+
+
+def _workloads(context: _Context, resource: _Resource, spec: dict) -> Service | str | None:
+    """The service a security resource selects (`app: SERVICE`), NAMESPACE_WIDE, or None (warned)."""
+    for name in ("targetRef", "targetRefs"):
+        if name in spec:
+            context.warn(resource, "MESH0416", f"{name} (a waypoint or gateway) is not supported: not imported",
+                         spec, name)
+            return None
+    selector = spec.get("selector")
+    labels = selector.get("matchLabels") if isinstance(selector, dict) else None
+    if not labels:
+        return NAMESPACE_WIDE
+    service = str(labels.get(istio.APP_LABEL)) if isinstance(labels, dict) and len(labels) == 1 else None
+    if service not in context.mesh.services:
+        known = ", ".join(sorted(context.mesh.services))
+        context.warn(resource, "MESH0416", f"the selector must be `{istio.APP_LABEL}: SERVICE` with a service of "
+                                           f"the compose project (services: {known}): mesh.yaml's mTLS modes and "
+                                           "policies are per service: not imported", spec, "selector")
+        return None
+    return context.mesh.services[service]
+
+
+def _peer_authentication(context: _Context, resource: _Resource) -> None:
+    spec = resource.body["spec"]
+    for name in spec:
+        if name == "portLevelMtls":
+            context.warn(resource, "MESH0416", "portLevelMtls is not imported: a service's mode applies to every "
+                                               "port", spec, name)
+        elif name not in ("selector", "mtls", "targetRef", "targetRefs"):
+            context.warn(resource, "MESH0413", f"{name} is not supported: not imported", spec, name)
+    workloads = _workloads(context, resource, spec)
+    mtls = spec.get("mtls")
+    mode = mtls.get("mode", UNSET_MODE) if isinstance(mtls, dict) else UNSET_MODE
+    if mode not in (*MTLS_MODES, UNSET_MODE):
+        context.warn(resource, "MESH0413", f"mtls.mode {mode} is not one of {', '.join(MTLS_MODES)}, {UNSET_MODE}: "
+                                           "not imported", mtls, "mode")
+        workloads = None
+    if workloads is None:
+        resource.record.imported = False
+        return
+    value = None if mode == UNSET_MODE else str(mode)  # UNSET: inherit, as a mode left out of mesh.yaml
+    if workloads == NAMESPACE_WIDE:
+        context.result.mtls["mode"] = value
+    else:
+        context.set(workloads.name, {"mtls": value} if value else {}, ("mtls",))
+
+
+def _mode_of(context: _Context, service: str) -> str:
+    """A service's mTLS mode once the import is written."""
+    imported = context.result
+    if "mtls" in imported.replaced.get(service, ()):
+        mode = imported.services[service].get("mtls")
+    else:
+        mode = context.mesh.services[service].policy.mtls
+    if mode is None:
+        mode = imported.mtls["mode"] if "mode" in imported.mtls else context.mesh.security.mode
+    return mode or MtlsMode.PERMISSIVE.value
+
+
+def _client_tls(context: _Context) -> None:
+    """DestinationRule `tls`, against the modes the import gives (the sidecars follow the destination's mode)."""
+    for service, (resource, policy) in context.client_tls.items():
+        tls = policy["tls"]
+        mode = tls.get("mode") if isinstance(tls, dict) else None
+        disabled = _mode_of(context, service) == MtlsMode.DISABLE
+        if mode == istio.CLIENT_TLS_MUTUAL and not disabled:
+            context.warn(resource, "MESH0417", f"trafficPolicy.tls {mode} is what the sidecars do anyway (auto "
+                                               f"mTLS to every sidecar): nothing to import", policy, "tls")
+        elif mode == istio.CLIENT_TLS_DISABLE and disabled:
+            context.warn(resource, "MESH0417", f"trafficPolicy.tls DISABLE: the callers of {service} send plain "
+                                               "text, as its mode DISABLE says: nothing else to import", policy, "tls")
+        elif mode in (istio.CLIENT_TLS_MUTUAL, istio.CLIENT_TLS_DISABLE):
+            context.warn(resource, "MESH0416", f"trafficPolicy.tls {mode} is not imported: callers' sidecars send "
+                                               f"mTLS to {service} unless its mode is DISABLE, and plain text "
+                                               "then (set its `mtls:` or a PeerAuthentication)", policy, "tls")
+        else:
+            context.warn(resource, "MESH0413", f"trafficPolicy.tls mode {mode} is not supported (TLS with your own "
+                                               "certificates; the sidecars use the mesh's): not imported",
+                         policy, "tls")
+
+
+def _authorization_policy(context: _Context, resource: _Resource) -> None:
+    spec = resource.body["spec"]
+    record = resource.record
+    record.imported = False
+    action = spec.get("action", "ALLOW")
+    if action not in AUTHZ_ACTIONS:
+        context.warn(resource, "MESH0416", f"action {action} is not supported (the sidecars ALLOW or DENY; CUSTOM "
+                                           "asks an external authorizer, AUDIT only logs): not imported",
+                     spec, "action")
+        return
+    for name in spec:
+        if name not in ("selector", "action", "rules", "targetRef", "targetRefs"):
+            context.warn(resource, "MESH0416", f"{name} is not supported: policy not imported", spec, name)
+            return
+    workloads = _workloads(context, resource, spec)
+    if workloads is None:
+        return
+    if workloads == NAMESPACE_WIDE:
+        context.warn(resource, "MESH0416", "applies to every workload of the namespace (no selector): mesh.yaml's "
+                                           "policies are per service (write it under each service): not imported")
+        return
+    rules = spec.get("rules")
+    if not rules:
+        if action == "ALLOW":
+            context.warn(resource, "MESH0416", "an ALLOW policy without rules allows nothing (every call another "
+                                               "ALLOW policy does not allow is denied): mesh.yaml has no such "
+                                               "policy: not imported", spec)
+        else:
+            context.warn(resource, "MESH0417", "a DENY policy without rules denies nothing: nothing to import", spec)
+        return
+    try:
+        parsed = [_authz_rule(context, resource, action, rule, rules, i)
+                  for i, rule in enumerate(rules if isinstance(rules, list) else [rules])]
+    except _Skip:
+        return
+    prefix = f"{workloads.name}-"
+    name = resource.name[len(prefix):] if resource.name.startswith(prefix) else resource.name
+    policy: dict[str, Any] = {"name": name, "action": str(action)}
+    if parsed != [{}]:  # one empty rule: every call, what a policy without rules means in mesh.yaml
+        policy["rules"] = parsed
+    earlier = context.result.services.get(workloads.name, {}).get("authorization", [])
+    if "authorization" not in context.result.replaced.get(workloads.name, ()):
+        earlier = []
+    # The mesh file's policies keep their places (the order does not matter: DENY goes first); new ones follow.
+    places = {p.name: i for i, p in enumerate(workloads.policy.authorization)}
+    ordered = sorted([*earlier, policy], key=lambda p: places.get(p["name"], len(places)))
+    context.set(workloads.name, {"authorization": ordered}, ("authorization",))
+    record.imported = True
+
+
+def _skip_policy(context: _Context, resource: _Resource, action: str, message: str, node: Any,
+                 key: Any = None) -> _Skip:
+    consequence = "what it denies is allowed locally" if action == "DENY" else \
+        "what it allows is denied locally when another ALLOW policy is imported, and allowed when none is"
+    context.warn(resource, "MESH0416", f"{message}: policy not imported ({consequence})", node, key)
+    return _Skip()
+
+
+def _authz_rule(context: _Context, resource: _Resource, action: str, rule: Any, rules: list, i: int) -> dict:
+    """One Istio rule in mesh.yaml's spelling; _Skip when the sidecars cannot check part of it."""
+    label = f"rule {i + 1}"
+    if not isinstance(rule, dict):
+        raise _skip_policy(context, resource, action, f"{label} is not a mapping", rules, i)
+    for name in rule:
+        if name not in ("from", "to", "when"):
+            raise _skip_policy(context, resource, action, f"{label}: {name} is not supported", rule, name)
+    body: dict[str, Any] = {}
+    sources = _authz_sources(context, resource, action, label, rule.get("from"), rule)
+    if sources:
+        body["source"] = sources[0] if len(sources) == 1 else sources
+    to = rule.get("to")
+    if to:
+        if not isinstance(to, list) or len(to) != 1 or not isinstance(to[0], dict) or set(to[0]) != {"operation"} \
+                or not isinstance(to[0]["operation"], dict):
+            raise _skip_policy(context, resource, action, f"{label}: `to` must be one operation (several are an OR "
+                                                          "of operations: write them as rules)", rule, "to")
+        body.update(_authz_operation(context, resource, action, label, to[0]["operation"]))
+    if rule.get("when"):
+        body["headers"] = _authz_headers(context, resource, action, label, rule["when"], rule)
+    return {key: body[key] for key in mesh_config.AUTHZ_RULE_FIELDS if key in body}  # the reference's order
+
+
+def _authz_sources(context: _Context, resource: _Resource, action: str, label: str, entries: Any,
+                   rule: dict) -> list[str]:
+    sources: list[str] = []
+    namespaces = {resource.namespace or istio.DEFAULT_NAMESPACE, context.mesh.project}
+    for entry in entries or []:
+        source = entry.get("source") if isinstance(entry, dict) and set(entry) == {"source"} else None
+        if not isinstance(source, dict):
+            raise _skip_policy(context, resource, action, f"{label}: every `from` entry must be a source", rule,
+                               "from")
+        for name in source:
+            if name in SOURCE_FIELD_REASONS:
+                raise _skip_policy(context, resource, action, f"{label}: from.source.{name} is not supported "
+                                                              f"({SOURCE_FIELD_REASONS[name]})", source, name)
+        if set(source) == {"notPrincipals"} and source["notPrincipals"] == [istio.ANY_PRINCIPAL]:
+            sources.append(NO_IDENTITY)  # no authenticated principal: a caller without a mesh certificate
+        elif set(source) == {"principals"} and isinstance(source["principals"], list) and all(
+                isinstance(p, str) and p and istio.WILDCARD not in p for p in source["principals"]):
+            sources += [istio.source_of_principal(p, context.mesh.security.trust_domain, namespaces,
+                                                  set(context.mesh.services)) for p in source["principals"]]
+        else:
+            raise _skip_policy(context, resource, action, f"{label}: a source is principals without wildcards or "
+                                                          'notPrincipals: ["*"] (no identity), one per `from` entry',
+                               entry, "source")
+    return sources
+
+
+def _authz_operation(context: _Context, resource: _Resource, action: str, label: str,
+                     operation: dict) -> dict[str, Any]:
+    for name in operation:
+        if name not in OPERATION_FIELDS:
+            raise _skip_policy(context, resource, action, f"{label}: to.operation.{name} is not supported",
+                               operation, name)
+    body: dict[str, Any] = {}
+    methods = operation.get("methods") or []
+    if any(m not in HTTP_METHODS for m in methods):
+        raise _skip_policy(context, resource, action, f"{label}: methods must be HTTP methods "
+                                                      f"({', '.join(HTTP_METHODS)})", operation, "methods")
+    if methods:
+        body["method"] = [str(m) for m in methods]
+    paths = []
+    for text in operation.get("paths") or []:
+        if not isinstance(text, str) or "{*" in text:
+            raise _skip_policy(context, resource, action, f"{label}: path {text!r}: path templates are not "
+                                                          "supported", operation, "paths")
+        kind, value = istio.match_of_istio_value(text)
+        paths.append({kind: True if kind == "present" else value})
+    if paths:
+        body["path"] = paths[0] if len(paths) == 1 else paths
+    ports = operation.get("ports") or []
+    if not all(str(p).isdigit() and 0 < int(p) < 65536 for p in ports):
+        raise _skip_policy(context, resource, action, f"{label}: ports must be port numbers", operation, "ports")
+    if ports:
+        body["port"] = [int(p) for p in ports]
+    return body
+
+
+def _authz_headers(context: _Context, resource: _Resource, action: str, label: str, conditions: Any,
+                   rule: dict) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    for j, condition in enumerate(conditions if isinstance(conditions, list) else []):
+        key = condition.get("key") if isinstance(condition, dict) else None
+        found = istio.HEADER_ATTRIBUTE.fullmatch(str(key))
+        if found is None:
+            raise _skip_policy(context, resource, action, f"{label}: when {key}: only request.headers[NAME] "
+                                                          "conditions are supported", conditions, j)
+        values = condition.get("values")
+        name = found.group(1).lower()
+        if set(condition) != {"key", "values"} or not isinstance(values, list) or len(values) != 1 \
+                or name in headers:
+            raise _skip_policy(context, resource, action, f"{label}: when {key}: one value per header is "
+                                                          "supported (no notValues, no OR of values)",
+                               conditions, j)
+        kind, value = istio.match_of_istio_value(str(values[0]))
+        headers[name] = {kind: True if kind == "present" else value}
+    return dict(sorted(headers.items()))
 
 
 KINDS: dict[str, Callable[[_Context, _Resource], None]] = {
     istio.VIRTUAL_SERVICE: _virtual_service,
     istio.DESTINATION_RULE: _destination_rule,
-    istio.PEER_AUTHENTICATION: _not_supported_yet,
-    istio.AUTHORIZATION_POLICY: _not_supported_yet,
+    istio.PEER_AUTHENTICATION: _peer_authentication,
+    istio.AUTHORIZATION_POLICY: _authorization_policy,
 }

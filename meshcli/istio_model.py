@@ -11,22 +11,27 @@ service spanning its versions, which is what Istio routes between. kompose's
 `io.kompose.service` label names one compose service (`reviews-v2`), so a subset that
 selects it is read back on import too.
 
-Security (issue 12: mTLS modes, authorization rules): PeerAuthentication and
-AuthorizationPolicy are named here; their mapping goes beside the networking one in both
-modules (istio_export.RESOURCES, istio_import.KINDS) when the mesh file has those fields.
+Security: mTLS modes are PeerAuthentication's (the same three names), authorization
+sources are principals (a service: `TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE`, Istio's SPIFFE
+ID without `spiffe://`; a caller without identity: `notPrincipals: ["*"]`), and path and
+header conditions are Istio's strings (`/x` exact, `/x*` prefix, `*x` suffix, `*` present).
 """
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
-from meshproxy.config import DEFAULT_ROUTE, LoadBalancer, MatchKind, RetryOn
+from meshproxy.config import DEFAULT_ROUTE, NO_IDENTITY, LoadBalancer, MatchKind, MtlsMode, RetryOn
 
 NETWORKING_API = "networking.istio.io/v1"
+SECURITY_API = "security.istio.io/v1"
 VIRTUAL_SERVICE = "VirtualService"
 DESTINATION_RULE = "DestinationRule"
-PEER_AUTHENTICATION = "PeerAuthentication"  # security.istio.io/v1
+PEER_AUTHENTICATION = "PeerAuthentication"
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
+API_OF = {VIRTUAL_SERVICE: NETWORKING_API, DESTINATION_RULE: NETWORKING_API,
+          PEER_AUTHENTICATION: SECURITY_API, AUTHORIZATION_POLICY: SECURITY_API}
 # Istio's API groups: older versions (v1beta1, v1alpha3) have the same fields for what is mapped.
 ISTIO_GROUPS = ("networking.istio.io", "security.istio.io")
 
@@ -35,6 +40,7 @@ APP_LABEL = "app"  # a route's sourceLabels: `{app: frontend}`
 KOMPOSE_LABEL = "io.kompose.service"  # kompose's label: one compose service
 
 CLUSTER_DOMAIN = "svc.cluster.local"
+DEFAULT_NAMESPACE = "default"  # where `kubectl apply` puts a resource without a namespace
 DEFAULT_ROUTE_NAME = DEFAULT_ROUTE  # the exported name of the service-level route
 
 LOAD_BALANCER_TO_ISTIO = {LoadBalancer.ROUND_ROBIN.value: "ROUND_ROBIN", LoadBalancer.RANDOM.value: "RANDOM",
@@ -95,3 +101,53 @@ def mesh_duration(ms: float) -> str:
     if ms >= 1000 and ms % 1000 == 0:
         return f"{int(ms) // 1000}s"
     return f"{Decimal(str(ms)).normalize():f}ms"
+
+
+# --- security ---------------------------------------------------------------------------
+
+# The mesh-wide PeerAuthentication: Istio's convention names the namespace-wide one `default`.
+NAMESPACE_PEER_AUTHENTICATION = "default"
+# DestinationRule trafficPolicy.tls: what callers' sidecars send. Auto mTLS (Istio's default)
+# sends mTLS to workloads with a sidecar and plain text to a PeerAuthentication DISABLE.
+CLIENT_TLS_MUTUAL = "ISTIO_MUTUAL"
+CLIENT_TLS_DISABLE = MtlsMode.DISABLE.value
+ANY_PRINCIPAL = "*"  # `notPrincipals: ["*"]`: requests without an authenticated principal
+SPIFFE = "spiffe://"
+HEADER_ATTRIBUTE = re.compile(r"request\.headers\[([^\]]+)\]")
+WILDCARD = "*"
+
+
+def principal(source: str, trust_domain: str, namespace: str) -> str | None:
+    """An authorization source as an Istio principal (None: NO_IDENTITY, which is notPrincipals)."""
+    if source == NO_IDENTITY:
+        return None
+    if source.startswith(SPIFFE):
+        return source[len(SPIFFE):]
+    return f"{trust_domain}/ns/{namespace}/sa/{source}"
+
+
+def source_of_principal(text: str, trust_domain: str, namespaces: set[str], services: set[str]) -> str:
+    """An Istio principal (no wildcard) as an authorization source: a service of the mesh when it is
+    its identity in one of `namespaces`, else the SPIFFE ID."""
+    parts = text.split("/")
+    if len(parts) == 5 and parts[0] == trust_domain and parts[1] == "ns" and parts[2] in namespaces \
+            and parts[3] == "sa" and parts[4] in services:
+        return parts[4]
+    return SPIFFE + text
+
+
+def istio_value(kind: str, value: str) -> str:
+    """An authorization path or header condition as Istio writes it."""
+    return {MatchKind.EXACT.value: value, MatchKind.PREFIX.value: value + WILDCARD,
+            MatchKind.SUFFIX.value: WILDCARD + value, MatchKind.PRESENT.value: WILDCARD}[kind]
+
+
+def match_of_istio_value(text: str) -> tuple[str, str]:
+    """(kind, value) of an Istio path or header string (istio_value()'s inverse)."""
+    if text == WILDCARD:
+        return MatchKind.PRESENT.value, ""
+    if text.startswith(WILDCARD):  # Istio's order: `*x*` is a suffix match of `x*`
+        return MatchKind.SUFFIX.value, text[1:]
+    if text.endswith(WILDCARD):
+        return MatchKind.PREFIX.value, text[:-1]
+    return MatchKind.EXACT.value, text

@@ -29,7 +29,9 @@ from meshcli.mesh_config import API_VERSION
 
 # Where a new key goes: the order of docs/mesh-file.md.
 SERVICE_ORDER = ("versions", "ports", "loadBalancer", "to", "split", "timeout", "retries", "mirror", "fault",
-                 "routes", "circuitBreaker", "outlierDetection", "tcpFault")
+                 "routes", "circuitBreaker", "outlierDetection", "tcpFault", "mtls", "authorization")
+TOP_LEVEL_ORDER = ("apiVersion", "mtls", "services", "telemetry")
+MTLS_ORDER = ("mode", "trustDomain", "certificateLifetime")
 ROUTE_ORDER = ("name", "match", "to", "split", "timeout", "retries", "mirror", "fault")
 RETRIES_ORDER = ("attempts", "perTryTimeout", "retryOn", "retriableStatusCodes", "backoff", "retryNonIdempotent")
 MATCH_ORDER = ("headers", "path", "method", "query", "source")
@@ -140,15 +142,41 @@ def set_service_fields(text: str, path: Path, service: str, fields: dict[str, An
     return _edit(text, path, service, None, change)
 
 
+def set_mtls_fields(text: str, path: Path, fields: dict[str, Any]) -> str:
+    """Set the mesh-wide `mtls` keys of `fields` (None: delete the key), keeping the others and their
+    comments; an `mtls` left empty is removed."""
+    data = _load(text, path)
+    block = data.get("mtls")
+    if not isinstance(block, CommentedMap):
+        if block is not None:
+            raise InputError(f"{path}: `mtls` must be a mapping")
+        block = CommentedMap()
+    for key, value in fields.items():
+        if value is None:
+            _delete(block, key)
+        else:
+            _set(block, key, _nested(value), MTLS_ORDER)
+    if block:
+        _set(data, "mtls", block, TOP_LEVEL_ORDER)
+    elif "mtls" in data:
+        _delete(data, "mtls")
+    return _dump(data, text)
+
+
 # --- the round trip ------------------------------------------------------------------
 
-def _edit(text: str, path: Path, service: str, route: str | None, change: Callable[[CommentedMap], None]) -> str:
+def _load(text: str, path: Path) -> CommentedMap:
     data = yaml_source.load(path, text).data if text.strip() else None
     if data is None:
         data = CommentedMap([("apiVersion", API_VERSION), ("services", CommentedMap())])
     if not isinstance(data, CommentedMap):
         raise InputError(f"{path}: the mesh file must be a mapping with apiVersion and services",
                          hint="fix it by hand, or move it away and let meshcli create a new one")
+    return data
+
+
+def _edit(text: str, path: Path, service: str, route: str | None, change: Callable[[CommentedMap], None]) -> str:
+    data = _load(text, path)
     services = data.get("services")
     if not isinstance(services, CommentedMap):
         if services is not None:

@@ -66,15 +66,15 @@ def register(app: typer.Typer) -> None:
     @common.project_command()
     def import_istio(
         files: List[Path] = typer.Argument(..., exists=True, dir_okay=False, metavar="FILE...",
-                                           help="Istio YAML (VirtualService, DestinationRule...), several "
-                                                "documents per file allowed."),
+                                           help="Istio YAML (VirtualService, DestinationRule, PeerAuthentication, "
+                                                "AuthorizationPolicy), several documents per file allowed."),
         merge: bool = typer.Option(False, "--merge", help="Merge into the existing mesh.yaml: the imported services' "
                                                           "routing and policy are replaced, the rest (and every "
                                                           "comment) stays."),
         project: common.ProjectFlags = common.PROJECT, dry_run: bool = mesh_edits.DryRun,
         no_wait: bool = common.NoWait, timeout: float = common.SyncTimeout, as_json: bool = common.Json,
     ) -> None:
-        """Turn Istio traffic rules into mesh.yaml, and apply them to the running sidecars.
+        """Turn Istio traffic and security rules into mesh.yaml, and apply them to the running sidecars.
 
         Hosts map to compose services, subsets to versions (labels `version` or
         `io.kompose.service`). What has no equivalent is reported with its file:line, never guessed.
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"{located.mesh_file} exists: nothing was changed",
                              hint="pass --merge to merge the imported rules into it (its comments stay)")
         imported = istio_import.read(list(files), workspace.load(located).mesh)
-        if not imported.services or located.mesh_file is None and not any(imported.services.values()):
+        if imported.nothing_to_write(located.mesh_file is not None):
             error = MeshError(f"nothing to import from {', '.join(str(f) for f in files)}: nothing was changed",
                               hint="the warnings say why" if imported.diagnostics else
                                    "the files give no routing or traffic policy")

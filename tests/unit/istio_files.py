@@ -54,6 +54,8 @@ services:
 # Every setting `export istio` maps (and nothing it only warns about).
 EVERY_FEATURE_MESH = """
 apiVersion: meshcli/v1
+mtls:
+  mode: PERMISSIVE
 services:
   payment:
     loadBalancer: least-request
@@ -100,8 +102,33 @@ services:
       consecutiveGatewayErrors: 3
       baseEjectionTime: 45s
       maxEjectionPercent: 50
+    mtls: STRICT
+    authorization:
+      - name: no-debug
+        action: DENY
+        rules:
+          - path: [{prefix: /debug}, {suffix: .bak}]
+          - source: no-identity
+            method: [POST, PUT]
+      - name: callers
+        action: ALLOW
+        rules:
+          - source: [frontend, no-identity, spiffe://cluster.local/ns/legacy/sa/batch, orders]
+            method: [GET, POST]
+            path: {exact: /pay}
+            headers:
+              x-env: {exact: prod}
+              x-file: {suffix: .json}
+              x-tenant: {prefix: acme-}
+              x-user: {present: true}
+            port: [8080, 9090]
+          - path: {exact: /healthz}
   orders:
     loadBalancer: random
+    mtls: DISABLE
+    authorization:
+      - name: anyone
+        action: ALLOW
     routes:
       - name: admins
         match:
@@ -164,6 +191,16 @@ CEL_RULES = {
     "self.size() == 0": lambda v: len(v) == 0,
     "self.all(key, 0 < int(key) && int(key) <= 65535)": lambda v: all(str(k).isdigit() and 0 < int(k) <= 65535
                                                                        for k in v),
+    # security.istio.io: one way to select workloads; service accounts exclude principals and namespaces.
+    "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1":
+        lambda v: sum(k in v for k in ("selector", "targetRef", "targetRefs")) <= 1,
+    "(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) &&\n!has(self.notPrincipals)"
+    " && !has(self.namespaces) && !has(self.notNamespaces)) : true":
+        lambda v: not ("serviceAccounts" in v or "notServiceAccounts" in v)
+        or not any(k in v for k in ("principals", "notPrincipals", "namespaces", "notNamespaces")),
+    "has(self.portLevelMtls) ? (((has(self.selector) && has(self.selector.matchLabels)) ? self.selector.matchLabels "
+    ": {}).size() > 0) : true":
+        lambda v: "portLevelMtls" not in v or bool((v.get("selector") or {}).get("matchLabels")),
 }
 
 

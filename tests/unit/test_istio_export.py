@@ -34,9 +34,11 @@ def demo():
 
 @needs_corpus
 def test_every_resource_of_the_every_feature_mesh_and_the_demo_validates_against_its_crd(every_feature):
-    for loaded in (every_feature, demo()):
+    for loaded, kinds in ((every_feature, {"VirtualService", "DestinationRule", "PeerAuthentication",
+                                           "AuthorizationPolicy"}),
+                          (demo(), {"VirtualService", "DestinationRule"})):
         result = istio_export.export(loaded.mesh, loaded.config)
-        assert {r.kind for r in result.resources} == {"VirtualService", "DestinationRule"}
+        assert {r.kind for r in result.resources} == kinds
         for resource in result.resources:
             assert schema_errors(resource.manifest) == [], resource.manifest
 
@@ -53,6 +55,20 @@ def test_the_schema_check_catches_a_broken_resource(every_feature, break_it, exp
     [payment] = [r.manifest for r in result.resources if r.kind == "VirtualService" and r.name == "payment"]
     broken = copy.deepcopy(payment)
     break_it(broken)
+    assert any(expected in error for error in schema_errors(broken)), schema_errors(broken)
+
+
+@needs_corpus
+@pytest.mark.parametrize("break_it, expected", [
+    (lambda spec: spec.update(targetRef={"kind": "Service", "name": "payment"}), "only one of"),
+    (lambda spec: spec["rules"][0]["from"][0]["source"].update(serviceAccounts=["x"]), "serviceAccounts"),
+    (lambda spec: spec.update(action="MAYBE"), "is not one of"),
+])
+def test_the_schema_check_catches_a_broken_authorization_policy(every_feature, break_it, expected):
+    result = istio_export.export(every_feature.mesh, every_feature.config)
+    [policy] = [r.manifest for r in result.resources if r.name == "payment-callers"]
+    broken = copy.deepcopy(policy)
+    break_it(broken["spec"])
     assert any(expected in error for error in schema_errors(broken)), schema_errors(broken)
 
 
@@ -115,6 +131,79 @@ def test_the_payment_rules_in_istio_terms(every_feature):
     assert frontend == {"name": "default", "route": [{"destination": {"host": "frontend"}}], "retries": {"attempts": 0}}
 
 
+def test_the_security_rules_in_istio_terms(every_feature):
+    result = istio_export.export(every_feature.mesh, every_feature.config, namespace="shop")
+    manifests = {(r.kind, r.name): r.manifest for r in result.resources}
+    security = {key: m for key, m in manifests.items() if m["apiVersion"] == "security.istio.io/v1"}
+    assert list(security) == [("PeerAuthentication", "default"), ("PeerAuthentication", "orders"),
+                              ("AuthorizationPolicy", "orders-anyone"), ("PeerAuthentication", "payment"),
+                              ("AuthorizationPolicy", "payment-no-debug"), ("AuthorizationPolicy", "payment-callers")]
+    # The mesh-wide mode: every workload of the namespace (no selector); a service's mode: its pods.
+    assert manifests["PeerAuthentication", "default"]["spec"] == {"mtls": {"mode": "PERMISSIVE"}}
+    assert manifests["PeerAuthentication", "payment"]["spec"] == {"selector": {"matchLabels": {"app": "payment"}},
+                                                                  "mtls": {"mode": "STRICT"}}
+    assert manifests["AuthorizationPolicy", "orders-anyone"]["spec"] == {
+        "selector": {"matchLabels": {"app": "orders"}}, "action": "ALLOW", "rules": [{}]}  # {}: every call
+    assert manifests["AuthorizationPolicy", "payment-no-debug"]["spec"]["rules"] == [
+        {"to": [{"operation": {"paths": ["/debug*", "*.bak"]}}]},
+        {"from": [{"source": {"notPrincipals": ["*"]}}], "to": [{"operation": {"methods": ["POST", "PUT"]}}]}]
+    callers, healthz = manifests["AuthorizationPolicy", "payment-callers"]["spec"]["rules"]
+    # Sources are an OR: principals in the mesh's trust domain and the namespace, no identity its own entry.
+    assert callers["from"] == [{"source": {"principals": ["cluster.local/ns/shop/sa/frontend"]}},
+                               {"source": {"notPrincipals": ["*"]}},
+                               {"source": {"principals": ["cluster.local/ns/legacy/sa/batch",
+                                                          "cluster.local/ns/shop/sa/orders"]}}]
+    assert callers["to"] == [{"operation": {"methods": ["GET", "POST"], "paths": ["/pay"], "ports": ["8080", "9090"]}}]
+    assert callers["when"] == [{"key": "request.headers[x-env]", "values": ["prod"]},
+                               {"key": "request.headers[x-file]", "values": ["*.json"]},
+                               {"key": "request.headers[x-tenant]", "values": ["acme-*"]},
+                               {"key": "request.headers[x-user]", "values": ["*"]}]
+    assert healthz == {"to": [{"operation": {"paths": ["/healthz"]}}]}
+    # Auto mTLS needs no client-side tls for STRICT or PERMISSIVE; callers of a DISABLE service send plain text.
+    assert "tls" not in manifests["DestinationRule", "payment"]["spec"]["trafficPolicy"]
+    assert "tls" not in manifests["DestinationRule", "frontend"]["spec"]["trafficPolicy"]
+    assert manifests["DestinationRule", "orders"]["spec"]["trafficPolicy"]["tls"] == {"mode": "DISABLE"}
+    assert [(d.code, d.line, d.message.split(":")[0]) for d in result.diagnostics] == [
+        ("MESH0402", 50, "payment"),  # STRICT: Istio takes outside traffic through a gateway
+        ("MESH0402", 73, "orders"),  # DISABLE: exported twice
+    ]
+
+
+SECURITY_DIFFERENCES = """
+apiVersion: meshcli/v1
+mtls:
+  mode: DISABLE
+  trustDomain: corp.example
+  certificateLifetime: 1h
+services:
+  payment:
+    authorization:
+      - name: Only Orders
+        action: ALLOW
+        rules:
+          - source: orders
+            path: {exact: "/a*b"}
+"""
+
+
+def test_security_settings_istio_has_no_resource_for_are_reported_at_their_line(files):
+    loaded = load(files, SECURITY_DIFFERENCES)
+    result = istio_export.export(loaded.mesh, loaded.config)
+    assert [(d.code, d.line, d.message.split(" ")[0]) for d in result.diagnostics] == [
+        ("MESH0402", 3, "mtls.mode:"),  # DISABLE: PeerAuthentication and DestinationRule tls
+        ("MESH0401", 4, "mtls.trustDomain"),
+        ("MESH0401", 5, "mtls.certificateLifetime"),
+        ("MESH0402", 9, "payment"),  # the policy's name as a Kubernetes name
+        ("MESH0402", 9, "payment"),  # principals in namespace default
+        ("MESH0402", 13, "payment"),  # an exact path with a *
+    ]
+    manifests = {(r.kind, r.name): r.manifest for r in result.resources}
+    policy = manifests["AuthorizationPolicy", "payment-only-orders"]["spec"]
+    assert policy["rules"][0]["from"] == [{"source": {"principals": ["corp.example/ns/default/sa/orders"]}}]
+    assert all(m["spec"]["trafficPolicy"]["tls"] == {"mode": "DISABLE"}
+               for (kind, _), m in manifests.items() if kind == "DestinationRule")
+
+
 def test_every_mapped_mesh_file_gives_no_warning(every_feature):
     assert [d for d in istio_export.export(every_feature.mesh, every_feature.config).diagnostics
             if d.level.value == "warning"] == []
@@ -166,7 +255,10 @@ def test_one_file_per_resource_or_one_stream(files, every_feature, tmp_path):
     result = istio_export.export(every_feature.mesh, every_feature.config)
     paths = istio_export.write(result, tmp_path / "istio")
     assert sorted(p.name for p in paths) == sorted(
-        f"{kind}-{name}.yaml" for kind in ("destinationrule", "virtualservice") for name in ("frontend", "orders",
-                                                                                             "payment"))
+        [f"{kind}-{name}.yaml" for kind in ("destinationrule", "virtualservice") for name in ("frontend", "orders",
+                                                                                              "payment")]
+        + ["peerauthentication-default.yaml", "peerauthentication-orders.yaml", "peerauthentication-payment.yaml",
+           "authorizationpolicy-orders-anyone.yaml", "authorizationpolicy-payment-no-debug.yaml",
+           "authorizationpolicy-payment-callers.yaml"])
     assert [yaml.safe_load(p.read_text()) for p in paths] == [r.manifest for r in result.resources]
     assert list(yaml.safe_load_all(istio_export.to_yaml(result.resources))) == [r.manifest for r in result.resources]

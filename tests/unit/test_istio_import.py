@@ -42,7 +42,10 @@ def test_import_of_export_is_the_mesh_file_for_every_exportable_feature(tmp_path
     fresh = project(tmp_path / "again", SHOP_COMPOSE)
     imported = istio_import.read([exported], fresh.mesh)
     assert [d for d in imported.diagnostics if d.level.value == "warning"] == []
-    assert policies(imported_mesh(fresh, imported)) == policies(original.mesh)
+    mesh = imported_mesh(fresh, imported)
+    assert policies(mesh) == policies(original.mesh)
+    assert mesh.security == original.mesh.security
+    assert any(s.policy.authorization for s in mesh.services.values()) and mesh.services["orders"].policy.mtls
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +90,8 @@ WARNINGS = {
     "bookinfo-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
     "certmanager-gateway.yaml": [("MESH0412", 1), ("MESH0412", 25)],
     "destination-rule-all.yaml": [("MESH0415", 42), ("MESH0415", 45)],
-    "destination-rule-all-mtls.yaml": [("MESH0416", 8), ("MESH0416", 22), ("MESH0416", 42), ("MESH0415", 51),
-                                       ("MESH0415", 54), ("MESH0416", 65)],
+    # tls ISTIO_MUTUAL is auto mTLS (a note); subsets v2-mysql and v2-mysql-vm select no version.
+    "destination-rule-all-mtls.yaml": [("MESH0415", 51), ("MESH0415", 54)],
     "egress-rule-google-apis.yaml": [("MESH0412", 1), ("MESH0414", 23), ("MESH0414", 38)],
     "fault-injection-details-v1.yaml": [("MESH0413", 18)],  # a route after a catch-all is never used
     "virtual-service-ratings-mysql.yaml": [("MESH0413", 25)],  # subset v2-mysql: no such version
@@ -237,14 +240,14 @@ def test_what_the_sidecars_cannot_do_is_reported_and_its_route_left_out(tmp_path
         ("MESH0413", 17, 'route 4: sends the requests for reviews to another host, "ratings": not supported (a '
                          "route chooses between a service's versions): route not imported"),
         ("MESH0413", 18, "route 5 is never used: route 4 before it takes every request: not imported"),
-        ("MESH0416", 20, "PeerAuthentication is not supported yet (mesh.yaml has no mTLS modes or authorization "
-                         "rules): not imported"),
-        ("MESH0416", 25, "AuthorizationPolicy is not supported yet (mesh.yaml has no mTLS modes or authorization "
-                         "rules): not imported"),
+        ("MESH0416", 25, "applies to every workload of the namespace (no selector): mesh.yaml's policies are per "
+                         "service (write it under each service): not imported"),
     ]
     # Route 4 takes every request in Istio, so route 5 (to the compose service of version v3, a
-    # kompose-style host) is never used either; nothing was imported for reviews.
+    # kompose-style host) is never used either; nothing was imported for reviews. The
+    # namespace-wide PeerAuthentication is the mesh-wide mode.
     assert imported.services == {}
+    assert imported.mtls == {"mode": "STRICT"}
 
 
 def test_subsets_select_versions_by_version_or_kompose_label(tmp_path, bookinfo):
@@ -334,7 +337,7 @@ def test_destination_rule_policy_maps_to_the_service_and_the_rest_is_reported(tm
         "circuitBreaker": {"maxConnections": 20, "maxPendingRequests": 5, "maxRequestsPerConnection": 1},
         "outlierDetection": {"consecutive5xxErrors": 2, "baseEjectionTime": "90s"}}}
     assert codes(imported) == [("MESH0413", 7), ("MESH0413", 9), ("MESH0417", 10), ("MESH0417", 11),
-                               ("MESH0413", 11), ("MESH0416", 12), ("MESH0413", 16)]
+                               ("MESH0413", 11), ("MESH0417", 12), ("MESH0413", 16)]
     assert imported.replaced["reviews"] == ("loadBalancer", "circuitBreaker", "outlierDetection")
 
 
@@ -441,3 +444,194 @@ def test_a_destination_naming_the_compose_service_of_a_version_is_that_version(t
     imported = istio_import.read([path], bookinfo.mesh)
     assert imported.services == {"reviews": {"to": "v3", "routes": [
         {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "to": "v2"}]}}
+
+
+SECURITY_RULES = """
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: default, namespace: shop}
+    spec: {mtls: {mode: STRICT}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: reviews, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      mtls: {mode: PERMISSIVE}
+      portLevelMtls: {"9080": {mode: DISABLE}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: PeerAuthentication
+    metadata: {name: ratings, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      mtls: {mode: DISABLE}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: ratings, namespace: shop}
+    spec: {host: ratings, trafficPolicy: {tls: {mode: DISABLE}}}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: details, namespace: shop}
+    spec: {host: details, trafficPolicy: {tls: {mode: DISABLE}}}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: reviews-viewer, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      rules:
+      - from:
+        - source: {principals: [cluster.local/ns/shop/sa/productpage, cluster.local/ns/other/sa/productpage]}
+        - source: {notPrincipals: ["*"]}
+        to:
+        - operation: {methods: [GET], paths: [/reviews/*, "*.json", /health], ports: ["9080"]}
+        when:
+        - {key: "request.headers[X-User]", values: ["*"]}
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-admin, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: reviews}}
+      action: DENY
+      rules:
+      - to: [{operation: {paths: [/admin*]}}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: jwt-only, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      action: DENY
+      rules:
+      - from: [{source: {requestPrincipals: ["*"]}}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: ext-authz, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: ratings}}
+      action: CUSTOM
+      provider: {name: opa}
+      rules: [{}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: anyone, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: details}}
+      rules:
+      - to: [{operation: {notPaths: [/private]}}]
+      - when: [{key: source.ip, values: [10.0.0.1]}]
+"""
+
+
+def test_security_resources_become_modes_and_policies_and_the_rest_is_reported(tmp_path, bookinfo):
+    imported = istio_import.read([istio_file(tmp_path, SECURITY_RULES)], bookinfo.mesh)
+    assert imported.mtls == {"mode": "STRICT"}
+    assert imported.services == {
+        "reviews": {"mtls": "PERMISSIVE", "authorization": [
+            {"name": "viewer", "action": "ALLOW", "rules": [{
+                # Principals that are a service's identity in the resource's namespace are that service.
+                "source": ["productpage", "spiffe://cluster.local/ns/other/sa/productpage", "no-identity"],
+                "method": ["GET"],
+                "path": [{"prefix": "/reviews/"}, {"suffix": ".json"}, {"exact": "/health"}],
+                "port": [9080],
+                "headers": {"x-user": {"present": True}}}]},
+            {"name": "no-admin", "action": "DENY", "rules": [{"path": {"prefix": "/admin"}}]}]},
+        "ratings": {"mtls": "DISABLE"},
+        "details": {},
+    }
+    found = [(d.code, d.line, d.message.split(": ", 1)[1]) for d in imported.diagnostics]
+    assert found == [
+        ("MESH0416", 12, "portLevelMtls is not imported: a service's mode applies to every port"),
+        ("MESH0417", 24, "trafficPolicy.tls DISABLE: the callers of ratings send plain text, as its mode DISABLE "
+                         "says: nothing else to import"),
+        ("MESH0416", 29, "trafficPolicy.tls DISABLE is not imported: callers' sidecars send mTLS to details unless "
+                         "its mode is DISABLE, and plain text then (set its `mtls:` or a PeerAuthentication)"),
+        ("MESH0416", 61, "rule 1: from.source.requestPrincipals is not supported (end-user (JWT) identities are not "
+                         "checked by the sidecars): policy not imported (what it denies is allowed locally)"),
+        ("MESH0416", 68, "action CUSTOM is not supported (the sidecars ALLOW or DENY; CUSTOM asks an external "
+                         "authorizer, AUDIT only logs): not imported"),
+        ("MESH0416", 78, "rule 1: to.operation.notPaths is not supported: policy not imported (what it allows is "
+                         "denied locally when another ALLOW policy is imported, and allowed when none is)"),
+    ]
+    assert [r.name for r in imported.resources if not r.imported] == ["jwt-only", "ext-authz", "anyone"]
+    # What the import writes is a valid mesh file with those modes and policies.
+    mesh = imported_mesh(bookinfo, imported)
+    assert mesh.security.mode == "STRICT" and mesh.mtls_mode(mesh.services["ratings"]) == "DISABLE"
+    [viewer, no_admin] = mesh.services["reviews"].policy.authorization
+    assert viewer.rules[0].sources[-1] == "no-identity" and no_admin.action == "DENY"
+
+
+@pytest.mark.parametrize("when, expected", [
+    ([{"key": "request.headers[x-a]", "values": ["1", "2"]}], "one value per header"),
+    ([{"key": "request.headers[x-a]", "notValues": ["1"]}], "one value per header"),
+    ([{"key": "source.namespace", "values": ["x"]}], "only request.headers[NAME] conditions"),
+])
+def test_conditions_the_sidecars_cannot_check_leave_the_policy_out(tmp_path, bookinfo, when, expected):
+    path = istio_file(tmp_path, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                "metadata: {name: p}\nspec:\n  selector: {matchLabels: {app: reviews}}\n"
+                                f"  rules: [{{when: {when!r}}}]\n".replace("'", '"'))
+    imported = istio_import.read([path], bookinfo.mesh)
+    [warning] = imported.diagnostics
+    assert warning.code == "MESH0416" and expected in warning.message and imported.services == {}
+
+
+def test_merge_of_security_keeps_the_comments_and_the_trust_domain(tmp_path, bookinfo):
+    text = textwrap.dedent("""\
+        apiVersion: meshcli/v1
+        # identities for the CI run
+        mtls:
+          mode: PERMISSIVE   # until every caller has a sidecar
+          trustDomain: ci.example
+        services:
+          reviews:
+            timeout: 2s      # slow on purpose
+        """)
+    path = istio_file(tmp_path, """
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: default}
+        spec: {mtls: {mode: STRICT}}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: reviews-frontend}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          rules: [{from: [{source: {principals: [ci.example/ns/default/sa/productpage]}}]}]
+        """)
+    imported = istio_import.read([path], bookinfo.mesh)
+    # The mode's comment keeps its column; the principal is in another trust domain than the
+    # project's (cluster.local, the mesh the import reads against), so it stays a SPIFFE ID.
+    assert imported.transform(text, Path("mesh.yaml")) == textwrap.dedent("""\
+        apiVersion: meshcli/v1
+        # identities for the CI run
+        mtls:
+          mode: STRICT       # until every caller has a sidecar
+          trustDomain: ci.example
+        services:
+          reviews:
+            timeout: 2s      # slow on purpose
+            authorization:
+              - name: frontend
+                action: ALLOW
+                rules:
+                  - source: spiffe://ci.example/ns/default/sa/productpage
+        """)
+
+
+def test_policies_keep_their_places_in_the_mesh_file_whatever_the_order_of_the_files(tmp_path):
+    original = project(tmp_path / "shop", SHOP_COMPOSE, EVERY_FEATURE_MESH)
+    exported = istio_export.write(istio_export.export(original.mesh, original.config), tmp_path / "istio")
+    policies_files = sorted((p for p in exported if p.name.startswith("authorizationpolicy-payment")), reverse=True)
+    assert [p.name for p in policies_files] == ["authorizationpolicy-payment-no-debug.yaml",
+                                                "authorizationpolicy-payment-callers.yaml"]
+    imported = istio_import.read(list(reversed(policies_files)), original.mesh)
+    assert [p["name"] for p in imported.services["payment"]["authorization"]] == ["no-debug", "callers"]
+    assert list(imported.services["payment"]["authorization"][1]["rules"][0]) == [
+        "source", "method", "path", "headers", "port"]  # the mesh-file reference's order
