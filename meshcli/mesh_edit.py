@@ -146,11 +146,7 @@ def set_mtls_fields(text: str, path: Path, fields: dict[str, Any]) -> str:
     """Set the mesh-wide `mtls` keys of `fields` (None: delete the key), keeping the others and their
     comments; an `mtls` left empty is removed."""
     data = _load(text, path)
-    block = data.get("mtls")
-    if not isinstance(block, CommentedMap):
-        if block is not None:
-            raise InputError(f"{path}: `mtls` must be a mapping")
-        block = CommentedMap()
+    block = _mapping(data, "mtls", f"{path}: `mtls` must be a mapping")
     for key, value in fields.items():
         if value is None:
             _delete(block, key)
@@ -175,19 +171,24 @@ def _load(text: str, path: Path) -> CommentedMap:
     return data
 
 
+def _mapping(parent: CommentedMap, key: str, wrong: str) -> CommentedMap:
+    """parent[key] when it is a mapping, a new (not yet attached) one when it is absent or
+    null; InputError(`wrong`) when it is something else."""
+    found = parent.get(key)
+    if isinstance(found, CommentedMap):
+        return found
+    if found is not None:
+        raise InputError(wrong)
+    return CommentedMap()
+
+
 def _edit(text: str, path: Path, service: str, route: str | None, change: Callable[[CommentedMap], None]) -> str:
     data = _load(text, path)
-    services = data.get("services")
-    if not isinstance(services, CommentedMap):
-        if services is not None:
-            raise InputError(f"{path}: `services` must be a mapping of service names")
-        services = CommentedMap()
+    services = _mapping(data, "services", f"{path}: `services` must be a mapping of service names")
+    if data.get("services") is not services:  # absent or null: attach the new one
         _set(data, "services", services, ("apiVersion", "services"))
-    body = services.get(service)
-    if not isinstance(body, CommentedMap):
-        if body is not None:
-            raise InputError(f'{path}: service "{service}" must be a mapping')
-        body = CommentedMap()
+    body = _mapping(services, service, f'{path}: service "{service}" must be a mapping')
+    if services.get(service) is not body:
         _set(services, service, body, ())
     elif not body and body.fa.flow_style():
         body.fa.set_block_style()  # `payment: {}` grows into a block
