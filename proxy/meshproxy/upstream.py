@@ -100,10 +100,12 @@ def carries(request) -> bool:
 
 
 VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+COMMON_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 
 
 def _check_token(value: bytes, what: str) -> bytes:
-    if VISIBLE_ASCII.fullmatch(value) is None:  # empty, spaces, controls or non-ASCII
+    # Empty, spaces, controls or non-ASCII cannot be sent; the common methods need no look.
+    if value not in COMMON_METHODS and VISIBLE_ASCII.fullmatch(value) is None:
         raise Unsendable(f"cannot send {what} {value!r} as HTTP/1.1")
     return value
 
@@ -133,7 +135,7 @@ def pool_key(host: str, port: int, secure: Secure | None, secures: Callable[[str
 
 
 class Connection:
-    __slots__ = ("reader", "writer", "key", "served", "answered", "buffer", "idle_since", "idle_timer")
+    __slots__ = ("reader", "writer", "key", "served", "answered", "buffer", "idle_since")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple[str, int]) -> None:
         self.reader, self.writer, self.key = reader, writer, key
@@ -141,7 +143,6 @@ class Connection:
         self.answered = False  # the current exchange received bytes
         self.buffer = bytearray()  # received, not yet parsed
         self.idle_since = 0.0
-        self.idle_timer: asyncio.TimerHandle | None = None  # closes it once it was idle for IDLE_TIMEOUT
 
     def usable(self) -> bool:
         """Still open as far as we know (an idle connection the server closed reads EOF)."""
@@ -332,6 +333,7 @@ class Pool:
         self.on_connect = on_connect
         self.secure = secure  # opens a new connection with mesh mTLS (or says None: plaintext)
         self.secures = secures  # whether calls to a host go over mTLS now (see pool_key)
+        self._sweep: asyncio.TimerHandle | None = None  # closes connections idle for IDLE_TIMEOUT
 
     async def open(self, host: str, port: int, method: str | bytes, target: str | bytes,
                    headers: list[tuple[bytes, bytes]], body: bytes | None = b"", source: BodySource | None = None,
@@ -352,7 +354,6 @@ class Pool:
         idle = self._idle[key]
         while idle:
             conn = idle.pop()
-            conn.idle_timer.cancel()
             if not conn.usable():
                 conn.close()
                 continue
@@ -445,21 +446,32 @@ class Pool:
         idle = self._idle[conn.key]
         if reusable and len(idle) < MAX_IDLE_PER_HOST and not conn.writer.is_closing():
             conn.idle_since = time.monotonic()
-            conn.idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, conn)
             idle.append(conn)
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(IDLE_TIMEOUT / 2, self._close_expired)
         else:
             conn.close()
 
-    def _expire(self, conn: Connection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle is not None and conn in idle:
-            idle.remove(conn)
-        conn.close()
+    def _close_expired(self) -> None:
+        """Close the connections idle for IDLE_TIMEOUT (so at most 1.5 times that): one timer
+        for the pool while any connection is idle, not one per request given back."""
+        self._sweep = None
+        expired_before = time.monotonic() - IDLE_TIMEOUT
+        for key, idle in list(self._idle.items()):
+            for conn in [conn for conn in idle if conn.idle_since <= expired_before]:
+                idle.remove(conn)
+                conn.close()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = asyncio.get_running_loop().call_later(IDLE_TIMEOUT / 2, self._close_expired)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for conn in idle:
-                conn.idle_timer.cancel()
                 conn.close()
         self._idle.clear()
 

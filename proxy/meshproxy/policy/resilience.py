@@ -82,10 +82,16 @@ class CircuitBreaker:
     def _has_room(self) -> bool:
         return self.max_connections is None or self.in_flight < self.max_connections
 
-    async def acquire(self) -> bool:
-        """Take a slot, waiting if allowed; False: overflow."""
+    def take(self) -> bool:
+        """Take a free slot now, if there is one (nobody waits for it)."""
         if self._has_room() and not self._waiters:
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> bool:
+        """Take a slot, waiting if allowed; False: overflow."""
+        if self.take():
             return True
         if self.max_pending is not None and len(self._waiters) >= self.max_pending:
             return False
@@ -196,12 +202,13 @@ class Resilience:
                 return Forwarded(None, timed_out())
             tried.append(version)
             exchange.attempts = retry + 1
-            try:
-                async with _timeout_at(deadline):
-                    if not await breaker.acquire():
-                        return Forwarded(None, overflow())
-            except TimeoutError:  # the deadline passed while waiting for a slot: no host was tried
-                return Forwarded(None, timed_out())
+            if not breaker.take():  # the timer is set only for a request that has to wait
+                try:
+                    async with _timeout_at(deadline):
+                        if not await breaker.acquire():
+                            return Forwarded(None, overflow())
+                except TimeoutError:  # the deadline passed while waiting for a slot: no host was tried
+                    return Forwarded(None, timed_out())
             try:
                 answer, failure = await self._try(attempt, version, per_connection, per_try, deadline)
             except BaseException:  # cancelled (the caller went away), or a request no client can send
@@ -241,6 +248,8 @@ class Resilience:
         for a slot is the sidecar's queue, not the host's slowness (outlier detection)."""
         try_deadline = deadline if per_try is None else min(deadline, now() + per_try)
         try:
+            if try_deadline == math.inf:  # no timeout: no timer
+                return await attempt(version, per_connection), None
             async with _timeout_at(try_deadline):
                 return await attempt(version, per_connection), None
         except UpstreamError as exc:

@@ -18,7 +18,7 @@ from http_backends import Backend
 from meshproxy.config import MeshState
 from meshproxy.exchange import INBOUND, OUTBOUND
 from meshproxy.outlier import Outliers
-from meshproxy.policy.access_log import MAX_PENDING_LINES, AccessLog
+from meshproxy.policy.access_log import LINE_ENCODER, MAX_PENDING_LINES, AccessLog
 from meshproxy.policy.routing import Router
 from meshproxy.policy.telemetry import TCP_LABELS, Telemetry
 from sidecar_kit import (PAYMENT, V1_HOST, V2_HOST, WEB, Adapters, EchoServer, RunningSidecar, exchange_of, flow_to,
@@ -168,6 +168,19 @@ def test_access_log_lines_are_json():
     assert first["start_time"].endswith("Z")
     assert isinstance(first["time"], float)
     assert (second["destination_workload"], second["status"]) == ("payment-v2", 0)
+
+
+def test_access_log_line_escapes_what_the_request_carries():
+    web = Recorder()
+
+    web.out(path='/a"b\\c\x01\u00e9?q=\u4e2d', authority="payment:8080", error='refused: "x"\n')
+
+    [line] = web.log.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["path"] == '/a"b\\c\x01\u00e9?q=\u4e2d'
+    assert entry["error"] == 'refused: "x"\n'
+    assert line.isascii()  # as json.dumps writes it: non-ASCII and controls escaped
+    assert line == LINE_ENCODER.encode(entry)  # the same JSON the encoder writes, field for field
 
 
 def test_inbound_access_log():
