@@ -36,15 +36,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Where a demo request's CPU goes: the sample apps (with their pod containers and the
+# controller), the sidecars, and dockerd+containerd (mostly the apps' and sidecars' logs).
+# Latency on 2 cores follows the sum, and CPU is far steadier than a p50 between runs.
+CPU_PARTS = ("apps", "sidecars", "engine")
+
+
+def cpu_part(service: str) -> str:
+    return "sidecars" if service.endswith("-sidecar") else "apps"
+
+
 def frontend_latency(demo: Project, tools_image: str, duration: float) -> dict:
     """wrk at 1 kept-alive connection from a container on the demo's network (no published
-    port, no docker-proxy in the way)."""
+    port, no docker-proxy in the way), and the CPU-s its requests cost (cpu_part())."""
     command = ["docker", "run", "--rm", "--network", f"{demo.name}_default", tools_image,
                *loadgen.wrk_command("http://frontend:8080/", connections=1, duration=duration)]
+    cgroups = meter.containers(demo.container_ids())
+    engine = [pid for name in ENGINE for pid in meter.pids_of(name)]
+
+    def taken() -> dict[str, float]:
+        cpu = {part: 0.0 for part in CPU_PARTS}
+        for service, container in cgroups.items():
+            cpu[cpu_part(service)] += container.cpu_seconds()
+        cpu["engine"] = _host_cpu(engine)
+        return cpu
+
+    before = taken()
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    after = taken()
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()[-400:]}")
-    return loadgen.parse_wrk(done.stdout)
+    return {**loadgen.parse_wrk(done.stdout), "cpu_s": {part: after[part] - before[part] for part in CPU_PARTS}}
+
+
+def cpu_per_request(rounds: list[dict]) -> dict | None:
+    """µs of CPU per request for each of CPU_PARTS over the rounds that ran."""
+    done = [r for r in rounds if "failed" not in r]
+    requests = sum(r["requests"] for r in done)
+    if not requests:
+        return None
+    return {part: round(sum(r["cpu_s"][part] for r in done) / requests * 1e6) for part in CPU_PARTS}
 
 
 def wait_answering(demo: Project, seconds: float = 60) -> None:
@@ -183,4 +214,6 @@ def run(tools_image: str, latency_seconds: float, rounds: int, idle_seconds: flo
                 latency[name].append(slot[name])
         for name, runs in latency.items():
             results[name] = loadgen.combine_rounds(runs)
+            if "failed" not in results[name]:
+                results[name]["cpu_us_per_request"] = cpu_per_request(runs)
     return results, status

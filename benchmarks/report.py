@@ -313,6 +313,10 @@ def demo_table(demo: dict, status: dict, cli: dict) -> Table:
                   + (f" ({signed(subtract(meshed, unmeshed))})" if meshed is not None and unmeshed is not None else ""))
     table.add_row("demo GET / p99 ms, unmeshed / meshed",
                   f"{cell(demo, 'unmeshed', 'p99_ms')} / {cell(demo, 'meshed', 'p99_ms')}")
+    for part in ("apps", "sidecars", "engine"):
+        table.add_row(f"demo CPU µs per request, {part}: unmeshed / meshed",
+                      f"{cell(demo, 'unmeshed', 'cpu_us_per_request', part, digits=0)} / "
+                      f"{cell(demo, 'meshed', 'cpu_us_per_request', part, digits=0)}")
     table.add_row("demo GET / errors (non-2xx + socket), unmeshed / meshed",
                   f"{cell(demo, 'unmeshed', 'errors')} / {cell(demo, 'meshed', 'errors')}")
     idle = get(demo, "idle")

@@ -207,3 +207,15 @@ def test_fault_machinery_cost_is_measured_on_a_config_with_faults_elsewhere():
     figures = fault_cost.run()
     assert figures["http_us"] > 0 and figures["tcp_us"] > 0
     assert figures["total_ms"] == round((figures["http_us"] + figures["tcp_us"]) / 1000, 4)
+
+
+def test_demo_cpu_per_request_splits_apps_sidecars_and_engine_over_the_rounds_that_ran():
+    from benchmarks import demo
+
+    assert [demo.cpu_part(s) for s in ("orders", "orders-pod", "orders-sidecar", "meshcli-controller")] == [
+        "apps", "apps", "sidecars", "apps"]
+    rounds = [{"requests": 1000, "cpu_s": {"apps": 1.0, "sidecars": 2.0, "engine": 0.5}},
+              {"failed": "wrk exited 1"},
+              {"requests": 3000, "cpu_s": {"apps": 3.0, "sidecars": 2.0, "engine": 0.5}}]
+    assert demo.cpu_per_request(rounds) == {"apps": 1000, "sidecars": 1000, "engine": 250}
+    assert demo.cpu_per_request([{"failed": "no"}]) is None
