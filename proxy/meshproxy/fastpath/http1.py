@@ -196,6 +196,12 @@ class Downstream:
         self.writer.write(data)
 
 
+async def _counted(pieces: AsyncIterator[bytes], exchange: Exchange) -> AsyncIterator[bytes]:
+    async for piece in pieces:
+        exchange.request_bytes += len(piece)
+        yield piece
+
+
 async def lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Close as RFC 9112 9.6 asks: stop sending, then read (and drop) what the caller still
     sends for a little while. Closing with its bytes unread would reset the connection, and
@@ -290,7 +296,9 @@ class HttpProxy:
             exchange.request_bytes = len(body)
         else:
             body, source = None, downstream.body()
-            exchange.request_bytes = head.length or 0  # a streamed chunked body: not counted
+            exchange.request_bytes = head.length or 0
+            if head.length is None:  # chunked: counted as it goes up
+                source = _counted(source, exchange)
         length = head.length if source is not None else None
 
         def attempt(to, max_requests):

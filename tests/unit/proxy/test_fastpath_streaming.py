@@ -118,6 +118,25 @@ def test_a_large_upload_streams_through_flat_memory(chunked):
     run(scenario)
 
 
+def test_a_streamed_chunked_upload_counts_its_bytes():
+    async def backend(reader, writer):
+        message = await read_request(reader, keep=False)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(message.size)), message.size))
+
+    async def scenario():
+        async with RawServer(backend) as server, RunningSidecar(destination=server.address) as mesh:
+            reader, writer = await mesh.connect()
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await send_generated(writer, 3 * 1000 + 7, chunked=True)
+            answer = await read_response(reader)
+            writer.close()
+            [line] = mesh.log_lines()
+        assert (answer.status, answer.body) == (200, b"3007")
+        assert line["request_bytes"] == 3007  # what went up, not 0 for want of a Content-Length
+
+    run(scenario)
+
+
 def test_a_slow_reader_holds_the_upstream_back_instead_of_filling_the_proxy():
     sent = [0]
 
