@@ -35,6 +35,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -198,6 +199,7 @@ class MeshTls:
         self._modes: dict[str, tuple[str, str]] = {}  # host -> (service, mode), callers' side
         self._by_ip: dict[str, str] = {}  # IP -> workload host, for raw TCP
         self._own_mode = MtlsMode.PERMISSIVE.value
+        self._plaintext: weakref.WeakSet = weakref.WeakSet()  # writers of admitted plaintext callers
         self._tasks: list[asyncio.Task] = []
         self.on_credentials: list[Callable[[Credentials], None]] = []
         state.subscribe(self._on_config)
@@ -254,7 +256,28 @@ class MeshTls:
                 modes.setdefault(host, (service.name, service.mtls))
         self._modes = modes
         own = config.services.get(self.state.identity.service)
+        was = self._own_mode
         self._own_mode = own.mtls if own is not None else MtlsMode.PERMISSIVE.value
+        if self._own_mode == MtlsMode.STRICT and was != MtlsMode.STRICT:
+            self.revoke_plaintext()
+
+    def revoke_plaintext(self) -> None:
+        """STRICT now: the plaintext callers admitted before must not go on either. As Envoy
+        drains the connections of a changed listener, each ends after the exchange it is in
+        the middle of (HTTP/1), or at once (idle, raw TCP, h2c)."""
+        revoked = 0
+        for writer in list(self._plaintext):
+            if writer.is_closing():
+                continue
+            revoked += 1
+            protocol = writer.transport.get_protocol()
+            if getattr(protocol, "busy", False):
+                protocol.revoked = True
+            else:
+                writer.close()
+        self._plaintext.clear()
+        if revoked:
+            logger.info("STRICT: closing %d plaintext connection(s) admitted before", revoked)
 
     async def _keep_resolving(self) -> None:
         """In the background (a lookup may be slow): every second until every workload resolved
@@ -324,6 +347,8 @@ class MeshTls:
             logger.info("STRICT: refused a plaintext connection from %s to port %d", address, destination[1])
             self._refused(destination, f"plaintext from {address} refused (STRICT)", "-", None)
             return None
+        if address not in self.gateways:  # what STRICT still admits is never revoked
+            self._plaintext.add(writer)
         return Peer("", SecurityPolicy.NONE.value, destination[1], address)
 
     def allows_connection(self, peer: Peer, destination: tuple[str, int]) -> bool:

@@ -238,6 +238,8 @@ class HttpProxy:
         """Every request of one connection, in order, until either side closes it (inbound,
         `peer` says who the caller proved to be)."""
         downstream = Downstream(reader, writer, first)
+        protocol = writer.transport.get_protocol()
+        marks = hasattr(protocol, "busy")  # a listener's CallerProtocol (which STRICT may revoke)
         try:
             while True:
                 head = await downstream.next()
@@ -245,8 +247,14 @@ class HttpProxy:
                     break
                 if not isinstance(head, RequestHead):
                     raise BadRequest("a request body without a request")
+                if marks:
+                    protocol.busy = True
                 if not await self._one(downstream, head, direction, destination, peer):
                     break
+                if marks:
+                    protocol.busy = False
+                    if protocol.revoked:  # no longer admitted: this was its last exchange
+                        break
         except BadRequest as exc:
             logger.debug("bad request from the %s side: %s", direction, exc)
             self._write_reply(downstream, "1.1", LocalReply(400, b"bad request\n"), close=True)

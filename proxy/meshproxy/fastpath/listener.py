@@ -69,9 +69,15 @@ async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
 
 class CallerProtocol(asyncio.StreamReaderProtocol):
     """asyncio's stream protocol, telling `on_close` (while set) that the caller closed or
-    reset its connection: an exchange in flight is cancelled at once, with no task watching."""
+    reset its connection: an exchange in flight is cancelled at once, with no task watching.
+
+    `busy` is set while an HTTP/1 exchange is under way and `revoked` when the caller's
+    admission was withdrawn (its service turned STRICT): the connection then ends after that
+    exchange (see mtls.MeshTls.revoke_plaintext)."""
 
     on_close: Callable[[], None] | None = None
+    busy = False
+    revoked = False
 
     def eof_received(self) -> bool:
         keep_open = super().eof_received()

@@ -220,3 +220,44 @@ def test_framing_passes_a_half_close_through_tls():
 
     received, answer = asyncio.run(scenario())
     assert b"".join(received) == b"hello world" and answer == [b"bye", b""]
+
+
+def test_plaintext_connections_admitted_before_a_switch_to_strict_end_after_their_exchange():
+    from sidecar_kit import (PAYMENT, RawServer, RunningSidecar, at_eof, keep_alive_server, mesh_state, parse,
+                             payment, read_response, request, response, run)
+
+    released = asyncio.Event()
+
+    async def reply(message):
+        if message.target == "/slow":
+            await released.wait()
+        return response(body=b"done")
+
+    def config(mode: str, version: str):
+        return parse({"payment": payment(versions=(("v1", "127.0.0.1"),), mtls=mode)}, version=version)
+
+    async def scenario():
+        state = mesh_state(identity=PAYMENT)
+        state.apply(config("PERMISSIVE", "v1"))
+        async with RawServer(keep_alive_server(reply)) as app, RunningSidecar(state, destination=app.address) as mesh:
+            idle_reader, idle_writer = await mesh.connect(inbound=True)
+            idle_writer.write(request(target="/fast"))
+            assert (await read_response(idle_reader)).status == 200  # kept alive, then idle
+            busy_reader, busy_writer = await mesh.connect(inbound=True)
+            busy_writer.write(request(target="/slow"))
+            await asyncio.sleep(0.1)  # the exchange is under way
+
+            state.apply(config("STRICT", "v2"))
+
+            assert await at_eof(idle_reader)  # an idle one is closed at once
+            released.set()
+            answer = await read_response(busy_reader)  # the one under way finishes...
+            assert (answer.status, answer.body) == (200, b"done")
+            assert await at_eof(busy_reader)  # ...and is its connection's last
+            fresh_reader, fresh_writer = await mesh.connect(inbound=True)
+            fresh_writer.write(request(target="/fast"))
+            assert await at_eof(fresh_reader)  # and a new plaintext caller is refused
+            for writer in (idle_writer, busy_writer, fresh_writer):
+                writer.close()
+
+    run(scenario)
