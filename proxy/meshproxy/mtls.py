@@ -55,7 +55,6 @@ ALPN_H2 = "h2"
 ALPN_TCP = "meshcli-tcp"
 KIND_OF_ALPN = {ALPN_HTTP1: "http1", ALPN_H2: "h2c", ALPN_TCP: "tcp"}  # as listener.serve() names them
 RELOAD_SECONDS = 1.0
-RESOLVE_SECONDS = 10.0  # refreshes the IP -> workload map raw TCP needs (containers may get new IPs)
 HANDSHAKE_TIMEOUT = 5.0
 PORT_PREAMBLE = struct.Struct("!H")
 
@@ -197,7 +196,6 @@ class MeshTls:
         self._failed_stamp: tuple | None = None
         self.gateways = network_gateways()
         self._modes: dict[str, tuple[str, str]] = {}  # host -> (service, mode), callers' side
-        self._by_ip: dict[str, str] = {}  # IP -> workload host, for raw TCP
         self._own_mode = MtlsMode.PERMISSIVE.value
         self._plaintext: weakref.WeakSet = weakref.WeakSet()  # writers of admitted plaintext callers
         self._tasks: list[asyncio.Task] = []
@@ -233,8 +231,7 @@ class MeshTls:
 
     async def start(self) -> None:
         self.reload()
-        self._tasks = [asyncio.create_task(self._every(RELOAD_SECONDS, self.reload)),
-                       asyncio.create_task(self._keep_resolving())]
+        self._tasks = [asyncio.create_task(self._every(RELOAD_SECONDS, self.reload))]
 
     def stop(self) -> None:
         for task in self._tasks:
@@ -279,34 +276,6 @@ class MeshTls:
         if revoked:
             logger.info("STRICT: closing %d plaintext connection(s) admitted before", revoked)
 
-    async def _keep_resolving(self) -> None:
-        """In the background (a lookup may be slow): every second until every workload resolved
-        (pods start at about the same time), then every RESOLVE_SECONDS."""
-        while True:
-            try:
-                complete = await self._resolve()
-            except Exception:  # never let one bad round end the loop
-                logger.exception("resolving the mesh's workloads failed")
-                complete = False
-            await asyncio.sleep(RESOLVE_SECONDS if complete else RELOAD_SECONDS)
-
-    async def _resolve(self) -> bool:
-        """IP -> workload host of every other mesh workload, for raw TCP (which carries an IP
-        only); whether every one resolved."""
-        me = self.state.identity.workload
-        hosts = sorted({v.host for s in self.state.config.services.values() for v in s.versions
-                        if s.mtls != MtlsMode.DISABLE and v.host != me})
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.getaddrinfo(h, None, type=socket.SOCK_STREAM) for h in hosts),
-                                       return_exceptions=True)
-        by_ip = {}
-        for host, result in zip(hosts, results):
-            if not isinstance(result, BaseException):
-                for *_, sockaddr in result:
-                    by_ip.setdefault(sockaddr[0], host)
-        self._by_ip = by_ip
-        return not any(isinstance(result, BaseException) for result in results)
-
     # -- the client side ------------------------------------------------------------------
     def secures(self, host: str) -> bool:
         """Whether calls to a version's `host` go over mesh mTLS: it has a sidecar, its mode
@@ -314,9 +283,18 @@ class MeshTls:
         target = self._modes.get(host)
         return target is not None and target[1] != MtlsMode.DISABLE and self.credentials is not None
 
+    def _workload_at(self, ip: str) -> str | None:
+        """The mesh workload (other than this one) at `ip` whose calls get mTLS: raw TCP
+        carries an IP only. The map is telemetry's, which names TCP peers from it."""
+        host = self.telemetry.addresses.service_at(ip)
+        if host is None or host == self.state.identity.workload:
+            return None
+        target = self._modes.get(host)
+        return host if target is not None and target[1] != MtlsMode.DISABLE else None
+
     def secures_tcp(self, ip: str) -> bool:
         """Whether a raw TCP connection to `ip` goes over mesh mTLS (a mesh workload's IP)."""
-        return ip in self._by_ip and self.credentials is not None
+        return self.credentials is not None and self._workload_at(ip) is not None
 
     def opener(self, alpn: str) -> Callable[[str, int], Awaitable[Streams] | None]:
         """For an upstream pool: (host, port) -> an mTLS connection's coroutine, or None
@@ -329,7 +307,7 @@ class MeshTls:
         """For a raw TCP connection to an IP: mTLS when that IP is a mesh workload's (framed)."""
         if not self.secures_tcp(destination[0]):
             return None
-        return self._connect(self._by_ip[destination[0]], destination[1], ALPN_TCP, framed)
+        return self._connect(self._workload_at(destination[0]), destination[1], ALPN_TCP, framed)
 
     async def _connect(self, host: str, port: int, alpn: str, wrap=None) -> Streams:
         credentials = self.credentials

@@ -5,10 +5,11 @@ destination IP, not the name the app dialled. To apply a service's TCP fault we 
 IPs back to services by resolving the service's names (its logical name and every
 version's host) - only for services that have a TCP fault, so a mesh without TCP
 faults makes no lookups for them (`hosts_with_tcp_faults`). Telemetry maps IPs to
-workloads the same way (`workload_hosts`), to name a TCP connection's destination.
-The map is rebuilt when the config changes and every few seconds (a restarted
-container may get a new IP); lookups run in a thread (loop.getaddrinfo) and never
-block the proxy.
+workloads the same way (`workload_hosts`), to name a TCP connection's peers, and mesh
+mTLS reads that map to secure raw TCP to a workload. The map is rebuilt when the config
+changes and every few seconds (a restarted container may get a new IP), every second
+while a name does not resolve yet (pods start at about the same time); lookups run in a
+thread (loop.getaddrinfo) and never block the proxy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from meshproxy.config import MeshState, SidecarConfig
 
 logger = logging.getLogger("meshproxy.resolver")
 REFRESH_SECONDS = 5.0
+RETRY_SECONDS = 1.0  # while a name does not resolve
 
 
 def hosts_with_tcp_faults(config: SidecarConfig, source: str) -> dict[str, str]:
@@ -54,7 +56,8 @@ class ServiceAddresses:
     def service_at(self, ip: str) -> str | None:
         return self._by_ip.get(ip)
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> bool:
+        """Rebuild the map; whether every name resolved."""
         hosts = self.hosts(self.state.config, self.state.identity.service)
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.getaddrinfo(h, None, type=socket.SOCK_STREAM) for h in hosts),
@@ -67,6 +70,7 @@ class ServiceAddresses:
             for *_, sockaddr in result:
                 by_ip.setdefault(sockaddr[0], hosts[host])
         self._by_ip = by_ip
+        return not any(isinstance(result, BaseException) for result in results)
 
     def start(self) -> None:
         """Keep the map current until stop(); call with the event loop running."""
@@ -83,12 +87,14 @@ class ServiceAddresses:
     async def _keep_current(self) -> None:
         while True:
             self._changed.clear()
+            complete = False
             try:
-                await self.refresh()
+                complete = await self.refresh()
             except Exception:  # never let one bad round end the refreshing
                 logger.exception("refreshing service addresses failed")
             try:
-                await asyncio.wait_for(self._changed.wait(), self.refresh_seconds)
+                await asyncio.wait_for(self._changed.wait(),
+                                       self.refresh_seconds if complete else min(RETRY_SECONDS, self.refresh_seconds))
             except asyncio.TimeoutError:
                 pass
 

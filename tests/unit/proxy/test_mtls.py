@@ -261,3 +261,22 @@ def test_plaintext_connections_admitted_before_a_switch_to_strict_end_after_thei
                 writer.close()
 
     run(scenario)
+
+
+def test_raw_tcp_to_a_workload_address_gets_mtls_unless_its_mode_is_disable(tmp_path, authority):
+    tls = tls_of(write_identity(tmp_path / "orders", authority, "orders", ["orders"]), "orders")
+    services = {**CONFIG.services, "payment": Service("payment", (Version("v1", "localhost"),))}
+    addresses = tls.telemetry.addresses  # the one IP -> workload map, which telemetry keeps current
+
+    async def scenario():
+        tls.state.apply(SidecarConfig("v2", services, project=PROJECT))
+        assert not await addresses.refresh()  # "orders" does not resolve here: tried again in a second
+        assert tls.secures_tcp("127.0.0.1") and not tls.secures_tcp("192.0.2.1")
+        opening = tls.open_tcp(("127.0.0.1", 9000))
+        assert opening is not None
+        opening.close()
+        disabled = {**services, "payment": Service("payment", (Version("v1", "localhost"),), mtls="DISABLE")}
+        tls.state.apply(SidecarConfig("v3", disabled, project=PROJECT))
+        assert not tls.secures_tcp("127.0.0.1") and tls.open_tcp(("127.0.0.1", 9000)) is None
+
+    asyncio.run(scenario())
