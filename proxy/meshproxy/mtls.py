@@ -261,7 +261,7 @@ class MeshTls:
     def revoke_plaintext(self) -> None:
         """STRICT now: the plaintext callers admitted before must not go on either. As Envoy
         drains the connections of a changed listener, each ends after the exchange it is in
-        the middle of (HTTP/1), or at once (idle, raw TCP, h2c)."""
+        the middle of (HTTP/1), or at once (idle, raw TCP, h2c, an upgraded connection)."""
         revoked = 0
         for writer in list(self._plaintext):
             if writer.is_closing():

@@ -406,6 +406,12 @@ class HttpProxy:
             writer.write(_status_line(head.version, answer.status, answer.reason) + _encode_headers(headers + upgrade)
                          + b"\r\n")
             conn = answer.detach()
+            protocol = writer.transport.get_protocol()
+            if getattr(protocol, "revoked", False):  # STRICT came during the upgrade: no relay
+                conn.close()
+                return False
+            if hasattr(protocol, "busy"):
+                protocol.busy = False  # a relay now, with no exchange to end after: STRICT closes it at once
             error = await tcp.relay((downstream.reader, writer), (conn.reader, conn.writer),
                                     client_first=(downstream.upgraded or b"") + downstream.stash,
                                     server_first=bytes(conn.buffer))

@@ -280,3 +280,33 @@ def test_raw_tcp_to_a_workload_address_gets_mtls_unless_its_mode_is_disable(tmp_
         assert not tls.secures_tcp("127.0.0.1") and tls.open_tcp(("127.0.0.1", 9000)) is None
 
     asyncio.run(scenario())
+
+
+def test_an_upgraded_plaintext_connection_is_closed_at_once_by_a_switch_to_strict():
+    from sidecar_kit import PAYMENT, RawServer, RunningSidecar, at_eof, mesh_state, parse, payment, read_head, request, run
+
+    async def echo_after_101(reader, writer):
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        while data := await reader.read(65536):
+            writer.write(data)
+
+    def config(mode: str, version: str):
+        return parse({"payment": payment(versions=(("v1", "127.0.0.1"),), mtls=mode)}, version=version)
+
+    async def scenario():
+        state = mesh_state(identity=PAYMENT)
+        state.apply(config("PERMISSIVE", "v1"))
+        async with RawServer(echo_after_101) as app, RunningSidecar(state, destination=app.address) as mesh:
+            reader, writer = await mesh.connect(inbound=True)
+            writer.write(request(target="/ws", headers=(("Connection", "Upgrade"), ("Upgrade", "websocket"))))
+            start, _ = await read_head(reader)
+            writer.write(b"ping")
+            assert start.startswith("HTTP/1.1 101") and await reader.readexactly(4) == b"ping"
+
+            state.apply(config("STRICT", "v2"))
+
+            assert await at_eof(reader)  # a relay has no exchange to wait for
+            writer.close()
+
+    run(scenario)
