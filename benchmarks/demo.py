@@ -38,7 +38,7 @@ def free_port() -> int:
 
 # Where a demo request's CPU goes: the sample apps (with their pod containers and the
 # controller), the sidecars, and dockerd+containerd (mostly the apps' and sidecars' logs).
-# Latency on 2 cores follows the sum, and CPU is far steadier than a p50 between runs.
+# At one connection on 2 cores the p50 follows the sum, so this says what a change saved.
 CPU_PARTS = ("apps", "sidecars", "engine")
 
 
