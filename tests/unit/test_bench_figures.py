@@ -219,3 +219,16 @@ def test_demo_cpu_per_request_splits_apps_sidecars_and_engine_over_the_rounds_th
               {"requests": 3000, "cpu_s": {"apps": 3.0, "sidecars": 2.0, "engine": 0.5}}]
     assert demo.cpu_per_request(rounds) == {"apps": 1000, "sidecars": 1000, "engine": 250}
     assert demo.cpu_per_request([{"failed": "no"}]) is None
+
+
+def test_the_in_process_benchmark_measures_both_sidecar_passes(monkeypatch):
+    import uvloop
+
+    from benchmarks import inprocess
+
+    monkeypatch.setattr(inprocess, "REQUESTS", {True: 50, False: 20})
+    results = uvloop.run(inprocess._measure(rounds=1))
+    for name in ("kept_alive", "connection_per_request"):
+        figures = results[name]
+        assert figures["total_us"] > figures["client_only_us"] > 0
+        assert figures["sidecars_us"] == pytest.approx(figures["total_us"] - figures["client_only_us"], abs=0.2)
