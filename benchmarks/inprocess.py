@@ -25,6 +25,7 @@ import uvloop
 
 from meshproxy import config
 from meshproxy.config import Identity, MeshState
+from meshproxy.config_watcher import InlineConfig
 from meshproxy.sidecar import Sidecar
 
 CLIENT, SERVER = Identity("bench", "web-v1", "web", "v1"), Identity("bench", "payment-v1", "payment", "v1")
@@ -32,19 +33,6 @@ CLIENT_HOST, SERVER_HOST = "127.0.0.1", "127.0.0.2"  # each sidecar listens on a
 BODY = b"hello world\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(BODY), BODY)
 REQUESTS = {True: 3000, False: 1500}  # per round, kept alive / a new connection each
-
-
-class _Inline:
-    """The config is given here: no sidecar.json to read or watch."""
-
-    def read(self) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 class _Upstream(asyncio.Protocol):
@@ -59,7 +47,7 @@ def _sidecar(identity: Identity, destination: tuple[str, int], devnull) -> Sidec
     services = {"payment": {"versions": [{"name": "v1", "host": SERVER_HOST}]}}
     state = MeshState(identity)
     state.apply(config.parse(json.dumps({"schema": 2, "version": "bench", "services": services, "faults": []})))
-    sidecar = Sidecar(state, watcher=_Inline())
+    sidecar = Sidecar(state, watcher=InlineConfig())
     sidecar.listener.destination_of = lambda sock: destination  # no iptables on loopback
     sidecar.access_log.stream, sidecar.access_log.flush_interval = devnull, 0.1
     return sidecar

@@ -112,3 +112,17 @@ class ConfigWatcher:
             self._observer.stop()
             # Joined, so no late event reaches an event loop that is closing.
             self._observer.join(timeout=2)
+
+
+class InlineConfig:
+    """In place of a ConfigWatcher when the config is given in code (tests, benchmarks):
+    nothing to read or watch."""
+
+    def read(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -23,6 +23,7 @@ from typing import Awaitable, Callable
 
 from meshproxy import config
 from meshproxy.config import Identity, MeshState
+from meshproxy.config_watcher import InlineConfig
 from meshproxy.exchange import INBOUND, OUTBOUND, Exchange
 from meshproxy.fastpath import handover
 from meshproxy.fastpath.handover import HANDOVER_INBOUND_PORT, HANDOVER_OUTBOUND_PORT
@@ -121,22 +122,9 @@ def inbound(router, source: str | None = "web-v1", authority: str = "payment:808
 
 # -- a real sidecar on loopback --------------------------------------------------------------
 
-class _NoWatcher:
-    """The config is given inline: nothing to read or watch."""
-
-    def read(self) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def logged_sidecar(state: MeshState) -> tuple[Sidecar, io.StringIO]:
     """A Sidecar on `state` (no config file to read or watch), its access log kept in memory."""
-    sidecar = Sidecar(state, watcher=_NoWatcher())
+    sidecar = Sidecar(state, watcher=InlineConfig())
     log = io.StringIO()
     sidecar.access_log.stream = log
     return sidecar, log
