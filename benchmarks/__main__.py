@@ -88,6 +88,9 @@ def run(args: argparse.Namespace, step) -> dict:
                              "commit": git_commit(), "quick": quick, "note": args.note, "cores": os.cpu_count(),
                              "phases": list(args.only), "load_average_before": load_average()},
                     "dataplane": {}, "derived": {}, "demo": {}, "cli": {}}
+    if "cli" in args.only:
+        step("cli: meshcli --help")
+        attempt(result["cli"], "help", lambda: clitime.help_seconds(runs=3 if quick else 5))
     step("images: tools (wrk, nginx, redis, stream server) and sidecar")
     try:
         result["images"] = {"sidecar": images.build_sidecar_image(), "tools": images.build_tools_image()}
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace, step) -> dict:
                 tools, durations.latency, durations.demo_rounds, idle_seconds=8.0 if quick else 20.0,
                 status_runs=3 if quick else 5, step=step)
         if "cli" in args.only:
-            result["cli"].update(clitime.run(tools, sizes_, help_runs=3 if quick else 5, step=step))
+            result["cli"].update(clitime.run(tools, sizes_, step=step))
     result["meta"]["seconds"] = round(time.monotonic() - started, 1)
     result["meta"]["load_average_after"] = load_average()
     result["failures"] = report.failures({k: v for k, v in result.items() if k != "meta"})
