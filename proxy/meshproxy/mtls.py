@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from meshproxy import streams
 from meshproxy.config import (ENV_IDENTITY_DIR, IDENTITY_DIR, IDENTITY_FILE, MTLS_PORT, TRUST_FILE, MeshState,
                               MtlsMode, SecurityPolicy, SidecarConfig, spiffe_id)
 from meshproxy.exchange import INBOUND, Peer
@@ -311,9 +312,8 @@ class MeshTls:
 
     async def _connect(self, host: str, port: int, alpn: str, wrap=None) -> Streams:
         credentials = self.credentials
-        reader, writer = await asyncio.open_connection(host, MTLS_PORT, ssl=credentials.clients[alpn],
-                                                       server_hostname=host, limit=READ_SIZE,
-                                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        reader, writer = await streams.open_connection(host, MTLS_PORT, ssl=credentials.clients[alpn],
+                                                       server_hostname=host, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         writer.write(PORT_PREAMBLE.pack(port))
         return wrap(reader, writer) if wrap is not None else (reader, writer)
 
@@ -367,7 +367,7 @@ class MtlsServer:
     def __init__(self, tls: MeshTls, serve, protocol_factory) -> None:
         self.tls = tls
         self.serve = serve  # listener.Listener.serve
-        self.protocol_factory = protocol_factory  # (reader, accept) -> the listener's stream protocol
+        self.protocol_factory = protocol_factory  # (accept) -> the listener's protocol for a caller
         self.server: asyncio.base_events.Server | None = None
         tls.on_credentials.append(self._on_credentials)
 
@@ -385,10 +385,8 @@ class MtlsServer:
         context = credentials.server
         context.sni_callback = self._current_context
 
-        def protocol():
-            return self.protocol_factory(asyncio.StreamReader(limit=READ_SIZE), self._accept)
-
-        self.server = await loop.create_server(protocol, self._host, self._port, ssl=context, reuse_address=True,
+        self.server = await loop.create_server(lambda: self.protocol_factory(self._accept), self._host, self._port,
+                                               ssl=context, reuse_address=True,
                                                backlog=1024, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
 
     def _current_context(self, ssl_object, server_name, context) -> None:

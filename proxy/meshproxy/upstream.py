@@ -25,6 +25,8 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import httptools
 
+from meshproxy import streams
+
 # Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"})
@@ -103,15 +105,13 @@ VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 COMMON_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 
 
-def _check_token(value: bytes, what: str) -> bytes:
-    # Empty, spaces, controls or non-ASCII cannot be sent; the common methods need no look.
-    if value not in COMMON_METHODS and VISIBLE_ASCII.fullmatch(value) is None:
-        raise Unsendable(f"cannot send {what} {value!r} as HTTP/1.1")
-    return value
-
-
 def encode_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [_check_token(method, "method"), b" ", _check_token(target, "target"), b" HTTP/1.1\r\n"]
+    # Empty, spaces, controls or non-ASCII cannot be sent; the common methods need no look.
+    if method not in COMMON_METHODS and VISIBLE_ASCII.fullmatch(method) is None:
+        raise Unsendable(f"cannot send method {method!r} as HTTP/1.1")
+    if VISIBLE_ASCII.fullmatch(target) is None:
+        raise Unsendable(f"cannot send target {target!r} as HTTP/1.1")
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
         if b"\r" in value or b"\n" in value or b":" in name:
             raise Unsendable(f"cannot send header {name!r} as HTTP/1.1")
@@ -381,7 +381,7 @@ class Pool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 opening = self.secure(host, port) if secured else None
-                reader, writer = await (opening or asyncio.open_connection(host, port, limit=READ_SIZE))
+                reader, writer = await (opening or streams.open_connection(host, port))
         except TimeoutError:
             raise ConnectFailure(f"no connection to {host}:{port} within {CONNECT_TIMEOUT} s") from None
         except OSError as exc:  # refused, unreachable, DNS failure (socket.gaierror)
@@ -406,7 +406,7 @@ class Pool:
                 while conn.buffer.find(b"\r\n\r\n") < 0:
                     if len(conn.buffer) > MAX_HEAD:
                         raise Reset("response head too large")
-                    if not await self._fill(conn, sending):
+                    if not await (conn.fill() if sending is None else self._fill(conn, sending)):
                         raise Reset("connection closed before a complete response")
                 answer._parse_head()
                 if 100 <= answer.status < 200 and not answer.upgraded:

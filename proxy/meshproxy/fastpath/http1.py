@@ -93,6 +93,8 @@ class Downstream:
         self.stash = first  # received, not yet parsed
         self.upgraded: bytes | None = None  # after an upgrade request: the bytes that followed it
         self.in_request = False  # a request's head was taken, not yet its END
+        self.protocol = writer.transport.get_protocol()  # a listener.CallerProtocol, for those we serve
+        self.task: asyncio.Task | None = None  # the task serving the connection
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -190,6 +192,11 @@ class Downstream:
             yield event
 
     async def read_body(self) -> bytes:
+        events = self.events
+        if events and events[0] is END:  # no body: its END came with the head
+            events.popleft()
+            self.in_request = False
+            return b""
         return b"".join([chunk async for chunk in self.body()])
 
     def write(self, data: bytes) -> None:
@@ -221,8 +228,11 @@ def _status_line(version: str, status: int, reason: bytes) -> bytes:
     return b"HTTP/%s %d %s\r\n" % (version.encode(), status, reason or b"-")
 
 
+_HEADER_LINE = b"%s: %s\r\n".__mod__  # (name, value) -> its line, in C: no Python frame per header
+
+
 def _encode_headers(headers) -> bytes:
-    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"".join(map(_HEADER_LINE, headers))
 
 
 REASONS = {200: b"OK", 403: b"Forbidden", 404: b"Not Found", 500: b"Internal Server Error", 502: b"Bad Gateway",
@@ -238,7 +248,8 @@ class HttpProxy:
         """Every request of one connection, in order, until either side closes it (inbound,
         `peer` says who the caller proved to be)."""
         downstream = Downstream(reader, writer, first)
-        protocol = writer.transport.get_protocol()
+        downstream.task = asyncio.current_task()
+        protocol = downstream.protocol
         marks = hasattr(protocol, "busy")  # a listener's CallerProtocol (which STRICT may revoke)
         try:
             while True:
@@ -351,10 +362,10 @@ class HttpProxy:
         """Run `work` (the exchange and the answer's streaming) unless the caller closes its
         connection first (then None): a silent stream must not keep a caller that left.
         The connection's protocol (listener.CallerProtocol) cancels this task when it does."""
-        protocol = downstream.writer.transport.get_protocol()
+        protocol = downstream.protocol
         if not hasattr(protocol, "on_close"):  # not one of the listener's connections
             return await work
-        current = asyncio.current_task()
+        current = downstream.task
         left = False
 
         def caller_left() -> None:

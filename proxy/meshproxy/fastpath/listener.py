@@ -24,6 +24,7 @@ import time
 from typing import Callable
 
 from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT, SecurityPolicy
+from meshproxy import streams
 from meshproxy.exchange import INBOUND, OUTBOUND, Peer
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
@@ -32,6 +33,7 @@ from meshproxy.fastpath.http2 import H2Proxy
 from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.faults import Toxic, TcpFaults
 from meshproxy.policy.telemetry import Telemetry
+from meshproxy.streams import Stream
 
 logger = logging.getLogger("meshproxy.listener")
 
@@ -67,9 +69,9 @@ async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
             return data, kind
 
 
-class CallerProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, telling `on_close` (while set) that the caller closed or
-    reset its connection: an exchange in flight is cancelled at once, with no task watching.
+class CallerProtocol(Stream):
+    """A caller's connection, telling `on_close` (while set) that the caller closed or
+    reset it: an exchange in flight is cancelled at once, with no task watching.
 
     `busy` is set while an HTTP/1 exchange is under way and `revoked` when the caller's
     admission was withdrawn (its service turned STRICT): the connection then ends after that
@@ -107,10 +109,8 @@ class Listener:
         for port, direction in ((outbound_port, OUTBOUND), (inbound_port, INBOUND)):
             accept = functools.partial(self._accept, direction)
 
-            def protocol(accept=accept) -> CallerProtocol:  # asyncio.start_server's, with CallerProtocol
-                return CallerProtocol(asyncio.StreamReader(limit=READ_SIZE), accept)
-
-            self.servers.append(await loop.create_server(protocol, host, port, reuse_address=True, backlog=1024))
+            self.servers.append(await loop.create_server(functools.partial(CallerProtocol, accept), host, port,
+                                                         reuse_address=True, backlog=1024))
 
     def listening(self) -> bool:
         return len(self.servers) == 2 and all(server.is_serving() for server in self.servers)
@@ -184,7 +184,7 @@ class Listener:
                 return
             try:
                 opening = self.gate.open_tcp(destination) if direction == OUTBOUND and self.gate is not None else None
-                server = await (opening or asyncio.open_connection(*destination, limit=READ_SIZE))
+                server = await (opening or streams.open_connection(*destination))
             except OSError as exc:
                 error = f"cannot connect: {exc}"
                 tcp.reset(writer)

@@ -164,12 +164,10 @@ class Telemetry:
         self.series: dict[tuple[str, ...], HttpSeries] = {}  # label values -> its series
         self.tcp_series: dict[tuple[str, ...], TcpSeries] = {}
         r.register(_IstioCollector(self.series, self.tcp_series))
-        self.route_requests = Counter("meshcli_route_requests_total", "Requests per route (client side).",
-                                      ROUTE_LABELS, registry=r)
-        self.attempts = Counter("meshcli_upstream_attempts_total", "Upstream tries per route, retries included.",
-                                ROUTE_LABELS, registry=r)
-        self.retries = Counter("meshcli_retries_total", "Retries per route (tries after the first).",
-                               ROUTE_LABELS, registry=r)
+        # (service, route) -> [requests, tries, retries]: plain integers, read at scrape time as the
+        # Istio series are (prometheus_client's labelled counters cost a lock and four calls each)
+        self.routes: dict[tuple[str, str], list[int]] = {}
+        r.register(_RouteCollector(self.routes))
         self.faults = Counter("meshcli_faults_injected_total", "Faults injected, by kind.", FAULT_LABELS,
                               registry=r)
         self.overflows = Counter("meshcli_circuit_breaker_overflows_total",
@@ -270,10 +268,13 @@ class Telemetry:
         route = exchange.route
         service = labels[12]
         if route is not None:
-            self._child(self.route_requests, (service, route.name)).inc()
-            self._child(self.attempts, (service, route.name)).inc(exchange.attempts)
+            tally = self.routes.get((service, route.name))
+            if tally is None:
+                tally = self.routes[(service, route.name)] = [0, 0, 0]
+            tally[0] += 1
+            tally[1] += exchange.attempts
             if exchange.attempts > 1:
-                self._child(self.retries, (service, route.name)).inc(exchange.attempts - 1)
+                tally[2] += exchange.attempts - 1
             if exchange.mirrored is not None:
                 self._child(self.mirrored, (service, exchange.mirrored)).inc()
         if flags:
@@ -427,6 +428,29 @@ class Telemetry:
                             for _, entry in sorted(routes.items())]
         result["outliers"] = self.outliers.stats() if self.outliers is not None else {}
         return result
+
+
+class _RouteCollector:
+    """Requests, tries and retries per route, from Telemetry.routes at scrape time."""
+
+    def __init__(self, routes: dict[tuple[str, str], list[int]]) -> None:  # Telemetry.routes
+        self.routes = routes
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        requests = CounterMetricFamily("meshcli_route_requests", "Requests per route (client side).",
+                                       labels=ROUTE_LABELS)
+        attempts = CounterMetricFamily("meshcli_upstream_attempts", "Upstream tries per route, retries included.",
+                                       labels=ROUTE_LABELS)
+        retries = CounterMetricFamily("meshcli_retries", "Retries per route (tries after the first).",
+                                      labels=ROUTE_LABELS)
+        for labels, (count, tries, retried) in list(self.routes.items()):  # the event loop may add one meanwhile
+            requests.add_metric(labels, count)
+            attempts.add_metric(labels, tries)
+            retries.add_metric(labels, retried)
+        yield from (requests, attempts, retries)
 
 
 class _EjectionCollector:

@@ -85,7 +85,7 @@ def test_a_reused_connection_that_drops_the_request_is_retried_on_a_new_one(monk
             # the server will close this idle connection right as we reuse it
             [conn] = pool._idle[("127.0.0.1", server.port, False)]
             monkeypatch.setattr(upstream.Connection, "usable", lambda self: True)
-            conn.reader.feed_eof()
+            conn.reader.eof_received()  # the FIN arriving
             answer = await pool.request("127.0.0.1", server.port, "GET", "/", headers(server.port), b"")
         pool.close()
         assert answer.status == 200
