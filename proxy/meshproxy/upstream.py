@@ -283,6 +283,26 @@ class Answer:
             raise
         self._finish()
 
+    def body_at_hand(self) -> bytes | None:
+        """The whole body, when it came with the head (Content-Length framing): the answer
+        ends here, without a generator or a wait - the common small answer. Else None, and
+        chunks() goes on from what was parsed."""
+        conn = self.conn
+        if self.complete or self.length is None or len(conn.buffer) < self.length:
+            return None
+        try:
+            self._feed(bytes(conn.buffer))
+        except Reset:
+            self.discard()
+            raise
+        conn.buffer.clear()
+        if not self.complete:
+            return None
+        body = b"".join(self._pending)
+        self._pending.clear()
+        self._finish()
+        return body
+
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)

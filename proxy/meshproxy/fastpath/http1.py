@@ -193,10 +193,14 @@ class Downstream:
 
     async def read_body(self) -> bytes:
         events = self.events
-        if events and events[0] is END:  # no body: its END came with the head
-            events.popleft()
+        if END in events:  # the whole body came with the head (or there is none): no generator
+            pieces = []
+            while (event := events.popleft()) is not END:
+                if isinstance(event, RequestHead):
+                    raise BadRequest("a request before the end of the previous one's body")
+                pieces.append(event)
             self.in_request = False
-            return b""
+            return b"".join(pieces)
         return b"".join([chunk async for chunk in self.body()])
 
     def write(self, data: bytes) -> None:
@@ -444,6 +448,10 @@ class HttpProxy:
         # (its last piece), the chunked terminator, or the head of an answer without a body.
         remaining = answer.length if not answer.complete else None
         try:
+            if remaining is not None and (body := answer.body_at_hand()) is not None:
+                self.pipeline.finish(exchange)  # the whole answer goes out in this one send
+                writer.write(head_bytes + body)
+                return keep
             if answer.complete:
                 self.pipeline.finish(exchange)
             if answer.complete or remaining is None:

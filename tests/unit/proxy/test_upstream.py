@@ -250,3 +250,28 @@ def test_every_new_connection_is_reported():
         assert opened == [("127.0.0.1", server.port)] * 2 and pool.opened == 2
 
     run(scenario)
+
+
+def test_a_body_that_came_with_its_head_is_taken_whole_and_what_follows_it_spoils_the_connection():
+    async def scenario():
+        async def serve(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")  # one segment: head and body
+            await writer.drain()
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")  # and more
+            await writer.drain()
+            await reader.read()
+
+        pool = upstream.Pool()
+        async with RawServer(serve) as server:
+            key = ("127.0.0.1", server.port, False)
+            answer = await pool.open("127.0.0.1", server.port, "GET", "/", headers(server.port))
+            assert answer.body_at_hand() == b"ok"  # read with the head, in the same piece
+            assert len(pool._idle[key]) == 1  # ended and back in the pool, with no read of chunks()
+            second = await pool.open("127.0.0.1", server.port, "GET", "/", headers(server.port))
+            assert second.body_at_hand() == b"ok"
+            assert not pool._idle[key]  # bytes after the answer: never reused
+        pool.close()
+
+    run(scenario)
