@@ -47,7 +47,7 @@ from meshproxy.exchange import INBOUND, Peer
 from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.authz import FLAG, Authorization
 from meshproxy.policy.telemetry import Telemetry
-from meshproxy.upstream import READ_SIZE, Streams
+from meshproxy.upstream import Streams
 
 logger = logging.getLogger("meshproxy.mtls")
 

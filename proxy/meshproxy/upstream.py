@@ -121,7 +121,7 @@ def encode_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
 
 
 BodySource = AsyncIterator[bytes]
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]  # or one streams.Stream twice (same methods)
 # (host, port) -> the connecting coroutine when that destination gets mesh mTLS (meshproxy/mtls.py), else None.
 Secure = Callable[[str, int], Awaitable[Streams] | None]
 PoolKey = tuple[str, int, bool]  # (host, port, over mTLS)

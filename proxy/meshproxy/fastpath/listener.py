@@ -23,8 +23,8 @@ import struct
 import time
 from typing import Callable
 
-from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT, SecurityPolicy
 from meshproxy import streams
+from meshproxy.config import INBOUND_PORT, OUTBOUND_PORT, SecurityPolicy
 from meshproxy.exchange import INBOUND, OUTBOUND, Peer
 from meshproxy.fastpath import sniff, tcp
 from meshproxy.fastpath.handover import Mitmproxy
@@ -33,7 +33,6 @@ from meshproxy.fastpath.http2 import H2Proxy
 from meshproxy.policy.access_log import AccessLog
 from meshproxy.policy.faults import Toxic, TcpFaults
 from meshproxy.policy.telemetry import Telemetry
-from meshproxy.streams import Stream
 
 logger = logging.getLogger("meshproxy.listener")
 
@@ -69,7 +68,7 @@ async def first_bytes(reader: asyncio.StreamReader) -> tuple[bytes, str]:
             return data, kind
 
 
-class CallerProtocol(Stream):
+class CallerProtocol(streams.Stream):
     """A caller's connection, telling `on_close` (while set) that the caller closed or
     reset it: an exchange in flight is cancelled at once, with no task watching.
 
