@@ -257,9 +257,7 @@ class Answer:
         nothing for `idle_timeout` seconds."""
         conn = self.conn
         try:
-            if conn.buffer and not self.complete:
-                self._feed(bytes(conn.buffer))
-                conn.buffer.clear()
+            self._feed_buffered()
             while True:
                 while self._pending:
                     yield self._pending.popleft()
@@ -287,21 +285,26 @@ class Answer:
         """The whole body, when it came with the head (Content-Length framing): the answer
         ends here, without a generator or a wait - the common small answer. Else None, and
         chunks() goes on from what was parsed."""
-        conn = self.conn
-        if self.complete or self.length is None or len(conn.buffer) < self.length:
+        if self.complete or self.length is None or len(self.conn.buffer) < self.length:
             return None
         try:
-            self._feed(bytes(conn.buffer))
+            self._feed_buffered()
         except Reset:
             self.discard()
             raise
-        conn.buffer.clear()
         if not self.complete:
             return None
         body = b"".join(self._pending)
         self._pending.clear()
         self._finish()
         return body
+
+    def _feed_buffered(self) -> None:
+        """Parse what was read past the head (with it, or before the body was asked for)."""
+        conn = self.conn
+        if conn.buffer and not self.complete:
+            self._feed(bytes(conn.buffer))
+            conn.buffer.clear()
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -446,10 +449,10 @@ class Pool:
         return answer
 
     @staticmethod
-    async def _fill(conn: Connection, sending: asyncio.Future | None) -> bool:
-        """conn.fill(), unless the body being sent fails first (then its error)."""
-        if sending is None or sending.done():
-            if sending is not None and not sending.cancelled() and sending.exception() is not None:
+    async def _fill(conn: Connection, sending: asyncio.Future) -> bool:
+        """conn.fill(), unless the body being sent up meanwhile fails first (then its error)."""
+        if sending.done():
+            if not sending.cancelled() and sending.exception() is not None:
                 raise sending.exception()
             return await conn.fill()
         reading = asyncio.ensure_future(conn.fill())

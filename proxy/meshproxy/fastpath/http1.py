@@ -421,7 +421,7 @@ class HttpProxy:
             writer.write(_status_line(head.version, answer.status, answer.reason) + _encode_headers(headers + upgrade)
                          + b"\r\n")
             conn = answer.detach()
-            protocol = writer.transport.get_protocol()
+            protocol = downstream.protocol
             if getattr(protocol, "revoked", False):  # STRICT came during the upgrade: no relay
                 conn.close()
                 return False
