@@ -174,6 +174,8 @@ def edit(workspace: Workspace, transform: Callable[[str], str], dry_run: bool = 
 def _check_service(workspace: Workspace, path: Path, text: str, service: str) -> None:
     """InputError unless `service` is a logical service of the compose file or declared in mesh.yaml."""
     known = set(workspace.project.logical_services())
+    if service in known:
+        return
     try:
         data = yaml_source.load(path, text).data if text.strip() else None
     except InvalidFileError:

@@ -38,6 +38,7 @@ MATCH_ORDER = ("headers", "path", "method", "query", "source")
 FLOW_FIELDS = ("split", "mirror")  # written on one line, as the reference does: `split: {v1: 90, v2: 10}`
 
 Container = CommentedMap | CommentedSeq
+Indent = tuple[int, int, int]  # ruamel.yaml's mapping indent, sequence indent, dash offset
 
 
 # --- public transforms ---------------------------------------------------------------
@@ -145,7 +146,7 @@ def set_service_fields(text: str, path: Path, service: str, fields: dict[str, An
 def set_mtls_fields(text: str, path: Path, fields: dict[str, Any]) -> str:
     """Set the mesh-wide `mtls` keys of `fields` (None: delete the key), keeping the others and their
     comments; an `mtls` left empty is removed."""
-    data = _load(text, path)
+    data, indent = _load(text, path)
     block = _mapping(data, "mtls", f"{path}: `mtls` must be a mapping")
     for key, value in fields.items():
         if value is None:
@@ -156,19 +157,20 @@ def set_mtls_fields(text: str, path: Path, fields: dict[str, Any]) -> str:
         _set(data, "mtls", block, TOP_LEVEL_ORDER)
     elif "mtls" in data:
         _delete(data, "mtls")
-    return _dump(data, text)
+    return _serialise(data, indent)
 
 
 # --- the round trip ------------------------------------------------------------------
 
-def _load(text: str, path: Path) -> CommentedMap:
+def _load(text: str, path: Path) -> tuple[CommentedMap, Indent]:
+    """The file's data, and the indentation to write it back with."""
     data = yaml_source.load(path, text).data if text.strip() else None
     if data is None:
         data = CommentedMap([("apiVersion", API_VERSION), ("services", CommentedMap())])
     if not isinstance(data, CommentedMap):
         raise InputError(f"{path}: the mesh file must be a mapping with apiVersion and services",
                          hint="fix it by hand, or move it away and let meshcli create a new one")
-    return data
+    return data, _indent_kept(data, text)
 
 
 def _mapping(parent: CommentedMap, key: str, wrong: str) -> CommentedMap:
@@ -183,7 +185,7 @@ def _mapping(parent: CommentedMap, key: str, wrong: str) -> CommentedMap:
 
 
 def _edit(text: str, path: Path, service: str, route: str | None, change: Callable[[CommentedMap], None]) -> str:
-    data = _load(text, path)
+    data, indent = _load(text, path)
     services = _mapping(data, "services", f"{path}: `services` must be a mapping of service names")
     if data.get("services") is not services:  # absent or null: attach the new one
         _set(data, "services", services, ("apiVersion", "services"))
@@ -193,24 +195,25 @@ def _edit(text: str, path: Path, service: str, route: str | None, change: Callab
     elif not body and body.fa.flow_style():
         body.fa.set_block_style()  # `payment: {}` grows into a block
     change(_route_in(body, route) if route is not None else body)
-    return _dump(data, text)
+    return _serialise(data, indent)
 
 
-def _dump(data: Any, original: str) -> str:
-    """Serialise with the original's indentation, so untouched lines come out byte for byte."""
-    candidates = [_guess_indent(original), (2, 4, 2), (2, 2, 0), (4, 4, 2), (4, 6, 4), (4, 4, 0)]
-    if original.strip():
-        original_data = yaml_source.load(Path("<original>"), original).data
-        for indent in dict.fromkeys(candidates):
-            if _serialise(original_data, indent) == original:
-                return _serialise(data, indent)
-    return _serialise(data, candidates[0])
+def _indent_kept(data: Any, text: str) -> Indent:
+    """The indentation with which the data read from `text`, not yet edited, comes out as
+    `text` byte for byte, so the untouched lines stay; else the one used most in the text."""
+    guess = _guess_indent(text)
+    if text.strip():
+        for indent in dict.fromkeys([guess, (2, 4, 2), (2, 2, 0), (4, 4, 2), (4, 6, 4), (4, 4, 0)]):
+            if _serialise(data, indent) == text:
+                return indent
+    return guess
 
 
-def _serialise(data: Any, indent: tuple[int, int, int]) -> str:
+def _serialise(data: Any, indent: Indent) -> str:
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
     yaml.width = 4096
+    yaml.brace_single_entry_mapping_in_flow_sequence = True  # `[{exact: a}]` stays as written, not `[exact: a]`
     mapping, sequence, offset = indent
     yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
     buf = io.StringIO()
@@ -218,7 +221,7 @@ def _serialise(data: Any, indent: tuple[int, int, int]) -> str:
     return buf.getvalue()
 
 
-def _guess_indent(text: str) -> tuple[int, int, int]:
+def _guess_indent(text: str) -> Indent:
     """(mapping indent, sequence indent, dash offset) used most in the text; (2, 4, 2) by default."""
     mappings: Counter[int] = Counter()
     offsets: Counter[int] = Counter()

@@ -260,6 +260,17 @@ def test_quoting_of_untouched_values_is_kept():
     assert changes(text, after) == ([], ["    timeout: 300ms"])
 
 
+def test_a_match_list_written_on_one_line_keeps_its_braces():
+    # ruamel.yaml would write a one-key mapping in a flow list without braces (`[headers: ...]`):
+    # the same data, but every such line of the file would change.
+    text = ("apiVersion: meshcli/v1\nservices:\n  payment:\n    routes:\n"
+            "      - name: testers\n        match: [{headers: {x-user: {exact: \"u0\"}}}, {path: {prefix: /a}}]\n"
+            "        to: v2\n      - name: beta\n        match: [{headers: {x-beta: {present: true}}}]\n")
+
+    after = mesh_edit.set_split(text, PATH, "payment", {"v1": 90, "v2": 10})
+
+    assert changes(text, after) == ([], ["    split: {v1: 90, v2: 10}"])
+
 ROUTES = textwrap.dedent('''\
     apiVersion: meshcli/v1
     services:
