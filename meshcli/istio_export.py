@@ -27,8 +27,6 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from meshcli import fault_layer, istio_model as istio, rule_layer
 from meshcli.diagnostics import Diagnostic
 from meshcli.errors import InputError
@@ -37,7 +35,7 @@ from meshcli.mesh_config import (AuthzPolicy, AuthzRule, Fault, Mesh, MeshConfig
 from meshproxy.config import NO_IDENTITY, MtlsMode
 from meshcli.sidecar_config import routes_of
 from meshcli.workspace import Loaded
-from meshcli.yaml_source import atomic_write
+from meshcli.yaml_source import atomic_write, dump_plain
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def export(mesh: Mesh, config: MeshConfig | None, namespace: str | None = None) 
 
 def to_yaml(resources: tuple[Resource, ...] | list[Resource]) -> str:
     """One multi-document YAML stream (what `kubectl apply -f -` reads)."""
-    return "---\n".join(_dump(r.manifest) for r in resources)
+    return "---\n".join(dump_plain(r.manifest) for r in resources)
 
 
 def write(result: Export, directory: Path) -> list[Path]:
@@ -131,13 +129,9 @@ def write(result: Export, directory: Path) -> list[Path]:
     paths = []
     for resource in result.resources:
         path = directory / resource.file_name
-        atomic_write(path, _dump(resource.manifest))
+        atomic_write(path, dump_plain(resource.manifest))
         paths.append(path)
     return paths
-
-
-def _dump(manifest: dict) -> str:
-    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, width=4096)
 
 
 def _manifest(kind: str, name: str, namespace: str | None, spec: dict) -> dict:
