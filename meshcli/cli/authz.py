@@ -10,7 +10,7 @@ from meshcli.cli import common, output
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(name="authz", no_args_is_help=True, help="Authorization policies.")
+    group = common.App(name="authz", help="Authorization policies.")
     app.add_typer(group)
 
     @group.command("check")

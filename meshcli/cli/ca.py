@@ -27,8 +27,8 @@ def _print_root(authority, directory) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(name="ca", no_args_is_help=True,
-                        help="The mesh's local certificate authority: it issues every workload's identity.")
+    group = common.App(name="ca",
+                       help="The mesh's local certificate authority: it issues every workload's identity.")
     app.add_typer(group)
 
     @group.command("init")

@@ -47,8 +47,8 @@ def _applied_text(summary: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    fault_app = typer.Typer(
-        cls=_FaultGroup, no_args_is_help=True,
+    fault_app = common.App(
+        cls=_FaultGroup,
         short_help="Inject HTTP and TCP faults at run time; list and clear them.",
         help="Inject faults at run time: HTTP delays and aborts (Istio's), TCP faults (Toxiproxy's).\n\n"
              "meshcli fault SERVICE --abort 503 --percent 10 --for 30s\n\n"

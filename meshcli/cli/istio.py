@@ -16,9 +16,8 @@ NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def register(app: typer.Typer) -> None:
-    export_app = typer.Typer(help="Export mesh.yaml as another mesh's resources (moving to Kubernetes).",
-                             no_args_is_help=True)
-    import_app = typer.Typer(help="Import another mesh's traffic rules into mesh.yaml.", no_args_is_help=True)
+    export_app = common.App(help="Export mesh.yaml as another mesh's resources (moving to Kubernetes).")
+    import_app = common.App(help="Import another mesh's traffic rules into mesh.yaml.")
     app.add_typer(export_app, name="export")
     app.add_typer(import_app, name="import")
 

@@ -13,20 +13,19 @@ from typing import Optional
 import typer
 
 from meshcli import __version__
-from meshcli.cli import (apply, authz, ca, certs, demo, fault, init, istio, lifecycle, render, route, schema, split,
-                         status, tap, trace, validate, views, watch)
+from meshcli.cli import (apply, authz, ca, certs, common, demo, fault, init, istio, lifecycle, render, route, schema,
+                         split, status, tap, trace, validate, views, watch)
 from meshcli.errors import EXIT_INTERRUPTED, InputError, Interrupted, MeshError
 
 # Recent typer vendors its own click: catch the usage errors it really raises.
 ClickException = getattr(getattr(typer, "_click", None), "ClickException", None) or __import__("click").ClickException
 
-app = typer.Typer(
+app = common.App(
     name="meshcli",
     help="A service mesh for Docker Compose: transparent sidecars, load balancing across versions, "
          "metrics and access logs per hop, for local development and CI.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},  # click stops at 80
 )
 
 

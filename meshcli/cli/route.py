@@ -12,8 +12,8 @@ from meshcli.cli import common, mesh_edits, output
 
 
 def register(app: typer.Typer) -> None:
-    route_app = typer.Typer(help="Timeouts, retries, circuit breaking, outlier detection, mirroring and "
-                                 "header/path routing rules, written to mesh.yaml.", no_args_is_help=True)
+    route_app = common.App(help="Timeouts, retries, circuit breaking, outlier detection, mirroring and "
+                                "header/path routing rules, written to mesh.yaml.")
     app.add_typer(route_app, name="route")
 
     @route_app.command("timeout")
