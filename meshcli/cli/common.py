@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 import typer
 from typer.core import TyperCommand
 
+
 class PlainHelpCommand(TyperCommand):
     """A command whose help is plain text, as docker compose's and kubectl's is, with the
     options of each `rich_help_panel` in a section of their own. (typer's rich help would
